@@ -14,6 +14,16 @@ command -v "$_py" >/dev/null 2>&1 || _py=python3
 "$_py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "free-prompt-editing dev: Python 3.11 is required (set FPE_PYTHON)" >&2; exit 2; }
 
+# pip's output goes to a log (shown only on failure) to keep CI logs readable.
+_pip() {
+  local log="$FPE_DEV_CACHE/pip-install.log"
+  if ! "$FPE_VENV/bin/python" -m pip install --quiet "$@" >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "free-prompt-editing dev: pip install failed (full log: $log)" >&2
+    return 1
+  fi
+}
+
 # One environment per set of pins: changing a pin builds a fresh one next to the old.
 _key="$(cat "$FPE_REPO/dev/constraints.txt" "$FPE_REPO/dev/requirements-test.txt" | sha256sum | cut -c1-12)"
 FPE_VENV="$FPE_DEV_CACHE/venv-$_key"
@@ -21,8 +31,7 @@ if [ ! -f "$FPE_VENV/.complete" ]; then
   echo ">> creating test environment $FPE_VENV (first run only: downloads torch)" >&2
   rm -rf "$FPE_VENV"
   "$_py" -m venv "$FPE_VENV"
-  "$FPE_VENV/bin/python" -m pip install --quiet \
-    -r "$FPE_REPO/dev/requirements-test.txt" -c "$FPE_REPO/dev/constraints.txt"
+  _pip -r "$FPE_REPO/dev/requirements-test.txt" -c "$FPE_REPO/dev/constraints.txt"
   touch "$FPE_VENV/.complete"
 fi
 export PATH="$FPE_VENV/bin:$PATH"
@@ -40,8 +49,7 @@ if [ -n "${COMFYUI_PATH:-}" ] && [ -f "$FPE_COMFYUI_HOST/requirements.txt" ]; th
     echo ">> installing the requirements of $FPE_COMFYUI_HOST" >&2
     grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$FPE_COMFYUI_HOST/requirements.txt" \
       > "$FPE_VENV/host-requirements.txt"
-    "$FPE_VENV/bin/python" -m pip install --quiet \
-      -r "$FPE_VENV/host-requirements.txt" requests -c "$FPE_REPO/dev/constraints.txt"
+    _pip -r "$FPE_VENV/host-requirements.txt" requests -c "$FPE_REPO/dev/constraints.txt"
     touch "$FPE_VENV/.host-$_req_key"
   fi
 fi

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import HOST
@@ -74,3 +75,16 @@ def test_runtime_error_is_reported_with_node_and_message(executor, txt2img, tiny
     assert not result.success
     assert result.error["node_id"] == "3" and result.error["node_type"] == "KSampler"
     assert result.error["exception_message"]
+
+
+def test_call_node_runs_v1_and_v3_nodes(tiny_sd15):
+    import comfy.samplers
+
+    model = tiny_sd15[0]
+    sampler = call_node("KSamplerSelect", sampler_name="euler")[0]  # a V3 node in current ComfyUI
+    assert isinstance(sampler, comfy.samplers.KSAMPLER)
+    sigmas = call_node("BasicScheduler", model=model, scheduler="normal", steps=5, denoise=1.0)[0]
+    # comfy.samplers.KSampler takes the ModelPatcher in current ComfyUI, the inner model in 2024.
+    target = model if HOST.is_current else model.model
+    expected = comfy.samplers.KSampler(target, steps=5, device="cpu", sampler="euler", scheduler="normal").sigmas
+    assert sigmas.shape == (6,) and torch.equal(sigmas, expected)

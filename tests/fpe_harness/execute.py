@@ -34,20 +34,34 @@ def input_types(class_type: str) -> dict:
     return cls.INPUT_TYPES()
 
 
+def _is_v3(cls) -> bool:
+    try:
+        from comfy_api.internal import _ComfyNodeInternal
+    except ImportError:  # the 2024 host has no V3 nodes
+        return False
+    return isinstance(cls, type) and issubclass(cls, _ComfyNodeInternal)
+
+
 def call_node(class_type: str, **inputs):
-    """Call a node directly with keyword inputs; returns its output tuple (or ``NodeOutput.result``)."""
+    """Call a node as the executor does (V1 instance method or V3 locked class clone).
+
+    Returns the node's output tuple.
+    """
     cls = node_class(class_type)
-    func_name = getattr(cls, "FUNCTION", None)
     with torch.inference_mode():
-        if func_name is None or func_name == "EXECUTE_NORMALIZED":  # current host V3 node
-            out = cls.EXECUTE_NORMALIZED(**inputs) if func_name else cls.execute(**inputs)
-            if inspect.isawaitable(out):
-                out = asyncio.run(out)
-            return out.result if hasattr(out, "result") else out
-        obj = cls()
-        out = getattr(obj, func_name)(**inputs)
+        if _is_v3(cls):
+            from comfy_api.internal import make_locked_method_func
+
+            cls.VALIDATE_CLASS()
+            clone = cls.PREPARE_CLASS_CLONE({"hidden_inputs": {}})
+            func = make_locked_method_func(cls, cls.FUNCTION, clone)
+        else:
+            func = getattr(cls(), cls.FUNCTION)
+        out = func(**inputs)
         if inspect.isawaitable(out):
             out = asyncio.run(out)
+    if hasattr(out, "args") and hasattr(out, "result"):  # V3 NodeOutput
+        return out.args
     if isinstance(out, dict):  # {"ui": ..., "result": ...}
         return out.get("result", ())
     return out
