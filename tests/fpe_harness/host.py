@@ -153,3 +153,10 @@ def boot(comfyui_path: Path, workdir: Path) -> Host:
 
 def pack_module():
     return sys.modules[host().pack_module_name]
+
+
+def pack_submodule(dotted: str):
+    """A module of the loaded pack (e.g. ``fpe_attention.layers``), imported as the pack imports it."""
+    import importlib
+
+    return importlib.import_module(f"{host().pack_module_name}.{dotted}")

@@ -1,0 +1,174 @@
+"""Which self-attention (attn1) layers an edit touches.
+
+A layer is identified as ComfyUI's attention patches see it: ``(block_name, block_id,
+block_index)``, e.g. ``("input", 4, 0)``; ``block_index`` is the transformer layer inside one
+SpatialTransformer (always 0 in SD1.5, 0..9 in SDXL's deep blocks).
+
+Selections:
+
+* ``official``: every attn1 layer whose query token count is <= 32x32 at the current resolution,
+  the rule in the authors' code (it depends on the image size: 11 of 16 SD1.5 layers at 512 px).
+* ``paper 4-14``: attn1 layers 4..14 of SD1.5's 16, numbered 1..16 in forward order
+  (down -> mid -> up), as the paper words it.
+* ``all``: every attn1 layer.
+* ``custom``: a block list such as ``in4,in5,mid0,out3-8``, ``in7.0-4`` (transformer layers 0..4
+  of input block 7) or ``#4-14`` (forward-order layer numbers, 1-based), validated against the model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LayerKey = tuple[str, int, int]
+
+PRESETS = ("official", "paper 4-14", "all", "custom")
+OFFICIAL_MAX_TOKENS = 32 * 32
+
+_BLOCK_ALIASES = {"in": "input", "input": "input", "down": "input", "mid": "middle", "middle": "middle",
+                  "out": "output", "output": "output", "up": "output"}
+_SHORT = {"input": "in", "middle": "mid", "output": "out"}
+
+
+@dataclass(frozen=True)
+class Attn1Layer:
+    key: LayerKey
+    number: int  # 1-based forward order among all attn1 layers
+    level: int  # number of 2x downsamplings before this layer (token grid = latent / 2**level)
+
+    def tokens(self, latent_h: int, latent_w: int) -> int:
+        h, w = latent_h, latent_w
+        for _ in range(self.level):  # stride-2 conv with padding 1: ceil(x / 2)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h * w
+
+    @property
+    def name(self) -> str:
+        block, block_id, index = self.key
+        return f"{_SHORT[block]}{block_id}.{index}"
+
+
+def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
+    """The attn1 layers of a ComfyUI ``UNetModel``, in forward order, read from its modules."""
+    layers: list[Attn1Layer] = []
+    level = 0
+
+    def visit(block_name: str, block_id: int, block) -> None:
+        nonlocal level
+        for module in block:
+            kind = type(module).__name__
+            if kind == "Downsample":
+                level += 1
+            elif kind == "Upsample":
+                level -= 1
+            blocks = getattr(module, "transformer_blocks", None)
+            if blocks is not None:
+                for index, _ in enumerate(blocks):
+                    layers.append(Attn1Layer((block_name, block_id, index), len(layers) + 1, level))
+
+    for block_id, block in enumerate(diffusion_model.input_blocks):
+        visit("input", block_id, block)
+    visit("middle", 0, diffusion_model.middle_block)
+    for block_id, block in enumerate(diffusion_model.output_blocks):
+        visit("output", block_id, block)
+    return layers
+
+
+class LayerSelectionError(ValueError):
+    pass
+
+
+_ITEM = re.compile(
+    r"^(?:#(?P<n0>\d+)(?:-(?P<n1>\d+))?"
+    r"|(?P<block>[a-z]+)(?P<i0>\d+)?(?:-(?P<i1>\d+))?(?:\.(?P<j0>\d+)(?:-(?P<j1>\d+))?)?)$"
+)
+
+
+def _span(lo: str | None, hi: str | None) -> range | None:
+    if lo is None:
+        return None
+    a, b = int(lo), int(hi) if hi is not None else int(lo)
+    if b < a:
+        raise LayerSelectionError(f"range {a}-{b} runs backwards")
+    return range(a, b + 1)
+
+
+def parse_block_list(text: str, layers: list[Attn1Layer]) -> set[LayerKey]:
+    """Resolve a custom block list against the model's layers; every item must select something."""
+    available = ", ".join(_available_blocks(layers))
+    items = [item for item in re.split(r"[\s,;]+", text.strip().lower()) if item]
+    if not items:
+        raise LayerSelectionError("the custom layer list is empty: name blocks such as 'in4,in5,mid0,out3-8'")
+    selected: set[LayerKey] = set()
+    for item in items:
+        match = _ITEM.match(item)
+        if match is None:
+            raise LayerSelectionError(
+                f"cannot read layer item {item!r}: use in<N>, mid, out<N>, ranges like out3-8, "
+                f"transformer layers like in7.0-4, or forward numbers like #4-14")
+        if match["n0"] is not None:
+            numbers = _span(match["n0"], match["n1"])
+            hit = {layer.key for layer in layers if layer.number in numbers}
+            if len(hit) != len(numbers):
+                raise LayerSelectionError(
+                    f"layer item {item!r}: this model has attn1 layers #1-#{len(layers)} only")
+        else:
+            block = _BLOCK_ALIASES.get(match["block"])
+            if block is None:
+                raise LayerSelectionError(f"unknown block {match['block']!r} in {item!r}: use in, mid or out")
+            ids = _span(match["i0"], match["i1"])
+            indices = _span(match["j0"], match["j1"])
+            hit = {
+                layer.key for layer in layers
+                if layer.key[0] == block
+                and (ids is None or layer.key[1] in ids)
+                and (indices is None or layer.key[2] in indices)
+            }
+            if not hit:
+                raise LayerSelectionError(
+                    f"layer item {item!r} selects no self-attention layer of this model; "
+                    f"its attention blocks are: {available}")
+        selected |= hit
+    return selected
+
+
+def _available_blocks(layers: list[Attn1Layer]) -> list[str]:
+    seen: dict[tuple[str, int], int] = {}
+    for layer in layers:
+        seen[layer.key[:2]] = max(seen.get(layer.key[:2], 0), layer.key[2] + 1)
+    return [f"{_SHORT[b]}{i}" + (f".0-{n - 1}" if n > 1 else "") for (b, i), n in seen.items()]
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """A resolved choice of layers; ``official`` stays a token rule evaluated per call."""
+
+    preset: str
+    keys: frozenset[LayerKey] | None  # None: decided by the token rule
+    max_tokens: int | None = None
+
+    def includes(self, key: LayerKey, tokens: int) -> bool:
+        if self.keys is None:
+            return tokens <= self.max_tokens
+        return key in self.keys
+
+    def resolve(self, layers: list[Attn1Layer], latent_h: int, latent_w: int) -> list[Attn1Layer]:
+        return [layer for layer in layers if self.includes(layer.key, layer.tokens(latent_h, latent_w))]
+
+
+def select_layers(preset: str, custom: str, layers: list[Attn1Layer]) -> LayerSelection:
+    if not layers:
+        raise LayerSelectionError("this model has no self-attention (attn1) layers that FPE can edit")
+    if preset == "official":
+        return LayerSelection(preset, None, OFFICIAL_MAX_TOKENS)
+    if preset == "all":
+        return LayerSelection(preset, frozenset(layer.key for layer in layers))
+    if preset == "paper 4-14":
+        if len(layers) != 16:
+            raise LayerSelectionError(
+                f"the 'paper 4-14' preset numbers SD1.5's 16 attn1 layers; this model has {len(layers)}: "
+                f"use 'official' or a custom list")
+        return LayerSelection(preset, frozenset(parse_block_list("#4-14", layers)))
+    if preset == "custom":
+        return LayerSelection(preset, frozenset(parse_block_list(custom, layers)))
+    raise LayerSelectionError(f"unknown layer preset {preset!r}: choose one of {', '.join(PRESETS)}")

@@ -1,0 +1,102 @@
+"""Layer selection (presets, block lists) and the step window / step index rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpe_harness.attention import layer_keys, trace_attn1
+from fpe_harness.execute import call_node
+from fpe_harness.host import pack_submodule
+
+
+@pytest.fixture(scope="module")
+def layers_mod():
+    return pack_submodule("fpe_attention.layers")
+
+
+@pytest.fixture(scope="module")
+def steps_mod():
+    return pack_submodule("fpe_attention.steps")
+
+
+@pytest.fixture(scope="module")
+def sd15_layers(tiny_sd15, layers_mod):
+    return layers_mod.unet_attn1_layers(tiny_sd15[0].model.diffusion_model)
+
+
+def test_layers_read_from_modules_match_a_traced_forward_pass(tiny_sd15, tiny_sdxl, layers_mod):
+    for model, clip in ((tiny_sd15[0], tiny_sd15[1]), (tiny_sdxl[0], tiny_sdxl[1])):
+        layers = layers_mod.unet_attn1_layers(model.model.diffusion_model)
+        # A non-square latent with odd sides exercises the ceil rule of the stride-2 downsampling.
+        latent = {"samples": torch.zeros(1, 4, 13, 22)}
+        cond = call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
+        calls = trace_attn1(model, lambda m, cond=cond, latent=latent: call_node(
+            "KSampler", model=m, seed=1, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
+            positive=cond, negative=cond, latent_image=latent, denoise=1.0))
+        assert [layer.key for layer in layers] == layer_keys(calls)
+        traced = {(c["block"][0], c["block"][1], c["block_index"]): c["tokens"] for c in calls}
+        assert {layer.key: layer.tokens(13, 22) for layer in layers} == traced
+        assert [layer.number for layer in layers] == list(range(1, len(layers) + 1))
+
+
+def test_official_rule_follows_resolution_as_in_the_code(sd15_layers, layers_mod):
+    official = layers_mod.select_layers("official", "", sd15_layers)
+    numbers = {side: [layer.number for layer in official.resolve(sd15_layers, side, side)] for side in (32, 64, 128)}
+    assert numbers[64] == list(range(3, 14))  # 512 px: #3-#13, 11 layers
+    assert numbers[128] == list(range(5, 11))  # 1024 px: #5-#10
+    assert numbers[32] == list(range(1, 17))  # 256 px: all 16
+
+
+def test_paper_preset_and_block_lists(sd15_layers, layers_mod):
+    paper = layers_mod.select_layers("paper 4-14", "", sd15_layers)
+    assert sorted(layer.number for layer in sd15_layers if layer.key in paper.keys) == list(range(4, 15))
+    custom = layers_mod.select_layers("custom", "in4,in5,in7-8, mid0 ;out3-8", sd15_layers)
+    official_512 = {layer.key for layer in layers_mod.select_layers("official", "", sd15_layers)
+                    .resolve(sd15_layers, 64, 64)}
+    assert custom.keys == official_512
+    assert layers_mod.parse_block_list("input7.0 middle OUT11", sd15_layers) == {
+        ("input", 7, 0), ("middle", 0, 0), ("output", 11, 0)}
+    everything = layers_mod.select_layers("all", "", sd15_layers)
+    assert len(everything.keys) == 16
+
+
+def test_sdxl_transformer_layers_can_be_picked_one_by_one(tiny_sdxl, layers_mod):
+    layers = layers_mod.unet_attn1_layers(tiny_sdxl[0].model.diffusion_model)
+    assert layers_mod.parse_block_list("in7.1,mid.0-1", layers) == {
+        ("input", 7, 1), ("middle", 0, 0), ("middle", 0, 1)}
+    assert len(layers_mod.parse_block_list("out0-2", layers)) == 6
+    with pytest.raises(layers_mod.LayerSelectionError, match="numbers SD1.5's 16 attn1 layers; this model has 22"):
+        layers_mod.select_layers("paper 4-14", "", layers)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("in3", r"'in3' selects no self-attention layer of this model; its attention blocks are: in1, in2, in4"),
+    ("side4", r"unknown block 'side'"),
+    ("#0-17", r"this model has attn1 layers #1-#16 only"),
+    ("out8-3", r"range 8-3 runs backwards"),
+    ("in4+", r"cannot read layer item 'in4\+'"),
+    ("  , ", r"the custom layer list is empty"),
+])
+def test_bad_block_lists_name_the_item_and_the_fix(sd15_layers, layers_mod, text, message):
+    with pytest.raises(layers_mod.LayerSelectionError, match=message):
+        layers_mod.select_layers("custom", text, sd15_layers)
+
+
+def test_step_window_uses_the_official_truncation(steps_mod):
+    assert steps_mod.step_window(50, 0.0, 0.8) == (0, 40)
+    assert steps_mod.step_window(100, 0.0, 0.29) == (0, 28)  # int(28.999999999999996)
+    assert steps_mod.step_window(50, 0.2, 0.6) == (10, 30)
+    assert steps_mod.step_window(50, 0.5, 0.5) == (25, 25)
+    with pytest.raises(ValueError, match="start .* is after end"):
+        steps_mod.step_window(50, 0.6, 0.2)
+
+
+def test_step_index_comes_from_the_schedule_not_a_counter(tiny_sd15, steps_mod):
+    sigmas = call_node("BasicScheduler", model=tiny_sd15[0], scheduler="karras", steps=6, denoise=1.0)[0]
+    for i, sigma in enumerate(sigmas[:-1].tolist()):
+        assert steps_mod.step_index(sigma, sigmas) == i
+        assert steps_mod.step_index(float(torch.tensor(sigma, dtype=torch.float32)), sigmas.double()) == i
+        midpoint = (sigmas[i] * sigmas[i + 1]).sqrt().item() if sigmas[i + 1] > 0 else sigmas[i].item() / 2
+        assert steps_mod.step_index(midpoint, sigmas) == i  # heun/dpm2 intermediate evaluations
+    assert steps_mod.step_index(sigmas[0].item() * 1.5, sigmas) is None
