@@ -100,3 +100,20 @@ def test_step_index_comes_from_the_schedule_not_a_counter(tiny_sd15, steps_mod):
         midpoint = (sigmas[i] * sigmas[i + 1]).sqrt().item() if sigmas[i + 1] > 0 else sigmas[i].item() / 2
         assert steps_mod.step_index(midpoint, sigmas) == i  # heun/dpm2 intermediate evaluations
     assert steps_mod.step_index(sigmas[0].item() * 1.5, sigmas) is None
+
+
+def test_official_ddim_sigmas_match_the_notebook_schedule(tiny_sd15):
+    schedule = pack_submodule("fpe_attention.schedule")
+    assert schedule.official_ddim_timesteps(50)[:3] == [980, 960, 940]
+    assert schedule.official_ddim_timesteps(50)[-2:] == [20, 0]
+    assert len(schedule.official_ddim_timesteps(30)) == 30  # ddim_uniform would give 31 steps
+    sigmas = schedule.official_ddim_sigmas(schedule.model_sampling_of(tiny_sd15[0]), 50)
+    # Independent: diffusers' scaled_linear betas, alpha_bar, sigma = sqrt((1 - a) / a).
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    t = torch.tensor(list(range(980, -1, -20)) + [0])
+    expected = ((1 - alpha_bar[t]) / alpha_bar[t]).sqrt()
+    assert sigmas.shape == (51,)
+    torch.testing.assert_close(sigmas.double(), expected, rtol=2e-6, atol=0)
+    assert abs(sigmas[0].item() - 13.043) < 1e-3 and abs(sigmas[-1].item() - 0.0292) < 1e-4
+    assert sigmas[-1] == sigmas[-2]  # the last step is zero-length, as t = 0 -> alpha_bar_0
