@@ -4,7 +4,7 @@
 set -euo pipefail
 
 FPE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FPE_DEV_CACHE="${FPE_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/free-prompt-editing-dev}"
+FPE_DEV_CACHE="${FPE_DEV_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/free-prompt-editing-dev}"
 mkdir -p "$FPE_DEV_CACHE"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1 PIP_DISABLE_PIP_VERSION_CHECK=1
