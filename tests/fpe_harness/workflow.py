@@ -154,11 +154,9 @@ def to_api(workflow: dict) -> dict:
             if inp.get("link") is None:
                 continue
             got = resolve(inp["link"], inp.get("type"))
-            if got is None:
+            if got is None:  # fed by a muted node or nothing: the input is left unset
                 inputs.pop(inp["name"], None)
-            elif got[0] == "value":
-                inputs[inp["name"]] = got[1]
-            else:
+            else:  # a PrimitiveNode's value, or [origin_id, slot]
                 inputs[inp["name"]] = got[1]
         prompt[str(node["id"])] = {
             "class_type": ctype,
