@@ -35,6 +35,8 @@ class Attn1Layer:
     key: LayerKey
     number: int  # 1-based forward order among all attn1 layers
     level: int  # number of 2x downsamplings before this layer (token grid = latent / 2**level)
+    channels: int = 0  # width of the layer input (heads * dim_head)
+    heads: int = 0
 
     def tokens(self, latent_h: int, latent_w: int) -> int:
         h, w = latent_h, latent_w
@@ -63,8 +65,10 @@ def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
                 level -= 1
             blocks = getattr(module, "transformer_blocks", None)
             if blocks is not None:
-                for index, _ in enumerate(blocks):
-                    layers.append(Attn1Layer((block_name, block_id, index), len(layers) + 1, level))
+                for index, transformer in enumerate(blocks):
+                    attn1 = transformer.attn1
+                    layers.append(Attn1Layer((block_name, block_id, index), len(layers) + 1, level,
+                                             attn1.to_q.in_features, getattr(attn1, "heads", 0)))
 
     for block_id, block in enumerate(diffusion_model.input_blocks):
         visit("input", block_id, block)

@@ -34,3 +34,22 @@ def official_ddim_sigmas(model_sampling, steps: int) -> torch.Tensor:
     timesteps = official_ddim_timesteps(steps)
     t = torch.tensor(timesteps + [0], dtype=torch.float32)
     return model_sampling.sigma(t).float().cpu()
+
+
+def sampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
+    """The sigmas the stock KSampler would use for these settings (float32, on CPU).
+
+    Built by ComfyUI's own ``comfy.samplers.KSampler`` so scheduler handlers, ``denoise`` and the
+    samplers that drop the penultimate sigma (dpm_2, uni_pc) behave exactly as in the host.
+    """
+    import types
+
+    import comfy.samplers
+
+    if getattr(model, "get_model_object", None) is not None:  # current ComfyUI reads model_sampling itself
+        target = model
+    else:  # ComfyUI of early 2024 reads ``.model_sampling`` from what it is given
+        target = types.SimpleNamespace(model_sampling=model_sampling_of(model))
+    ksampler = comfy.samplers.KSampler(target, steps=steps, device="cpu", sampler=sampler_name,
+                                       scheduler=scheduler, denoise=denoise)
+    return ksampler.sigmas.float().cpu()

@@ -3,8 +3,40 @@
 Every node id starts with ``FPE`` so it cannot collide with ComfyUI's built-ins or other packs.
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from __future__ import annotations
+
+from contextlib import contextmanager
 
 # The category every node of the pack appears under in ComfyUI's node menu.
 CATEGORY = "Free Prompt Editing"
+
+
+@contextmanager
+def as_fpe_error(input_name: str):
+    """Re-raise a layer-list problem as an FPEError that names the node input."""
+    from ..fpe_attention.errors import FPEError
+    from ..fpe_attention.layers import LayerSelectionError
+
+    try:
+        yield
+    except LayerSelectionError as exc:
+        raise FPEError(f"{input_name}: {exc}") from None
+
+
+from .capture import FPESourceCapture  # noqa: E402
+from .images import FPESideBySide  # noqa: E402
+from .inject import FPESelfAttnInject  # noqa: E402
+from .schedules import FPEOfficialDDIMSigmas  # noqa: E402
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "FPESourceCapture": FPESourceCapture,
+    "FPESelfAttnInject": FPESelfAttnInject,
+    "FPEOfficialDDIMSigmas": FPEOfficialDDIMSigmas,
+    "FPESideBySide": FPESideBySide,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "FPESourceCapture": "FPE Source Capture",
+    "FPESelfAttnInject": "FPE Self-Attn Inject",
+    "FPEOfficialDDIMSigmas": "FPE Official DDIM Sigmas",
+    "FPESideBySide": "FPE Side by Side",
+}

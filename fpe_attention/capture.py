@@ -1,0 +1,105 @@
+"""Source capture: sample the source image and record what the edits will need.
+
+An attn1 patch on a clone of the model records, for the selected layers and steps, the layer
+input ``n`` of the source's cond rows (and uncond rows if asked), keyed by model evaluation
+(see ``evaluations``). Nothing else about sampling changes: the source LATENT is the stock
+KSampler's result, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FPEError
+from .evaluations import COND, UNCOND, EvaluationClock
+from .layers import LayerSelection, unet_attn1_layers
+from .sampling import sample_over_sigmas
+from .source import FPESource, model_signature
+from .steps import step_window
+
+ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
+STORAGE = ("auto", "cpu")
+PRECISION = ("exact", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    selection: LayerSelection
+    layer_setting: str  # as the user wrote it, for messages
+    store_end: float = 0.8
+    rows: str = "cond"
+    storage: str = "auto"  # auto: where the model runs; cpu: keep the capture in system RAM
+    precision: str = "exact"  # exact: the dtype the model computes in; fp16/bf16: half the bytes of fp32
+
+
+class CaptureRecorder:
+    """attn1 patch that stores the source's layer inputs into an ``FPESource``."""
+
+    def __init__(self, source: FPESource, device: torch.device | None, dtype: torch.dtype | None):
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+        self.clock = EvaluationClock(source.schedule)
+        self._logged = None
+
+    def __deepcopy__(self, memo):  # model.clone() deep-copies options: share, never copy the store
+        return self
+
+    def __call__(self, n, context, value, extra_options):
+        call = self.clock.locate(extra_options, n.shape[0])
+        source = self.source
+        if call is not self._logged:
+            for chunk in call.chunks:
+                source.evaluations.setdefault(chunk.key, call.step)
+            self._logged = call
+        first, stop = source.stored_window
+        if call.step is None or not first <= call.step < stop:
+            return n, context, value
+        layer = (extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
+        if layer not in source.stored_layers:
+            return n, context, value
+        for chunk in call.chunks:
+            if chunk.kind in source.stored_kinds:
+                rows = n[chunk.rows].detach()
+                stored = rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
+                source.entries.setdefault(chunk.key, {})[layer] = stored
+        return n, context, value
+
+
+def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+                   latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
+                   settings: CaptureSettings) -> tuple[dict, FPESource]:
+    """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+    signature = model_signature(model)
+    layers = unet_attn1_layers(model.model.diffusion_model)
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise FPEError(f"latent_image: FPE edits image latents [batch, channels, height, width]; got shape "
+                       f"{list(samples.shape)}")
+    height, width = samples.shape[-2:]
+    stored = settings.selection.resolve(layers, height, width)
+    if not stored:
+        raise FPEError(
+            f"store layers '{settings.layer_setting}' select no self-attention layer at {width * 8}x{height * 8} px: "
+            f"choose 'all' or a custom list")
+    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+        raise FPEError("sigmas: the schedule needs at least 2 values (1 step)")
+    if settings.rows not in ROWS:
+        raise FPEError(f"store_rows: unknown value {settings.rows!r}; choose one of {', '.join(ROWS)}")
+    steps = int(sigmas.shape[0]) - 1
+    source = FPESource(
+        signature=signature, layers=layers, latent_shape=tuple(int(x) for x in samples.shape),
+        schedule=[float(s) for s in sigmas], schedule_origin=schedule_origin,
+        stored_layers=frozenset(layer.key for layer in stored), stored_window=step_window(steps, 0.0, settings.store_end),
+        stored_kinds=ROWS[settings.rows], layer_setting=settings.layer_setting, store_end=settings.store_end, cfg=cfg,
+        storage_device="cpu" if settings.storage == "cpu" else "auto")
+    device = torch.device("cpu") if settings.storage == "cpu" else None
+    dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
+    patched = model.clone()
+    patched.set_model_attn1_patch(CaptureRecorder(source, device, dtype))
+    out = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                             positive=positive, negative=negative, latent=latent, sigmas=sigmas, denoise=denoise)
+    source.complete = True  # reached only when sampling returned normally
+    return out, source

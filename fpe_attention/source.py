@@ -1,0 +1,151 @@
+"""``FPE_SOURCE``: what a source run leaves for the edits that follow it.
+
+The capture stores, for the selected attn1 layers and steps, the layer *input* ``n`` of the
+source rows (the tensor ComfyUI projects to Q, K and V). The target later computes its edited
+rows' queries and keys from it with the same weights, so Attention(Q_src, K_src, V_tgt) equals
+the official map replacement. Why inputs and not Q/K or maps: ``n`` is half the bytes of Q+K,
+~9x fewer than the maps at 512 px, and replaying it needs no extra UNet pass, so a re-edit costs
+one plain generation (measured in ``dev/benchmark.py``; see BENCHMARKS.md).
+
+An ``FPESource`` is immutable once complete; ComfyUI caches it as the capture node's output,
+so changing only the target prompt re-runs only the target side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import FPEError
+from .evaluations import KIND_NAMES, EvalKey
+from .layers import Attn1Layer, LayerKey, unet_attn1_layers
+from .steps import SIGMA_RTOL
+
+_FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise as FPE Source Capture "
+                 "(or the same sigmas), and the same sampler")
+
+
+def model_signature(model) -> tuple:
+    """What must agree between the capture's and the inject's model for the pairing to hold."""
+    inner = model.model
+    diffusion_model = getattr(inner, "diffusion_model", None)
+    if not hasattr(diffusion_model, "input_blocks"):
+        raise FPEError(
+            f"model: FPE edits the self-attention of UNet models (SD1.x, SD2.x, SDXL); this model is "
+            f"{type(inner).__name__} with a {type(diffusion_model).__name__} backbone")
+    layers = unet_attn1_layers(diffusion_model)
+    return (type(inner).__name__, type(inner.latent_format).__name__,
+            tuple((layer.key, layer.channels, layer.heads) for layer in layers))
+
+
+def describe_signature(signature: tuple) -> str:
+    model_type, latent_format, widths = signature
+    return f"{model_type} ({latent_format} latents, {len(widths)} self-attention layers)"
+
+
+@dataclass
+class FPESource:
+    signature: tuple
+    layers: list[Attn1Layer]
+    latent_shape: tuple[int, int, int, int]  # source LATENT batch, channels, height, width
+    schedule: list[float]  # the capture's sigmas (steps + 1 values)
+    schedule_origin: str  # how the capture got them, for error messages
+    stored_layers: frozenset[LayerKey]
+    stored_window: tuple[int, int]  # [first, stop) step indices stored
+    stored_kinds: frozenset[int]  # chunk kinds (cond/uncond) stored
+    layer_setting: str  # the capture's layer setting, for error messages
+    store_end: float
+    cfg: float
+    storage_device: str
+    entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
+    evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation seen -> step
+    complete: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.schedule) - 1
+
+    @property
+    def batch(self) -> int:
+        return self.latent_shape[0]
+
+    @property
+    def evaluated_kinds(self) -> frozenset[int]:
+        return frozenset(key[0] for key in self.evaluations)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer_map in self.entries.values() for t in layer_map.values())
+
+    def bytes_per_step(self) -> float:
+        steps = {self.evaluations[k] for k in self.entries}
+        return self.nbytes / max(1, len(steps))
+
+    def top_occurrences(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for kind, skey, _ in self.evaluations:
+            if skey == ("s", 0):
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    # --- checks the inject makes -------------------------------------------------------------
+
+    def require_complete(self) -> None:
+        if not self.complete:
+            raise FPEError(
+                "fpe_source comes from a capture that did not finish (interrupted or failed): "
+                "queue the graph again so FPE Source Capture runs to the end")
+
+    def check_schedule(self, sigmas) -> None:
+        """Raise unless the target's sigmas are the capture's (same steps, scheduler, denoise)."""
+        target = [float(s) for s in sigmas]
+        mine = self.schedule
+        same = len(target) == len(mine) and all(
+            abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b)) + 1e-12 for a, b in zip(target, mine, strict=True))
+        if not same:
+            raise FPEError(
+                f"the target sampler's schedule differs from the capture's: the target runs {len(target) - 1} steps "
+                f"over sigmas {_fmt(target)}, FPE Source Capture ran {self.steps} steps over {_fmt(mine)} "
+                f"({self.schedule_origin}). Fix: {_FIX_SCHEDULE}.")
+
+    def reject_sigma(self, sigma: float, first: bool = False) -> None:
+        where = "starts" if first else "evaluates the model"
+        raise FPEError(
+            f"the target sampler {where} at sigma {sigma:.6g}, which is not where FPE Source Capture's schedule "
+            f"puts it ({self.steps} steps over {_fmt(self.schedule)}, {self.schedule_origin}). Fix: {_FIX_SCHEDULE}.")
+
+    def check_latent(self, shape) -> None:
+        """Raise unless a target latent of ``shape`` [B, C, H, W] can pair with this source."""
+        batch, _, height, width = (int(x) for x in shape[:4])
+        _, _, src_h, src_w = self.latent_shape
+        if (height, width) != (src_h, src_w):
+            raise FPEError(
+                f"the target latent is {width * 8}x{height * 8} px ({width}x{height} latent) but the source was captured "
+                f"at {src_w * 8}x{src_h * 8} px ({src_w}x{src_h}): give the target sampler a latent of the capture's size")
+        if self.batch != 1 and batch != self.batch:
+            raise FPEError(
+                f"batch sizes do not pair: the target latent has {batch} images, the source {self.batch}. Use a source "
+                f"batch of 1 (shared by every target) or equal batch sizes (paired image by image)")
+
+    def lookup(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
+        layer_map = self.entries.get(key)
+        if layer_map is not None and layer in layer_map:
+            return layer_map[layer]
+        kind, skey, occurrence = key
+        if key not in self.evaluations:
+            where = f"schedule sigma #{skey[1]}" if skey[0] == "s" else f"sigma {skey[1]:.6g}"
+            raise FPEError(
+                f"the target sampler evaluates the model ({KIND_NAMES[kind]} rows, {where}, evaluation "
+                f"{occurrence + 1} there, step {step}) where the source run never did. Fix: {_FIX_SCHEDULE}.")
+        raise FPEError(
+            f"fpe_source holds no capture for layer {layer} at step {step}: raise FPE Source Capture's "
+            f"store settings (layers '{self.layer_setting}', store_end {self.store_end}) to cover the inject's")
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) > 6:
+        head = ", ".join(f"{v:.4g}" for v in values[:3])
+        tail = ", ".join(f"{v:.4g}" for v in values[-2:])
+        return f"[{head}, ..., {tail}]"
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"

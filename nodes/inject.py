@@ -1,0 +1,56 @@
+"""FPE Self-Attn Inject: patch a clone of the model so the target sampler makes the edit."""
+
+from __future__ import annotations
+
+from ..fpe_attention.inject import BRANCHES, inject_model
+from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
+from . import CATEGORY, as_fpe_error
+from .capture import OFFICIAL_CUSTOM
+
+
+class FPESelfAttnInject:
+    CATEGORY = CATEGORY
+    FUNCTION = "inject"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the edit attached: sample the target prompt with it (KSampler, "
+                       "KSamplerAdvanced, SamplerCustom) using the capture's seed, steps, sampler and scheduler.",)
+    DESCRIPTION = ("Free-Prompt-Editing: in the chosen self-attention layers and steps, the target's attention map "
+                   "is replaced by the source's, so the edit keeps the source layout. The input model is untouched.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model the capture used (LoRAs included); a patched clone is "
+                                               "returned."}),
+                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (or DDIM Invert for real images)."}),
+                "layers": (list(PRESETS), {
+                    "default": "official",
+                    "tooltip": "Self-attention layers to edit. 'official': layers with at most 32x32 tokens (the "
+                               "authors' code; 11 of SD1.5's 16 at 512 px). 'paper 4-14': SD1.5 layers 4-14 as the "
+                               "paper words it. 'all': every layer (stronger structure lock). 'custom': custom_layers."}),
+                "custom_layers": ("STRING", {
+                    "default": OFFICIAL_CUSTOM, "multiline": False,
+                    "tooltip": "Block list used when layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 (transformer "
+                               "layers of SDXL blocks) · #4-14 (forward-order numbers, 1-based)."}),
+                "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "First edited step as a fraction: step i is edited iff "
+                                               "int(steps*start) <= i < int(steps*end). start = end turns the edit off."}),
+                "end": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "End of the edited steps (official 0.8). Lower (0.4-0.6) frees shape "
+                                             "changes; higher keeps more of the source. Must not exceed the capture's "
+                                             "store_end."}),
+                "branches": (list(BRANCHES), {
+                    "default": "cond only",
+                    "tooltip": "'cond only' (official): only the target's conditional rows take the source map. "
+                               "'cond + uncond' also edits the unconditional rows (needs store_rows 'cond + uncond')."}),
+            },
+        }
+
+    def inject(self, model, fpe_source, layers, custom_layers, start, end, branches):
+        with as_fpe_error("layers"):
+            selection = select_layers(layers, custom_layers, unet_attn1_layers(model.model.diffusion_model))
+        setting = custom_layers if layers == "custom" else layers
+        return (inject_model(model, fpe_source, selection=selection, layer_setting=setting, start=start, end=end,
+                             branches=branches),)
