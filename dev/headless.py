@@ -1,11 +1,13 @@
-"""Run a UI-format workflow headless through ComfyUI's real executor (the README's main job).
+"""The README's main job: a headless FPE edit through ComfyUI's real executor.
 
-    bash run.sh [--checkpoint FILE.safetensors] [--workflow WORKFLOW.json] [--prompt TEXT]
-                [--seed N] [--steps N] [--out DIR]
+    bash run.sh [--checkpoint FILE.safetensors] [--source-prompt TEXT] [--target-prompt TEXT]
+                [--negative TEXT] [--seed N] [--steps N] [--cfg X] [--size PX] [--workflow FILE.json]
+                [--out DIR]
 
-With ``--checkpoint`` the file is made visible to ComfyUI's checkpoint loader and every
-CheckpointLoaderSimple in the workflow uses it. Without one, a tiny randomly initialised model is
-built and used: the run then proves the plumbing only, and its pictures are meaningless.
+Runs a shipped workflow (default workflows/fpe_generated_edit.json) and writes source.png, edit.png
+and side_by_side.png to --out. With --checkpoint the file is made visible to ComfyUI's checkpoint
+loader (nothing is downloaded). Without one, a tiny randomly initialised model is built and used:
+the run then proves the plumbing only, and its pictures are meaningless.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-DEFAULT_WORKFLOW = REPO / "tests" / "fixtures" / "txt2img_tiny_sd15.json"
+DEFAULT_WORKFLOW = REPO / "workflows" / "fpe_generated_edit.json"
+TINY_STEPS, TINY_SIZE = 8, 256
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="an SD1.5 .safetensors checkpoint of yours")
     parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW, help="UI-format workflow JSON")
-    parser.add_argument("--prompt", help="text for the first CLIPTextEncode node")
-    parser.add_argument("--seed", type=int, help="seed for every sampler in the workflow")
-    parser.add_argument("--steps", type=int, help="steps for every sampler in the workflow")
+    parser.add_argument("--source-prompt", help="what the image shows (the capture's positive prompt)")
+    parser.add_argument("--target-prompt", help="the edit (the target sampler's positive prompt)")
+    parser.add_argument("--negative", help="negative prompt of both sides")
+    parser.add_argument("--seed", type=int, help="seed of both sides")
+    parser.add_argument("--steps", type=int, help="steps of both sides")
+    parser.add_argument("--cfg", type=float, help="guidance scale of both sides")
+    parser.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8)")
     parser.add_argument("--out", type=Path, default=REPO / "output", help="where images are written")
     args = parser.parse_args(argv)
 
@@ -61,30 +68,64 @@ def main(argv=None) -> int:
     from fpe_harness.workflow import load_workflow, to_api
 
     prompt = to_api(load_workflow(args.workflow))
-    first_text = True
+    if not args.checkpoint:  # keep the demo short on a CPU: the tiny model's pictures mean nothing anyway
+        args.steps = args.steps or TINY_STEPS
+        args.size = args.size or TINY_SIZE
+    texts = _prompt_roles(prompt)
+    for role, value in (("source", args.source_prompt), ("target", args.target_prompt),
+                        ("negative", args.negative)):
+        for node_id in texts.get(role, ()):
+            if value is not None:
+                prompt[node_id]["inputs"]["text"] = value
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = ckpt_name
-        if args.prompt is not None and node["class_type"] == "CLIPTextEncode" and first_text:
-            inputs["text"], first_text = args.prompt, False
-        for key, value in (("seed", args.seed), ("noise_seed", args.seed), ("steps", args.steps)):
+        for key, value in (("seed", args.seed), ("noise_seed", args.seed), ("steps", args.steps),
+                           ("cfg", args.cfg), ("width", args.size), ("height", args.size)):
             if value is not None and key in inputs and not isinstance(inputs[key], list):
                 inputs[key] = value
 
     result = Executor().run(prompt)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    for outputs in result.outputs.values():
-        for image in outputs.get("images", []):
+    for node_id, outputs in result.outputs.items():
+        images = outputs.get("images", [])
+        name = Path(str(prompt[node_id]["inputs"].get("filename_prefix", "image"))).name
+        for i, image in enumerate(images):
             src = host.workdir / image["type"] / image["subfolder"] / image["filename"]
-            shutil.copy2(src, args.out / image["filename"])
-            written.append(args.out / image["filename"])
-    print(f"ComfyUI {host.kind} ({host.version}) ran {len(result.executed)} nodes; wrote:")
-    for path in written:
+            dst = args.out / (f"{name}.png" if len(images) == 1 else f"{name}_{i}.png")
+            shutil.copy2(src, dst)
+            written.append(dst)
+    print(f"ComfyUI {host.kind} ({host.version}) ran {len(result.executed)} nodes of {args.workflow.name}; wrote:")
+    for path in sorted(written):
         print(f"  {path}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _prompt_roles(prompt: dict) -> dict[str, list[str]]:
+    """Which CLIPTextEncode nodes are the source, target and negative prompts, read from the links."""
+    roles: dict[str, list[str]] = {}
+
+    def text_node(link):
+        if isinstance(link, list) and prompt.get(link[0], {}).get("class_type") == "CLIPTextEncode":
+            return link[0]
+        return None
+
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert"):
+            role = "source"
+        elif node["class_type"] in ("KSampler", "KSamplerAdvanced", "SamplerCustom"):
+            role = "target"
+        else:
+            continue
+        for key, name in (("positive", role), ("negative", "negative")):
+            found = text_node(inputs.get(key))
+            if found and found not in roles.setdefault(name, []):
+                roles[name].append(found)
+    return roles
 
 
 if __name__ == "__main__":

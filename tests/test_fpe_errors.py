@@ -1,0 +1,143 @@
+"""Every FPE error names the input at fault and the fix; most are raised before sampling starts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fpe_harness.execute import call_node
+from fpe_harness.graphs import SRC, TGT, capture, inject, ksampler, latent
+from fpe_harness.host import pack_submodule
+
+W, H = 64, 48
+SAME_SCHEDULE = "Fix: give the target sampler the same steps, scheduler and denoise as FPE Source Capture"
+
+
+@pytest.fixture(scope="module")
+def FPEError():
+    return pack_submodule("fpe_attention.errors").FPEError
+
+
+@pytest.fixture(scope="module")
+def source(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    return capture(model, clip, SRC, latent_image=latent(W, H), steps=3)[1]
+
+
+def _edit(tiny_sd15, source, **kwargs):
+    model, clip, _ = tiny_sd15
+    options = {"latent_image": latent(W, H), "steps": 3, **kwargs}
+    return ksampler(inject(model, source), clip, TGT, **options)
+
+
+@pytest.mark.parametrize("change", [{"steps": 4}, {"scheduler": "karras"}, {"denoise": 0.6}, {"sampler": "heun"}],
+                         ids=["steps", "scheduler", "denoise", "sampler"])
+def test_target_schedule_must_be_the_captures(tiny_sd15, source, FPEError, change):
+    with pytest.raises(FPEError, match=SAME_SCHEDULE):
+        _edit(tiny_sd15, source, **change)
+
+
+def test_target_sigmas_must_be_the_captures(tiny_sd15, FPEError):
+    model, clip, _ = tiny_sd15
+    sigmas = call_node("FPEOfficialDDIMSigmas", model=model, steps=3)[0]
+    _, official = capture(model, clip, SRC, latent_image=latent(W, H), sampler="ddim", sigmas=sigmas)
+    assert official.schedule_origin == "sigmas input, 3 steps"
+    with pytest.raises(FPEError, match=SAME_SCHEDULE + r" \(or the same sigmas\)"):
+        _edit(tiny_sd15, official, sampler="ddim", scheduler="ddim_uniform")
+
+
+def test_latent_size_and_batch_must_pair(tiny_sd15, source, FPEError):
+    with pytest.raises(FPEError, match=r"the target latent is 72x48 px \(9x6 latent\) but the source was captured at "
+                                       r"64x48 px"):
+        _edit(tiny_sd15, source, latent_image=latent(72, 48))
+    model, clip, _ = tiny_sd15
+    _, source2 = capture(model, clip, SRC, latent_image=latent(W, H, 2), steps=3)
+    with pytest.raises(FPEError, match="batch sizes do not pair: the target latent has 3 images, the source 2. Use a "
+                                       "source batch of 1"):
+        _edit(tiny_sd15, source2, latent_image=latent(W, H, 3))
+
+
+def test_capture_from_another_architecture_is_refused(tiny_sd15, tiny_sdxl, source, FPEError):
+    with pytest.raises(FPEError, match=r"model: fpe_source was captured with BaseModel \(SD15 latents, 16 self-attention "
+                                       r"layers\), but this model is SDXL \(SDXL latents, \d+ self-attention layers\)"):
+        inject(tiny_sdxl[0], source)
+
+
+def test_unfinished_capture_is_refused(tiny_sd15, source, FPEError):
+    with pytest.raises(FPEError, match="fpe_source comes from a capture that did not finish"):
+        inject(tiny_sd15[0], dataclasses.replace(source, complete=False))
+
+
+def test_interrupted_capture_returns_nothing(tiny_sd15):
+    import comfy.model_management
+
+    model, clip, _ = tiny_sd15
+    calls = []
+
+    def interrupt_on_second_call(n, context, value, extra_options):
+        calls.append(1)
+        if len(calls) == 16 * 2:  # the second UNet call
+            raise comfy.model_management.InterruptProcessingException()
+        return n, context, value
+
+    interrupted = model.clone()
+    interrupted.set_model_attn1_patch(interrupt_on_second_call)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        capture(interrupted, clip, SRC, latent_image=latent(W, H), steps=3)
+
+
+@pytest.mark.parametrize("layers, custom, message", [
+    ("custom", "out0", r"layers: layer item 'out0' selects no self-attention layer of this model; its attention "
+                       r"blocks are: in1, in2, in4, in5, in7, in8, mid0, out3"),
+    ("custom", "foo3", r"layers: unknown block 'foo' in 'foo3': use in, mid or out"),
+    ("custom", " ", r"layers: the custom layer list is empty"),
+])
+def test_layer_lists_that_select_nothing_are_refused(tiny_sd15, source, FPEError, layers, custom, message):
+    with pytest.raises(FPEError, match=message):
+        inject(tiny_sd15[0], source, layers=layers, custom_layers=custom)
+
+
+def test_start_after_end_is_refused(tiny_sd15, source, FPEError):
+    with pytest.raises(FPEError, match=r"start \(0.6\) is after end \(0.4\): set start below end"):
+        inject(tiny_sd15[0], source, start=0.6, end=0.4)
+
+
+def test_inject_cannot_ask_for_more_than_the_capture_stored(tiny_sd15, FPEError):
+    model, clip, _ = tiny_sd15
+    _, narrow = capture(model, clip, SRC, latent_image=latent(W, H), steps=3, store_layers="custom",
+                        store_custom_layers="in4,in5", store_end=0.5)
+    with pytest.raises(FPEError, match=r"layers 'official' include in1.0, in2.0, in7.0.*which FPE Source Capture did "
+                                       r"not store \(its store_layers: 'in4,in5'\)"):
+        inject(model, narrow)
+    with pytest.raises(FPEError, match=r"end 0.8 edits steps 0..1 of 3, but FPE Source Capture stored steps 0..0 "
+                                       r"\(store_end 0.5\): raise the capture's store_end to at least 0.8"):
+        inject(model, narrow, layers="custom", custom_layers="in4")
+    with pytest.raises(FPEError, match="branches 'cond \\+ uncond' needs the source's uncond rows: set FPE Source "
+                                       "Capture's store_rows to 'cond \\+ uncond'"):
+        inject(model, narrow, layers="custom", custom_layers="in4", end=0.3, branches="cond + uncond")
+    _, cfg1 = capture(model, clip, SRC, latent_image=latent(W, H), steps=3, cfg=1.0, store_rows="cond + uncond")
+    with pytest.raises(FPEError, match=r"the capture ran at cfg 1.0, where ComfyUI skips them"):
+        inject(model, cfg1, branches="cond + uncond")
+
+
+def test_capture_layer_list_errors_name_the_capture_input(tiny_sd15, FPEError):
+    model, clip, _ = tiny_sd15
+    with pytest.raises(FPEError, match="store_layers: layer item 'out1'"):
+        capture(model, clip, SRC, latent_image=latent(W, H), steps=2, store_layers="custom", store_custom_layers="out1")
+
+
+def test_capture_stores_only_what_was_asked(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    _, src = capture(model, clip, SRC, latent_image=latent(W, H), steps=5, store_layers="custom",
+                     store_custom_layers="mid0,out3", store_end=0.6, precision="fp16", storage="cpu")
+    assert {step for key, step in src.evaluations.items() if key in src.entries} == {0, 1, 2}
+    assert all(set(layer_map) == {("middle", 0, 0), ("output", 3, 0)} for layer_map in src.entries.values())
+    assert {key[0] for key in src.entries} == {0}  # cond rows only
+    tensors = [t for layer_map in src.entries.values() for t in layer_map.values()]
+    assert all(t.dtype == torch.float16 and t.device.type == "cpu" for t in tensors)
+    per_step = sum(layer.tokens(H // 8, W // 8) * layer.channels for layer in src.layers
+                   if layer.key in {("middle", 0, 0), ("output", 3, 0)})
+    assert per_step == 1 * 128 + 4 * 128  # 1x1 and 2x2 tokens of 128 channels at this size
+    assert src.nbytes == 3 * per_step * 2 and src.bytes_per_step() == per_step * 2

@@ -1,0 +1,56 @@
+"""The shipped generated-image workflow through ComfyUI's executor: outputs and caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from test_workflow_conversion import shrink
+
+from fpe_harness.workflow import load_workflow, to_api
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "fpe_generated_edit.json"
+
+
+def _api(ckpt):
+    wf = load_workflow(WORKFLOW)
+    for node in wf["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"][0] = ckpt
+    return shrink(to_api(wf))
+
+
+def _node_id(api, class_type, title=None):
+    return next(k for k, v in api.items()
+                if v["class_type"] == class_type and (title is None or v["_meta"]["title"].startswith(title)))
+
+
+def test_workflow_saves_source_edit_and_side_by_side(executor, tiny_sd15_ckpt, comfy_host):
+    api = _api(tiny_sd15_ckpt)
+    capture = api[_node_id(api, "FPESourceCapture")]["inputs"]
+    sampler = api[_node_id(api, "KSampler")]["inputs"]
+    for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"):
+        assert capture[key] == sampler[key], key
+    result = executor.run(api)
+    images = {}
+    for node_id, out in result.outputs.items():
+        for image in out.get("images", []):
+            path = comfy_host.workdir / "output" / image["subfolder"] / image["filename"]
+            images[api[node_id]["_meta"]["title"]] = np.asarray(Image.open(path))
+    source, edit, both = images["Save source"], images["Save edit"], images["Save source | edit"]
+    assert source.shape == edit.shape == (64, 64, 3)
+    assert both.shape == (64, 128, 3)
+    assert np.array_equal(both[:, :64], source) and np.array_equal(both[:, 64:], edit)
+
+
+def test_changing_only_the_target_prompt_does_not_rerun_the_capture(executor, tiny_sd15_ckpt):
+    api = _api(tiny_sd15_ckpt)
+    capture_id = _node_id(api, "FPESourceCapture")
+    target_id = _node_id(api, "CLIPTextEncode", "Target prompt")
+    executor.run(api)
+    api[target_id]["inputs"]["text"] = "a photo of wooden ducks walking on street"
+    result = executor.run(api)
+    assert capture_id not in result.executed
+    assert _node_id(api, "KSampler") in result.executed and target_id in result.executed
+    assert _node_id(api, "FPESelfAttnInject") not in result.executed  # its inputs did not change either
