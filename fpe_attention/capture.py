@@ -99,7 +99,8 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
     patched = model.clone()
     patched.set_model_attn1_patch(CaptureRecorder(source, device, dtype))
-    out = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+    out, noise = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
                              positive=positive, negative=negative, latent=latent, sigmas=sigmas, denoise=denoise)
+    source.noise = noise.cpu()
     source.complete = True  # reached only when sampling returned normally
     return out, source

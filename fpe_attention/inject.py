@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .layers import LayerSelection
@@ -178,4 +180,7 @@ class _PreSamplingCheck:
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         shape = latent_image.shape if getattr(latent_image, "ndim", 0) == 4 else None
         self.patch.begin_run(sigmas=sigmas.cpu(), latent_shape=shape)
+        if torch.count_nonzero(noise) and not self.patch.source.same_noise(noise):
+            log.warning("FPE: the target sampler starts from other noise than FPE Source Capture (a different "
+                        "seed?): give both the same seed, or the edit will not keep the source's layout")
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)

@@ -11,7 +11,7 @@ import torch
 
 
 def sample_over_sigmas(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
-                       latent: dict, sigmas: torch.Tensor, denoise: float) -> dict:
+                       latent: dict, sigmas: torch.Tensor, denoise: float) -> tuple[dict, torch.Tensor]:
     import comfy.sample
     import comfy.utils
     import latent_preview
@@ -29,4 +29,4 @@ def sample_over_sigmas(model, *, seed: int, cfg: float, sampler_name: str, sched
         callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     out = latent.copy()
     out["samples"] = samples
-    return out
+    return out, noise

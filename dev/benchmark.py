@@ -1,0 +1,190 @@
+"""Benchmark: plain generation vs FPE capture, inject and re-edit; capture bytes per step.
+
+    bash dev/bench.sh                 # CPU: tiny model 256 px, full-size SD1.5 UNet 256 px, few steps
+    bash dev/bench.sh --gpu           # GPU: full-size SD1.5 UNet (random weights), 512 px, 50 steps
+
+Prints one table; every ratio is taken within one run against that run's plain generation.
+Weights are random (no download); the cost of attention patches does not depend on them.
+Goals (issue 3): capture + target <= 2.05x plain; re-edit <= 1.05x plain; capture <= 12 MiB per
+step at 512 px with the official layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats):
+    times = []
+    out = None
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        out = fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def full_sd15_unet(dtype=None):
+    """SD1.5's UNet (model_channels 320, context 768) with seeded random weights, via ComfyUI's loader."""
+    import comfy.sd
+
+    from fpe_harness import tiny_models
+
+    config = dict(tiny_models.SD15_TINY.unet_config, model_channels=320, context_dim=768)
+    spec = tiny_models.TinySpec(name="sd15_random", unet_config=config, match_config={}, clip="sd1")
+    state = tiny_models._fill(tiny_models._unet_shapes(spec))
+    load = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
+    return load(state) if dtype is None else load(state, dtype=dtype)
+
+
+def bench_model(label, model, conds, *, side, steps, repeats, call_node):
+    import torch
+
+    src, tgt, tgt2, neg = conds
+    latent = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+    common = dict(seed=42, steps=steps, cfg=7.5, sampler_name="ddim", scheduler="ddim_uniform", negative=neg,
+                  latent_image=latent, denoise=1.0)
+
+    def plain():
+        return call_node("KSampler", model=model, positive=tgt, **common)
+
+    def capture():
+        return call_node("FPESourceCapture", model=model, positive=src, store_layers="official",
+                         store_custom_layers="", store_end=0.8, store_rows="cond", storage="auto",
+                         precision="exact", **common)
+
+    def edit(source, prompt):
+        patched = call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="official",
+                            custom_layers="", start=0.0, end=0.8, branches="cond only")[0]
+        return call_node("KSampler", model=patched, positive=prompt, **common)
+
+    plain()  # warm-up: model load, kernels
+    t_plain, _ = _timed(plain, repeats)
+    t_capture, (_, source) = _timed(capture, repeats)
+    t_target, _ = _timed(lambda: edit(source, tgt), repeats)
+    t_reedit, _ = _timed(lambda: edit(source, tgt2), repeats)
+    mib = source.bytes_per_step() / 2**20
+    dtype = next(iter(next(iter(source.entries.values())).values())).dtype
+    return [label, f"{side}px/{steps}", f"{t_plain:.2f}", f"{t_capture:.2f} ({t_capture / t_plain:.2f}x)",
+            f"{t_target:.2f} ({t_target / t_plain:.2f}x)", f"{(t_capture + t_target) / t_plain:.2f}x",
+            f"{t_reedit / t_plain:.2f}x", f"{mib:.2f} ({str(dtype).replace('torch.', '')})"]
+
+
+def capture_bytes_512(model, conds, call_node, dtype_label):
+    """Capture bytes per step at 512 px with the official layers (2 steps, both stored)."""
+    import torch
+
+    src, _, _, neg = conds
+    _, source = call_node("FPESourceCapture", model=model, seed=1, steps=2, cfg=7.5, sampler_name="ddim",
+                          scheduler="ddim_uniform", positive=src, negative=neg,
+                          latent_image={"samples": torch.zeros(1, 4, 64, 64)}, denoise=1.0, store_layers="official",
+                          store_custom_layers="", store_end=1.0, store_rows="cond", storage="auto",
+                          precision=dtype_label)
+    return source.bytes_per_step() / 2**20, len(source.stored_layers)
+
+
+def schedule_closeness(model, conds, call_node, steps=50, side=128):
+    """How far ComfyUI's ddim_uniform lands from the official DDIM timesteps: source and edit latents."""
+    import torch
+
+    src, tgt, _, neg = conds
+    sigmas = call_node("FPEOfficialDDIMSigmas", model=model, steps=steps)[0]
+    sampler = call_node("KSamplerSelect", sampler_name="ddim")[0]
+    latent = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+    common = dict(seed=42, cfg=7.5, sampler_name="ddim", negative=neg, latent_image=latent, denoise=1.0,
+                  store_layers="official", store_custom_layers="", store_end=0.8, store_rows="cond", storage="auto",
+                  precision="exact")
+    results = {}
+    for name, extra in (("official", {"steps": steps, "scheduler": "normal", "sigmas": sigmas}),
+                        ("ddim_uniform", {"steps": steps, "scheduler": "ddim_uniform"})):
+        out, source = call_node("FPESourceCapture", model=model, positive=src, **common, **extra)
+        patched = call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="official",
+                            custom_layers="", start=0.0, end=0.8, branches="cond only")[0]
+        if name == "official":
+            edit = call_node("SamplerCustom", model=patched, add_noise=True, noise_seed=42, cfg=7.5, positive=tgt,
+                             negative=neg, sampler=sampler, sigmas=sigmas, latent_image=latent)[0]
+        else:
+            edit = call_node("KSampler", model=patched, seed=42, steps=steps, cfg=7.5, sampler_name="ddim",
+                             scheduler="ddim_uniform", positive=tgt, negative=neg, latent_image=latent, denoise=1.0)[0]
+        results[name] = (out["samples"], edit["samples"])
+    lines = []
+    for i, label in enumerate(("source", "edit")):
+        a, b = results["official"][i], results["ddim_uniform"][i]
+        diff = float((a - b).abs().max())
+        lines.append(f"{label}: max |official - ddim_uniform| {diff:.3g} "
+                     f"({diff / float(a.abs().max()):.2%} of the latent's max)")
+    return f"{steps} steps, {side} px, tiny model: " + "; ".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="GPU run: full SD1.5 UNet, 512 px, 50 steps")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per measurement (median)")
+    args = parser.parse_args(argv)
+    host_path = os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH")
+    if not host_path:
+        parser.error("no ComfyUI: run through `bash dev/bench.sh`, or set COMFYUI_PATH")
+
+    from fpe_harness import host as host_mod
+    from fpe_harness import tiny_models
+
+    workdir = Path(tempfile.mkdtemp(prefix="fpe-bench-"))
+    host = host_mod.boot(Path(host_path), workdir, cpu=not args.gpu)
+    tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
+
+    import torch
+
+    from fpe_harness.execute import call_node
+
+    rows = []
+    if not args.gpu:
+        tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
+        model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
+        conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
+                 ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street",
+                  "a photo of wooden ducks walking on street", "")]
+        rows.append(bench_model("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
+                                repeats=args.repeats, call_node=call_node))
+        closeness = schedule_closeness(model, conds, call_node)
+    gen = torch.Generator().manual_seed(0)
+    big_conds = [[[torch.randn(1, 77, 768, generator=gen), {}]] for _ in range(4)]
+    unet = full_sd15_unet()
+    side, steps = (512, 50) if args.gpu else (256, 4)
+    rows.append(bench_model("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
+                            repeats=args.repeats, call_node=call_node))
+    headers = ["model", "size/steps", "plain s", "capture s", "inject+target s", "capture+target", "re-edit",
+               "capture MiB/step"]
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    print(f"\nComfyUI {host.kind} ({host.version}), torch {torch.__version__}, "
+          f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
+    for r in [headers, ["-" * w for w in widths]] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    if not args.gpu:
+        print(f"official DDIM schedule vs ddim_uniform: {closeness}")
+    for precision in ("exact", "fp16"):
+        mib, n_layers = capture_bytes_512(unet, big_conds, call_node, precision)
+        print(f"capture at 512 px, official layers ({n_layers}), precision {precision}: {mib:.2f} MiB per step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
