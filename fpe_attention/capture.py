@@ -8,6 +8,7 @@ KSampler's result, bit for bit.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,12 @@ from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .layers import LayerSelection, unet_attn1_layers
 from .sampling import sample_over_sigmas
-from .source import FPESource, model_signature
+from .source import FPESource, model_signature, weights_fingerprint
 from .steps import step_window
+
+log = logging.getLogger("free-prompt-editing")
+# With storage "auto", a capture larger than this share of the free VRAM goes to system RAM instead.
+AUTO_VRAM_SHARE = 0.25
 
 ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
 STORAGE = ("auto", "cpu")
@@ -41,7 +46,7 @@ class CaptureRecorder:
         self.source = source
         self.device = device
         self.dtype = dtype
-        self.clock = EvaluationClock(source.schedule)
+        self.clock = EvaluationClock(source.schedule, top_evaluations=None)
         self._logged = None
 
     def __deepcopy__(self, memo):  # model.clone() deep-copies options: share, never copy the store
@@ -95,8 +100,10 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
         stored_layers=frozenset(layer.key for layer in stored), stored_window=step_window(steps, 0.0, settings.store_end),
         stored_kinds=ROWS[settings.rows], layer_setting=settings.layer_setting, store_end=settings.store_end, cfg=cfg,
         storage_device="cpu" if settings.storage == "cpu" else "auto")
-    device = torch.device("cpu") if settings.storage == "cpu" else None
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
+    device = _storage_device(model, settings, source, stored, dtype)
+    source.storage_device = "cpu" if device is not None else "auto"
+    source.weights = weights_fingerprint(model)
     patched = model.clone()
     patched.set_model_attn1_patch(CaptureRecorder(source, device, dtype))
     out, noise = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
@@ -104,3 +111,26 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
     source.noise = noise.cpu()
     source.complete = True  # reached only when sampling returned normally
     return out, source
+
+
+def _storage_device(model, settings: CaptureSettings, source: FPESource, stored, dtype) -> torch.device | None:
+    """Where the capture lives; ``None``: beside the model. Logs the expected size."""
+    _, _, height, width = source.latent_shape
+    if dtype is None:
+        inner = model.model
+        dtype = getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
+    per_step = sum(layer.tokens(height, width) * layer.channels for layer in stored) * source.batch
+    first, stop = source.stored_window
+    estimate = per_step * len(source.stored_kinds) * max(0, stop - first) * torch.empty((), dtype=dtype).element_size()
+    device = getattr(model, "load_device", torch.device("cpu"))
+    where = "system RAM" if settings.storage == "cpu" else str(device)
+    if settings.storage == "auto" and torch.device(device).type != "cpu":
+        import comfy.model_management
+
+        free = comfy.model_management.get_free_memory(device)
+        if estimate > AUTO_VRAM_SHARE * free:
+            where = f"system RAM (it exceeds {AUTO_VRAM_SHARE:.0%} of the free VRAM)"
+            settings = CaptureSettings(**{**settings.__dict__, "storage": "cpu"})
+    log.info("FPE Source Capture: storing about %.1f MiB (%d layers, %d steps, %s) on %s",
+             estimate / 2**20, len(stored), max(0, stop - first), str(dtype).replace("torch.", ""), where)
+    return torch.device("cpu") if settings.storage == "cpu" else None

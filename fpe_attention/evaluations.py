@@ -2,15 +2,18 @@
 
 ComfyUI calls the UNet once per model evaluation with the cond and uncond rows batched, or in
 separate calls when memory is short or the conds cannot batch, or with the cond rows only at
-cfg 1. Multi-evaluation samplers (heun, dpm_2, ...) evaluate several times per step, some at
-intermediate sigmas and some at a schedule sigma that a later step evaluates again.
+cfg 1. Multi-evaluation samplers (heun, heunpp2, dpm_2, ...) evaluate several times per step,
+some at intermediate sigmas and some at a schedule sigma that another step evaluates again.
 
-An evaluation is therefore keyed per chunk kind (0 = cond, 1 = uncond) by its sigma and by how
-many times that kind was already evaluated at that sigma in the run (its *occurrence*): heun's
-correction at sigma[i+1] is occurrence 0, step i+1's own evaluation there occurrence 1. Two runs
-of the same sampler over the same schedule produce the same keys whatever the batching, so the
-target's evaluation finds the source's twin. The *step index* used for the edit window is the
-sigma's place in the schedule (``steps.step_index``), never a call count.
+Two identities mark the structure: ComfyUI builds a fresh ``cond_or_uncond`` list for every UNet
+call (shared by all layers of that call), and the sampler hands one fresh ``sigma`` tensor to all
+calls of one evaluation (split cond/uncond calls, and guidance nodes such as SAG/PAG that call the
+model again at the same point, share it). An evaluation is keyed by its sigma (a schedule position,
+or "between positions i and i+1") and by how many evaluations at that sigma came before it in the
+run (its *occurrence*): heun's correction at sigma[i+1] is occurrence 0, step i+1's own evaluation
+there occurrence 1. Two runs of the same sampler over the same schedule produce the same keys
+whatever the batching, so the target's evaluation finds the source's twin. The *step index* used
+for the edit window is the sigma's place in the schedule (``steps.step_index``), never a count.
 """
 
 from __future__ import annotations
@@ -21,17 +24,24 @@ from dataclasses import dataclass
 from .steps import SIGMA_RTOL, step_index
 
 COND, UNCOND = 0, 1
-KIND_NAMES = {COND: "cond", UNCOND: "uncond"}
 
-SigmaKey = tuple  # ("s", schedule position) or ("m", sigma rounded to 7 significant digits)
+
+def kind_name(kind: int) -> str:
+    return {COND: "cond", UNCOND: "uncond"}.get(kind, f"cond #{kind}")
+
+
+SigmaKey = tuple  # ("s", schedule position i) or ("m", i): strictly between positions i and i + 1
 EvalKey = tuple  # (kind, SigmaKey, occurrence)
 
 
-def sigma_key(sigma: float, schedule: list[float]) -> SigmaKey:
+def sigma_key(sigma: float, schedule: list[float]) -> SigmaKey | None:
     for i, value in enumerate(schedule):
         if math.isclose(sigma, value, rel_tol=SIGMA_RTOL, abs_tol=1e-12):
             return ("s", i)
-    return ("m", float(f"{sigma:.6e}"))
+    for i in range(len(schedule) - 1):
+        if schedule[i + 1] < sigma < schedule[i]:
+            return ("m", i)
+    return None  # outside the schedule
 
 
 @dataclass(frozen=True)
@@ -52,56 +62,55 @@ class Call:
 
 
 class EvaluationClock:
-    """Numbers the UNet calls of one sampling run; one instance per patched model."""
+    """Numbers the model evaluations of one sampling run; one instance per patched model.
 
-    def __init__(self, schedule: list[float], top_occurrences: dict[int, int] | None = None):
+    ``top_evaluations``: how many evaluations a full run makes at the first schedule sigma (1 for
+    every sampler in ComfyUI). One more there means a new run began; the inject also resets the
+    clock explicitly before sampling where the host allows it. ``None`` disables that detection
+    (the capture owns its single run).
+    """
+
+    def __init__(self, schedule: list[float], top_evaluations: int | None = 1):
         self.schedule = [float(s) for s in schedule]
-        # How often each kind is evaluated at the first sigma in a full run: seeing it more often
-        # means a new run began (an interrupted run leaves no lower sigma behind to compare with).
-        self.top_occurrences = top_occurrences or {COND: 1, UNCOND: 1}
+        self.top_evaluations = top_evaluations
         self.reset()
 
     def reset(self) -> None:
         self._marker = None
         self._call: Call | None = None
-        self._counts: dict[tuple[int, SigmaKey], int] = {}
-        self._last_sigma: float | None = None
+        self._sigma_tensor = None  # held, so its identity cannot be reused by a new tensor
+        self._occurrence = 0
+        self._counts: dict[SigmaKey, int] = {}
+        self._fresh = True
 
     def locate(self, extra_options: dict, rows: int) -> Call:
         """The evaluation of the UNet call this attn1 call is part of (cached per call)."""
-        # ComfyUI builds a fresh ``cond_or_uncond`` list for every UNet call and hands the same
-        # object to every layer of that call: its identity marks the call.
         marker = extra_options.get("cond_or_uncond")
         if marker is not None and marker is self._marker and self._call is not None and self._call.rows == rows:
             return self._call
         kinds = list(marker) if marker else [COND]
-        sigma = float(extra_options["sigmas"].reshape(-1)[0])
+        sigma_tensor = extra_options["sigmas"]
+        sigma = float(sigma_tensor.reshape(-1)[0])
         skey = sigma_key(sigma, self.schedule)
-        run_start = self._last_sigma is None or self._new_run(sigma, skey, kinds)
-        if run_start:
-            self._counts.clear()
-        self._last_sigma = sigma
+        run_start = self._fresh
+        if sigma_tensor is not self._sigma_tensor:  # a new evaluation
+            if (not run_start and skey == ("s", 0) and self.top_evaluations is not None
+                    and self._counts.get(skey, 0) >= self.top_evaluations):
+                self.reset()
+                run_start = True
+            self._sigma_tensor = sigma_tensor
+            self._occurrence = self._counts.get(skey, 0)
+            self._counts[skey] = self._occurrence + 1
+        self._fresh = False
         if rows % len(kinds):
             raise RuntimeError(
                 f"FPE: a UNet call has {rows} rows for {len(kinds)} cond/uncond chunks; another patch changed "
                 f"the batch inside the model, which FPE cannot pair with its source")
         per_chunk = rows // len(kinds)
-        chunks = []
-        for j, kind in enumerate(kinds):
-            occurrence = self._counts.get((kind, skey), 0)
-            self._counts[(kind, skey)] = occurrence + 1
-            chunks.append(Chunk(kind, slice(j * per_chunk, (j + 1) * per_chunk), (kind, skey, occurrence)))
+        chunks = tuple(Chunk(kind, slice(j * per_chunk, (j + 1) * per_chunk), (kind, skey, self._occurrence))
+                       for j, kind in enumerate(kinds))
         shape = extra_options.get("original_shape")
         self._marker = marker
-        self._call = Call(sigma, step_index(sigma, self.schedule), rows, tuple(chunks),
+        self._call = Call(sigma, step_index(sigma, self.schedule), rows, chunks,
                           tuple(shape) if shape is not None else None, run_start)
         return self._call
-
-    def _new_run(self, sigma: float, skey: SigmaKey, kinds: list[int]) -> bool:
-        if self._last_sigma is None:
-            return False
-        if sigma > self._last_sigma * (1 + SIGMA_RTOL):  # a run's sigmas never increase
-            return True
-        if skey == ("s", 0):
-            return any(self._counts.get((kind, skey), 0) >= self.top_occurrences.get(kind, 1) for kind in kinds)
-        return False

@@ -17,7 +17,7 @@ import torch
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .layers import LayerSelection
-from .source import FPESource, describe_signature, model_signature
+from .source import FPESource, describe_signature, model_signature, weights_fingerprint
 from .steps import step_window
 
 BRANCHES = {"cond only": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
@@ -34,9 +34,10 @@ class InjectPatch:
         self.layers = layers
         self.window = window
         self.kinds = kinds
-        self.clock = EvaluationClock(source.schedule, source.top_occurrences())
+        self.clock = EvaluationClock(source.schedule, source.top_evaluations())
         self._checked = None
         self._warned_context = False
+        self._warned_stand_in = False
 
     def __deepcopy__(self, memo):  # clones of the patched model share the patch (and the source)
         return self
@@ -79,7 +80,14 @@ class InjectPatch:
         for chunk in call.chunks:
             if chunk.kind not in self.kinds:
                 continue
-            src = self.source.lookup(chunk.key, layer, call.step)
+            key, stand_in = self.source.resolve(chunk.key, call.step)
+            if stand_in and not self._warned_stand_in:
+                log.warning("FPE: the target evaluates the model more often than the source run did (sigma %.6g, "
+                            "step %s): another sampler, or a guidance node (SAG, PAG, ...) on one side only? Those "
+                            "evaluations reuse the source's latest one there; for an exact edit give both sides the "
+                            "same sampler and model patches", call.sigma, call.step)
+                self._warned_stand_in = True
+            src = self.source.stored(key, layer, call.step)
             target_rows = chunk.rows.stop - chunk.rows.start
             if src.shape[1:] != n.shape[1:]:
                 raise FPEError(
@@ -120,6 +128,9 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
         raise FPEError(
             f"model: fpe_source was captured with {describe_signature(source.signature)}, but this model is "
             f"{describe_signature(signature)}: give FPE Self-Attn Inject the model the capture used")
+    if source.weights and weights_fingerprint(model) != source.weights:
+        log.warning("FPE: FPE Self-Attn Inject gets another checkpoint or other LoRAs than FPE Source Capture used; "
+                    "give both the same model unless that is what you want")
     if start > end:
         raise FPEError(f"start ({start}) is after end ({end}): set start below end (start = end turns the edit off)")
     if branches not in BRANCHES:

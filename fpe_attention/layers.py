@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import FPEError
+
 LayerKey = tuple[str, int, int]
 
 PRESETS = ("official", "paper 4-14", "all", "custom")
@@ -52,6 +54,10 @@ class Attn1Layer:
 
 def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
     """The attn1 layers of a ComfyUI ``UNetModel``, in forward order, read from its modules."""
+    if not all(hasattr(diffusion_model, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        raise FPEError(
+            f"model: FPE edits the self-attention of UNet models (SD1.x, SD2.x, SDXL); this model's backbone is "
+            f"{type(diffusion_model).__name__}")
     layers: list[Attn1Layer] = []
     level = 0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import FPEError
-from .evaluations import KIND_NAMES, EvalKey
+from .evaluations import EvalKey, kind_name
 from .layers import Attn1Layer, LayerKey, unet_attn1_layers
 from .steps import SIGMA_RTOL
 
@@ -37,6 +37,13 @@ def model_signature(model) -> tuple:
     layers = unet_attn1_layers(diffusion_model)
     return (type(inner).__name__, type(inner.latent_format).__name__,
             tuple((layer.key, layer.channels, layer.heads) for layer in layers))
+
+
+def weights_fingerprint(model) -> tuple:
+    """Which weights a model samples with: its base module and the weight patches (LoRAs) on it."""
+    patches = getattr(model, "patches", {}) or {}
+    return (id(model.model), getattr(model, "patches_uuid", None),
+            tuple(sorted((key, len(value)) for key, value in patches.items())))
 
 
 def describe_signature(signature: tuple) -> str:
@@ -60,6 +67,7 @@ class FPESource:
     storage_device: str
     entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
     evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation seen -> step
+    weights: tuple = ()  # weights_fingerprint of the capture's model, to warn about another checkpoint/LoRA
     noise: torch.Tensor | None = None  # the source's initial noise, to warn about a different seed
     complete: bool = False
 
@@ -83,12 +91,9 @@ class FPESource:
         steps = {self.evaluations[k] for k in self.entries}
         return self.nbytes / max(1, len(steps))
 
-    def top_occurrences(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for kind, skey, _ in self.evaluations:
-            if skey == ("s", 0):
-                counts[kind] = counts.get(kind, 0) + 1
-        return counts
+    def top_evaluations(self) -> int:
+        """How many evaluations the source run made at its first sigma (1 for ComfyUI's samplers)."""
+        return 1 + max((occurrence for _, skey, occurrence in self.evaluations if skey == ("s", 0)), default=0)
 
     # --- checks the inject makes -------------------------------------------------------------
 
@@ -123,7 +128,8 @@ class FPESource:
         if (height, width) != (src_h, src_w):
             raise FPEError(
                 f"the target latent is {width * 8}x{height * 8} px ({width}x{height} latent) but the source was captured "
-                f"at {src_w * 8}x{src_h * 8} px ({src_w}x{src_h}): give the target sampler a latent of the capture's size")
+                f"at {src_w * 8}x{src_h * 8} px ({src_w}x{src_h}): give the target sampler a latent of the capture's size "
+                f"(conditioning restricted to an area also crops it, and cannot pair with a source)")
         if self.batch != 1 and batch != self.batch:
             raise FPEError(
                 f"batch sizes do not pair: the target latent has {batch} images, the source {self.batch}. Use a source "
@@ -136,16 +142,33 @@ class FPESource:
         rows = min(noise.shape[0], self.noise.shape[0]) if self.batch > 1 else 1
         return torch.equal(noise[:rows].cpu(), self.noise[:rows])
 
-    def lookup(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
+    def resolve(self, key: EvalKey, step: int) -> tuple[EvalKey, bool]:
+        """The source evaluation that pairs with the target's ``key``; True if it is a stand-in.
+
+        A target that evaluates the model more often at one sigma than the source did (another
+        multi-evaluation sampler, or a guidance node calling the model again) reuses the source's
+        latest evaluation there; the caller warns. A sigma the source never visited is an error.
+        """
+        if key in self.evaluations:
+            return key, False
+        kind, skey, occurrence = key
+        earlier = [k for k in self.evaluations if k[0] == kind and k[1] == skey and k[2] < occurrence]
+        if earlier:
+            return max(earlier, key=lambda k: k[2]), True
+        if skey is None:
+            where = "outside its schedule"
+        elif skey[0] == "s":
+            where = f"at schedule sigma #{skey[1]} ({self.schedule[skey[1]]:.6g})"
+        else:
+            where = f"between schedule sigmas #{skey[1]} and #{skey[1] + 1}"
+        raise FPEError(
+            f"the target sampler evaluates the model ({kind_name(kind)} rows, step {step}) {where}, where the "
+            f"source run never did. Fix: {_FIX_SCHEDULE}.")
+
+    def stored(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
         layer_map = self.entries.get(key)
         if layer_map is not None and layer in layer_map:
             return layer_map[layer]
-        kind, skey, occurrence = key
-        if key not in self.evaluations:
-            where = f"schedule sigma #{skey[1]}" if skey[0] == "s" else f"sigma {skey[1]:.6g}"
-            raise FPEError(
-                f"the target sampler evaluates the model ({KIND_NAMES[kind]} rows, {where}, evaluation "
-                f"{occurrence + 1} there, step {step}) where the source run never did. Fix: {_FIX_SCHEDULE}.")
         raise FPEError(
             f"fpe_source holds no capture for layer {layer} at step {step}: raise FPE Source Capture's "
             f"store settings (layers '{self.layer_setting}', store_end {self.store_end}) to cover the inject's")

@@ -32,11 +32,31 @@ def _edit(tiny_sd15, source, **kwargs):
     return ksampler(inject(model, source), clip, TGT, **options)
 
 
-@pytest.mark.parametrize("change", [{"steps": 4}, {"scheduler": "karras"}, {"denoise": 0.6}, {"sampler": "heun"}],
+@pytest.mark.parametrize("change", [{"steps": 4}, {"scheduler": "karras"}, {"denoise": 0.6}, {"sampler": "dpm_2"}],
                          ids=["steps", "scheduler", "denoise", "sampler"])
 def test_target_schedule_must_be_the_captures(tiny_sd15, source, FPEError, change):
     with pytest.raises(FPEError, match=SAME_SCHEDULE):
         _edit(tiny_sd15, source, **change)
+
+
+def test_extra_evaluations_of_another_sampler_are_warned(tiny_sd15, source, caplog):
+    # heun evaluates the capture's (euler) sigmas, some twice: runs, reusing the source's evaluation, and says so.
+    with caplog.at_level("WARNING"):
+        _edit(tiny_sd15, source, sampler="heun")
+    assert "the target evaluates the model more often than the source run did" in caplog.text
+
+
+def test_another_checkpoint_or_lora_is_warned(tiny_sd15, source, caplog):
+    lora = tiny_sd15[0].clone()
+    key = "diffusion_model.out.2.weight"
+    lora.add_patches({key: (torch.zeros_like(lora.model.state_dict()[key]),)}, 1.0)
+    with caplog.at_level("WARNING"):
+        inject(lora, source)
+    assert "gets another checkpoint or other LoRAs than FPE Source Capture used" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        inject(tiny_sd15[0].clone(), source)
+    assert "other LoRAs" not in caplog.text
 
 
 def test_target_sigmas_must_be_the_captures(tiny_sd15, FPEError):
@@ -153,3 +173,11 @@ def test_different_seed_is_warned_where_the_host_shows_the_noise(tiny_sd15, sour
     with caplog.at_level("WARNING"):
         _edit(tiny_sd15, source)
     assert "other noise" not in caplog.text
+
+
+def test_models_without_a_unet_are_refused_clearly(source, FPEError):
+    import types
+
+    dit = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
+    with pytest.raises(FPEError, match="model: FPE edits the self-attention of UNet models .* backbone is Linear"):
+        inject(dit, source)

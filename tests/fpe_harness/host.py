@@ -121,7 +121,8 @@ def boot(comfyui_path: Path, workdir: Path, cpu: bool = True) -> Host:
         import server  # noqa: F401
     import nodes
 
-    folder_paths.add_model_folder_path("checkpoints", str(workdir / "models" / "checkpoints"))
+    for folder in ("checkpoints", "controlnet"):
+        folder_paths.add_model_folder_path(folder, str(workdir / "models" / folder))
     folder_paths.set_output_directory(str(workdir / "output"))
     folder_paths.set_input_directory(str(workdir / "input"))
     folder_paths.set_temp_directory(str(workdir / "temp"))

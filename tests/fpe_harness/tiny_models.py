@@ -275,6 +275,26 @@ def write_checkpoint(spec: TinySpec, path: Path) -> Path:
     return path
 
 
+def write_controlnet(spec: TinySpec, path: Path) -> Path:
+    """A ControlNet for ``spec``'s UNet in the original (``control_model.``) layout, random weights.
+
+    The zero convolutions get random weights too, so the control visibly changes the result.
+    """
+    import inspect
+
+    import comfy.ops
+    import safetensors.torch
+    from comfy.cldm.cldm import ControlNet
+
+    accepted = inspect.signature(ControlNet.__init__).parameters
+    config = {k: v for k, v in spec.unet_config.items() if k in accepted}
+    with torch.device("meta"), torch.no_grad():
+        net = ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(_fill(_shapes(net), "control_model."), str(path))
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Registration of the tiny architectures with the running host (tests only)
 
