@@ -25,7 +25,7 @@ def sample_over_sigmas(model, *, seed: int, cfg: float, sampler_name: str, sched
     callback = latent_preview.prepare_callback(model, steps)
     samples = comfy.sample.sample(
         model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-        denoise=denoise, noise_mask=latent.get("noise_mask"), sigmas=sigmas.to(model.load_device),
+        denoise=denoise, noise_mask=latent.get("noise_mask"), sigmas=sigmas.to(model.load_device, copy=True),  # samplers may edit it in place
         callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     out = latent.copy()
     out["samples"] = samples

@@ -105,8 +105,7 @@ class FPESource:
 
     def check_schedule(self, sigmas) -> None:
         """Raise unless the target's sigmas are the capture's (same steps, scheduler, denoise)."""
-        target = [float(s) for s in sigmas]
-        mine = self.schedule
+        target, mine = _final_zero([float(s) for s in sigmas]), _final_zero(self.schedule)
         same = len(target) == len(mine) and all(
             abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b)) + 1e-12 for a, b in zip(target, mine, strict=True))
         if not same:
@@ -172,6 +171,13 @@ class FPESource:
         raise FPEError(
             f"fpe_source holds no capture for layer {layer} at step {step}: raise FPE Source Capture's "
             f"store settings (layers '{self.layer_setting}', store_end {self.store_end}) to cover the inject's")
+
+
+def _final_zero(values: list[float]) -> list[float]:
+    # uni_pc replaces a final sigma of 0 by 0.001 in place (current ComfyUI): the same schedule.
+    if values and 0.0 < values[-1] <= 1.001e-3:
+        return values[:-1] + [0.0]
+    return values
 
 
 def _fmt(values: list[float]) -> str:
