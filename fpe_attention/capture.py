@@ -15,7 +15,7 @@ import torch
 
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
-from .layers import LayerSelection, unet_attn1_layers
+from .layers import LayerSelection, layer_key, unet_attn1_layers
 from .sampling import sample_over_sigmas
 from .source import FPESource, model_signature, weights_fingerprint
 from .steps import step_window
@@ -62,7 +62,7 @@ class CaptureRecorder:
         first, stop = source.stored_window
         if call.step is None or not first <= call.step < stop:
             return n, context, value
-        layer = (extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
+        layer = layer_key(extra_options)
         if layer not in source.stored_layers:
             return n, context, value
         for chunk in call.chunks:

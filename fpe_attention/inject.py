@@ -16,7 +16,7 @@ import torch
 
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
-from .layers import LayerSelection
+from .layers import LayerSelection, layer_key
 from .source import FPESource, describe_signature, model_signature, weights_fingerprint
 from .steps import step_window
 
@@ -73,7 +73,7 @@ class InjectPatch:
             self.source.reject_sigma(call.sigma)
         if not first <= call.step < stop:
             return n, context, value
-        layer = (extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
+        layer = layer_key(extra_options)
         if layer not in self.layers:
             return n, context, value
         edited = None

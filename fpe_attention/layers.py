@@ -84,6 +84,12 @@ def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
     return layers
 
 
+def layer_key(extra_options: dict) -> LayerKey:
+    """The key of the attn1 layer an attention patch is running in."""
+    block = extra_options["block"]
+    return (block[0], block[1], extra_options["block_index"])
+
+
 class LayerSelectionError(ValueError):
     pass
 
