@@ -7,7 +7,8 @@ Prints one table; every ratio is taken within one run against that run's plain g
 the fastest of --repeats interleaved rounds ("plain spread": slowest / fastest plain round - 1).
 Weights are random (no download); the cost of attention patches does not depend on them.
 Goals (issue 3): capture + target <= 2.05x plain; re-edit <= 1.05x plain; capture <= 12 MiB per
-step at 512 px with the official layers.
+step at 512 px with the official layers. Goals (issue 4, real images): DDIM Invert + edit <= 2.0x
+plain; re-edit of the same image with a new target prompt <= 1.05x plain.
 """
 
 from __future__ import annotations
@@ -97,6 +98,55 @@ def bench_model(label, model, conds, *, side, steps, repeats, call_node):
             f"{t_reedit / t_plain:.2f}x", f"{mib:.2f} ({str(dtype).replace('torch.', '')})", f"{spread:.0%}"]
 
 
+def bench_real(label, model, conds, *, side, steps, repeats, call_node):
+    """Real-image edit: DDIM Invert (+ its reconstruction check) and the edit vs one plain generation."""
+    import torch
+
+    src, tgt, tgt2, neg = conds
+    gen = torch.Generator().manual_seed(3)
+    photo = {"samples": torch.randn(1, 4, side // 8, side // 8, generator=gen) * 5}
+    empty = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+
+    def plain():
+        return call_node("KSampler", model=model, seed=42, steps=steps, cfg=7.5, sampler_name="ddim",
+                         scheduler="ddim_uniform", positive=tgt, negative=neg, latent_image=empty, denoise=1.0)
+
+    def invert(check):
+        return call_node("FPEDDIMInvert", model=model, positive=neg, latent=photo, steps=steps,
+                         scheduler="ddim_uniform", cfg=1.0, denoise=1.0, store_layers="official",
+                         store_custom_layers="", store_end=0.8, store_rows="cond", storage="auto", precision="exact",
+                         reconstruction_check=check)
+
+    def edit(inverted, source, prompt):
+        patched = call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="official",
+                            custom_layers="", start=0.0, end=0.8, branches="cond only")[0]
+        return call_node("KSamplerAdvanced", model=patched, add_noise="disable", noise_seed=0, steps=steps, cfg=7.5,
+                         sampler_name="ddim", scheduler="ddim_uniform", positive=prompt, negative=neg,
+                         latent_image=inverted, start_at_step=0, end_at_step=10000,
+                         return_with_leftover_noise="disable")
+
+    plain()
+    times: dict[str, list[float]] = {"plain": [], "invert": [], "invert+check": [], "edit": [], "reedit": []}
+    for _ in range(repeats):
+        times["plain"].append(_timed(plain, 1)[0])
+        t, (inverted, source, _) = _timed(lambda: invert(False), 1)
+        times["invert"].append(t)
+        times["invert+check"].append(_timed(lambda: invert(True), 1)[0])
+        times["edit"].append(_timed(lambda i=inverted, s=source: edit(i, s, tgt), 1)[0])
+        times["reedit"].append(_timed(lambda i=inverted, s=source: edit(i, s, tgt2), 1)[0])
+    t_plain, t_invert, t_check, t_edit, t_reedit = (min(times[k]) for k in times)
+    spread = max(times["plain"]) / min(times["plain"]) - 1
+    return [label, f"{side}px/{steps}", f"{t_plain:.2f}", f"{t_invert:.2f} ({t_invert / t_plain:.2f}x)",
+            f"{t_edit:.2f} ({t_edit / t_plain:.2f}x)", f"{(t_invert + t_edit) / t_plain:.2f}x",
+            f"{(t_check + t_edit) / t_plain:.2f}x", f"{t_reedit / t_plain:.2f}x", f"{spread:.0%}"]
+
+
+def _table(rows, headers):
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    for r in [headers, ["-" * w for w in widths]] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
 def capture_bytes_512(model, conds, call_node, dtype_label):
     """Capture bytes per step at 512 px with the official layers (2 steps, both stored)."""
     import torch
@@ -164,7 +214,7 @@ def main(argv=None) -> int:
 
     from fpe_harness.execute import call_node
 
-    rows = []
+    rows, real_rows = [], []
     if not args.gpu:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -173,6 +223,8 @@ def main(argv=None) -> int:
                   "a photo of wooden ducks walking on street", "")]
         rows.append(bench_model("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
                                 repeats=args.repeats, call_node=call_node))
+        real_rows.append(bench_real("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
+                                    repeats=args.repeats, call_node=call_node))
         closeness = schedule_closeness(model, conds, call_node)
     gen = torch.Generator().manual_seed(0)
     big_conds = [[[torch.randn(1, 77, 768, generator=gen), {}]] for _ in range(4)]
@@ -180,13 +232,16 @@ def main(argv=None) -> int:
     side, steps = (512, 50) if args.gpu else (256, 4)
     rows.append(bench_model("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
                             repeats=args.repeats, call_node=call_node))
-    headers = ["model", "size/steps", "plain s", "capture s", "inject+target s", "capture+target", "re-edit",
-               "capture MiB/step", "plain spread"]
-    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    real_rows.append(bench_real("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
+                                repeats=args.repeats, call_node=call_node))
     print(f"\nComfyUI {host.kind} ({host.version}), torch {torch.__version__}, "
           f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
-    for r in [headers, ["-" * w for w in widths]] + rows:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    _table(rows, ["model", "size/steps", "plain s", "capture s", "inject+target s", "capture+target", "re-edit",
+                  "capture MiB/step", "plain spread"])
+    print("\nReal images (DDIM Invert at cfg 1, record to 0.8, edit at cfg 7.5; check = reconstruction check "
+          "without VAE decode):")
+    _table(real_rows, ["model", "size/steps", "plain s", "invert s", "inject+target s", "invert+edit",
+                       "invert+check+edit", "re-edit", "plain spread"])
     if not args.gpu:
         print(f"official DDIM schedule vs ddim_uniform: {closeness}")
     for precision in ("exact", "fp16"):

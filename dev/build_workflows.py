@@ -170,9 +170,89 @@ NOTE_OFFICIAL_SCHEDULE = (
     "'ddim' and the same seed on both.")
 
 
+EXAMPLE_IMAGE = "fpe_example_apple.png"  # drawn by dev/make_example_image.py; copy it to ComfyUI/input
+REAL_TARGET_PROMPT = "a photo of a green apple on a wooden table"
+
+
+def real_image_edit() -> dict:
+    """The official edit_real flow: invert a photo with an empty prompt, edit it with the target prompt."""
+    g = Graph()
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[CHECKPOINT], size=(315, 100))
+    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
+           title="Load the photo to edit", size=(315, 360))
+    g.node(3, "FPEVAEEncodeMean", (380, 560), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+    g.node(4, "CLIPTextEncode", (380, 40), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[""], title="Source prompt (empty, as the official code)", size=(400, 110))
+    g.node(5, "CLIPTextEncode", (380, 190), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[REAL_TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 110))
+    g.node(6, "CLIPTextEncode", (380, 340), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[""], title="Negative prompt", size=(400, 110))
+    g.node(7, "FPEDDIMInvert", (830, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                   ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+           outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
+           widgets=[50, "ddim_uniform", 1.0, 1.0, "official", OFFICIAL_LAYERS, 0.8, "cond", "auto", "exact", True],
+           size=(360, 700), color=FPE_COLOR)
+    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL")], widgets=["official", OFFICIAL_LAYERS, 0.0, 0.8, "cond only"],
+           size=(340, 190), color=FPE_COLOR)
+    g.node(9, "KSamplerAdvanced", (1230, 290),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")],
+           widgets=["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000, "disable"],
+           title="KSamplerAdvanced (target: add_noise disable, ddim, same steps and scheduler)", size=(340, 340))
+    g.node(10, "VAEDecode", (1620, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
+    g.node(11, "FPESideBySide", (1620, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    g.node(12, "SaveImage", (1920, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_side_by_side"],
+           title="Save photo | edit", size=(420, 300))
+    g.node(13, "SaveImage", (1920, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_edit"],
+           title="Save edit", size=(320, 300))
+    g.node(14, "Note", (380, 700), widgets=[NOTE_REAL], size=(400, 330))
+    g.link(1, 0, 7, "model")
+    g.link(1, 0, 8, "model")
+    for clip_user in (4, 5, 6):
+        g.link(1, 1, clip_user, "clip")
+    g.link(2, 0, 3, "pixels")
+    g.link(1, 2, 3, "vae")
+    g.link(3, 0, 7, "latent")
+    g.link(4, 0, 7, "positive")
+    g.link(1, 2, 7, "vae")
+    g.link(7, 1, 8, "fpe_source")
+    g.link(8, 0, 9, "model")
+    g.link(5, 0, 9, "positive")
+    g.link(6, 0, 9, "negative")
+    g.link(7, 0, 9, "latent_image")
+    g.link(9, 0, 10, "samples")
+    g.link(1, 2, 10, "vae")
+    g.link(2, 0, 11, "image_a")
+    g.link(10, 0, 11, "image_b")
+    g.link(11, 0, 12, "images")
+    g.link(10, 0, 13, "images")
+    return g.workflow()
+
+
+NOTE_REAL = (
+    "Real-image editing (the authors' edit_real): FPE DDIM Invert turns the photo into noise with an empty "
+    "prompt and records the photo's self-attention along the way; the target prompt then samples that noise "
+    "back while FPE Self-Attn Inject keeps the photo's layout.\n\n"
+    "Load your photo (drag it onto Load Image). The KSamplerAdvanced must keep add_noise 'disable', sampler "
+    "'ddim' and the SAME steps and scheduler as DDIM Invert.\n\n"
+    "DDIM Invert's preview shows the photo beside its reconstruction from the inverted noise, with the error. "
+    "PSNR above ~30 dB: the inversion loses less than the VAE itself does, edits keep the details; below ~20 dB: "
+    "use cfg 1, more steps, or a source prompt that describes the photo. Turn the check off once you trust "
+    "the settings.\n\n"
+    "Change only the target prompt and queue again: the inversion is cached, a re-edit costs one generation.")
+
+
 WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
+    "fpe_real_image_edit.json": real_image_edit,
 }
 
 

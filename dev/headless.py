@@ -2,10 +2,12 @@
 
     bash run.sh [--checkpoint FILE.safetensors] [--source-prompt TEXT] [--target-prompt TEXT]
                 [--negative TEXT] [--seed N] [--steps N] [--cfg X] [--size PX] [--workflow FILE.json]
-                [--out DIR]
+                [--image PHOTO] [--out DIR]
 
-Runs a shipped workflow (default workflows/fpe_generated_edit.json) and writes source.png, edit.png
-and side_by_side.png to --out. With --checkpoint the file is made visible to ComfyUI's checkpoint
+Runs a shipped workflow (default workflows/fpe_generated_edit.json) and writes its saved images
+(source.png, edit.png and side_by_side.png for the default) to --out. The real-image workflow
+(workflows/fpe_real_image_edit.json) edits --image (default: the shipped example drawing) and also
+writes reconstruction_check.png, DDIM Invert's preview, and prints its figures. With --checkpoint the file is made visible to ComfyUI's checkpoint
 loader (nothing is downloaded). Without one, a tiny randomly initialised model is built and used:
 the run then proves the plumbing only, and its pictures are meaningless.
 """
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 DEFAULT_WORKFLOW = REPO / "workflows" / "fpe_generated_edit.json"
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check"}  # output nodes without a filename_prefix
 TINY_STEPS, TINY_SIZE = 8, 256
 
 
@@ -36,7 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, help="seed of both sides")
     parser.add_argument("--steps", type=int, help="steps of both sides")
     parser.add_argument("--cfg", type=float, help="guidance scale of both sides")
-    parser.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8)")
+    parser.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8); resizes the "
+                                                 "photo of a real-image workflow")
+    parser.add_argument("--image", type=Path, help="the photo a real-image workflow edits (its Load Image)")
     parser.add_argument("--out", type=Path, default=REPO / "output", help="where images are written")
     args = parser.parse_args(argv)
 
@@ -77,6 +82,15 @@ def main(argv=None) -> int:
         for node_id in texts.get(role, ()):
             if value is not None:
                 prompt[node_id]["inputs"]["text"] = value
+    if args.image:
+        if not args.image.is_file():
+            parser.error(f"--image {args.image} does not exist")
+        shutil.copy2(args.image, workdir / "input" / args.image.name)
+        for node in prompt.values():
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = args.image.name
+    if args.size and any(node["class_type"] == "LoadImage" for node in prompt.values()):
+        _resized_inputs(prompt, workdir / "input", args.size)
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
@@ -91,17 +105,33 @@ def main(argv=None) -> int:
     written = []
     for node_id, outputs in result.outputs.items():
         images = outputs.get("images", [])
-        name = Path(str(prompt[node_id]["inputs"].get("filename_prefix", "image"))).name
+        node = prompt[node_id]
+        name = Path(str(node["inputs"].get("filename_prefix", PREVIEW_NAMES.get(node["class_type"], "image")))).name
         for i, image in enumerate(images):
             src = host.workdir / image["type"] / image["subfolder"] / image["filename"]
             dst = args.out / (f"{name}.png" if len(images) == 1 else f"{name}_{i}.png")
             shutil.copy2(src, dst)
             written.append(dst)
+    for node_id, outputs in result.outputs.items():
+        for text in outputs.get("text", []):
+            print(f"{prompt[node_id]['class_type']}: {text}")
     print(f"ComfyUI {host.kind} ({host.version}) ran {len(result.executed)} nodes of {args.workflow.name}; wrote:")
     for path in sorted(written):
         print(f"  {path}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _resized_inputs(prompt: dict, input_dir: Path, size: int) -> None:
+    """--size for real-image workflows: a size x size copy of each loaded photo (e.g. the tiny demo)."""
+    from PIL import Image
+
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            name = node["inputs"]["image"]
+            resized = f"{Path(name).stem}_{size}px.png"
+            Image.open(input_dir / name).convert("RGB").resize((size, size), Image.LANCZOS).save(input_dir / resized)
+            node["inputs"]["image"] = resized
 
 
 def _prompt_roles(prompt: dict) -> dict[str, list[str]]:

@@ -73,13 +73,11 @@ class CaptureRecorder:
         return n, context, value
 
 
-def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
-                   latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
-                   settings: CaptureSettings) -> tuple[dict, FPESource]:
-    """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_origin: str, cfg: float,
+               settings: CaptureSettings, maker: str = "FPE Source Capture") -> tuple[FPESource, CaptureRecorder]:
+    """An empty ``FPESource`` for a run over ``sigmas`` and the attn1 recorder that fills it."""
     signature = model_signature(model)
     layers = unet_attn1_layers(model.model.diffusion_model)
-    samples = latent["samples"]
     if samples.ndim != 4:
         raise FPEError(f"latent_image: FPE edits image latents [batch, channels, height, width]; got shape "
                        f"{list(samples.shape)}")
@@ -99,15 +97,25 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
         schedule=[float(s) for s in sigmas], schedule_origin=schedule_origin,
         stored_layers=frozenset(layer.key for layer in stored), stored_window=step_window(steps, 0.0, settings.store_end),
         stored_kinds=ROWS[settings.rows], layer_setting=settings.layer_setting, store_end=settings.store_end, cfg=cfg,
-        storage_device="cpu" if settings.storage == "cpu" else "auto")
+        storage_device="cpu" if settings.storage == "cpu" else "auto", maker=maker)
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
     device = _storage_device(model, settings, source, stored, dtype)
     source.storage_device = "cpu" if device is not None else "auto"
     source.weights = weights_fingerprint(model)
+    return source, CaptureRecorder(source, device, dtype)
+
+
+def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+                   latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
+                   settings: CaptureSettings) -> tuple[dict, FPESource]:
+    """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+    source, recorder = new_source(model, samples=latent["samples"], sigmas=sigmas, schedule_origin=schedule_origin,
+                                  cfg=cfg, settings=settings)
     patched = model.clone()
-    patched.set_model_attn1_patch(CaptureRecorder(source, device, dtype))
+    patched.set_model_attn1_patch(recorder)
     out, noise = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
-                             positive=positive, negative=negative, latent=latent, sigmas=sigmas, denoise=denoise)
+                                    positive=positive, negative=negative, latent=latent, sigmas=sigmas,
+                                    denoise=denoise)
     source.noise = noise.cpu()
     source.complete = True  # reached only when sampling returned normally
     return out, source
@@ -131,6 +139,6 @@ def _storage_device(model, settings: CaptureSettings, source: FPESource, stored,
         if estimate > AUTO_VRAM_SHARE * free:
             where = f"system RAM (it exceeds {AUTO_VRAM_SHARE:.0%} of the free VRAM)"
             settings = CaptureSettings(**{**settings.__dict__, "storage": "cpu"})
-    log.info("FPE Source Capture: storing about %.1f MiB (%d layers, %d steps, %s) on %s",
-             estimate / 2**20, len(stored), max(0, stop - first), str(dtype).replace("torch.", ""), where)
+    log.info("%s: storing about %.1f MiB (%d layers, %d steps, %s) on %s", source.maker, estimate / 2**20,
+             len(stored), max(0, stop - first), str(dtype).replace("torch.", ""), where)
     return torch.device("cpu") if settings.storage == "cpu" else None

@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from .ddim_guard import DDIMGuard
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .layers import LayerSelection, layer_key
@@ -121,7 +122,7 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
                  end: float, branches: str = "cond only"):
     """A clone of ``model`` that edits its samples with ``source``; checks everything it can first."""
     if not isinstance(source, FPESource):
-        raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture (or DDIM Invert)")
+        raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture or FPE DDIM Invert")
     source.require_complete()
     signature = model_signature(model)
     if signature != source.signature:
@@ -129,8 +130,8 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
             f"model: fpe_source was captured with {describe_signature(source.signature)}, but this model is "
             f"{describe_signature(signature)}: give FPE Self-Attn Inject the model the capture used")
     if source.weights and weights_fingerprint(model) != source.weights:
-        log.warning("FPE: FPE Self-Attn Inject gets another checkpoint or other LoRAs than FPE Source Capture used; "
-                    "give both the same model unless that is what you want")
+        log.warning("FPE: FPE Self-Attn Inject gets another checkpoint or other LoRAs than %s used; "
+                    "give both the same model unless that is what you want", source.maker)
     if start > end:
         raise FPEError(f"start ({start}) is after end ({end}): set start below end (start = end turns the edit off)")
     if branches not in BRANCHES:
@@ -138,7 +139,7 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     kinds = BRANCHES[branches]
     if UNCOND in kinds:
         if UNCOND not in source.stored_kinds:
-            raise FPEError("branches 'cond + uncond' needs the source's uncond rows: set FPE Source Capture's "
+            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows: set {source.maker}'s "
                            "store_rows to 'cond + uncond' (or use branches 'cond only')")
         if UNCOND not in source.evaluated_kinds:
             raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows, but the capture ran at cfg "
@@ -152,13 +153,13 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     if missing:
         names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
         raise FPEError(
-            f"layers '{layer_setting}' include {names}, which FPE Source Capture did not store (its store_layers: "
+            f"layers '{layer_setting}' include {names}, which {source.maker} did not store (its store_layers: "
             f"'{source.layer_setting}'): widen the capture's store_layers or narrow the inject's layers")
     window = step_window(source.steps, start, end)
     stored_first, stored_stop = source.stored_window
     if window[0] < window[1] and not (stored_first <= window[0] and window[1] <= stored_stop):
         raise FPEError(
-            f"end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but FPE Source Capture stored steps "
+            f"end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but {source.maker} stored steps "
             f"{stored_first}..{stored_stop - 1} (store_end {source.store_end}): raise the capture's store_end to at "
             f"least {end} or lower the inject's end")
     if window[0] >= window[1] and start < end:
@@ -168,6 +169,8 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
     _add_pre_sampling_check(patched, patch)
+    if source.inverted:  # a real image: the target must sample its inverted latent back with DDIM
+        patched.set_model_sampler_post_cfg_function(DDIMGuard(source))
     return patched
 
 

@@ -12,11 +12,27 @@ moves it to level t. In ComfyUI's variance-exploding state z = x_VP / sqrt(alpha
 over the forward schedule reversed. The first value is σ(t = 0) ≈ 0.029 for the official
 schedule, so the clean latent is first scaled to that level. Every latent of the way up is
 recorded: the trajectory the real-image edit's source branch follows.
+
+``invert_to_source`` then builds the real image's ``FPE_SOURCE``: the official edit overwrites the
+source row with the inverted latent of the current step before every UNet call, so the source's
+self-attention at step i is the model's on trajectory latent i with the source prompt. A *record
+pass* evaluates exactly that, once per stored step (cond rows only unless asked), through the same
+attn1 recorder as the generated-image capture; the inject is unchanged. The target later samples
+from the top latent with DDIM (``ddim_guard`` checks it does).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
+
+from .capture import CaptureSettings, new_source
+from .errors import FPEError
+from .evaluations import UNCOND
+
+log = logging.getLogger("free-prompt-editing")
 
 
 def inversion_sigmas(forward_sigmas: torch.Tensor) -> torch.Tensor:
@@ -73,3 +89,107 @@ def invert(model, *, latent: torch.Tensor, positive, negative, cfg: float, forwa
     top = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas.to(model.load_device, copy=True), positive,
                                      negative, latent, callback=callback, disable_pbar=disable_pbar, seed=0)
     return top, recorder.trajectory, sigmas
+
+
+class TrajectoryReplay:
+    """A sampler function that evaluates the model on stored latents (sampler space), one per step.
+
+    Step i calls the model on ``latents[i]`` at ``sigmas[i]``, for i in ``steps``; the outputs are
+    discarded (an attn1 recorder on the model keeps what it needs). Returns ``x`` unchanged.
+    """
+
+    def __init__(self, latents: list[torch.Tensor], steps: range):
+        self.latents = latents
+        self.steps = steps
+
+    def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = {} if extra_args is None else extra_args
+        s_in = x.new_ones([x.shape[0]])
+        for i in self.steps:
+            latent = self.latents[i].to(device=x.device, dtype=x.dtype)
+            denoised = model(latent, sigmas[i] * s_in, **extra_args)
+            if callback is not None:
+                callback({"x": latent, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        return x
+
+
+def same_conditioning(a, b) -> bool:
+    """Whether two CONDITIONING lists hold the same tensors (then CFG between them is a no-op)."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    for (ta, da), (tb, db) in zip(a, b, strict=True):
+        if ta.shape != tb.shape or not torch.equal(ta, tb):
+            return False
+        pa, pb = da.get("pooled_output"), db.get("pooled_output")
+        if (pa is None) != (pb is None) or (pa is not None and not torch.equal(pa, pb)):
+            return False
+    return True
+
+
+class PhasedProgress:
+    """One ComfyUI progress bar (with latent previews) over several sampling runs of one node."""
+
+    def __init__(self, model, total: int):
+        import latent_preview
+
+        self.total = max(1, total)
+        self.done = 0
+        self._callback = latent_preview.prepare_callback(model, self.total)
+
+    def phase(self, steps: int):
+        offset = self.done
+        self.done += steps
+
+        def callback(step, x0, x, total_steps):
+            self._callback(offset + step, x0, x, self.total)
+
+        return callback
+
+
+def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sigmas: torch.Tensor,
+                     schedule_origin: str, settings: CaptureSettings,
+                     progress: PhasedProgress | None = None) -> tuple[dict, object, list[torch.Tensor]]:
+    """DDIM-invert ``latent`` and record the source branch on its trajectory.
+
+    ``negative`` None means the source prompt on both sides, as the official code does (cfg then
+    has no effect). Returns (the inverted LATENT, the complete FPESource, the inversion's trajectory
+    in sampler space, forward order).
+    """
+    import comfy.sample
+    import comfy.samplers
+
+    samples = latent["samples"]
+    source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
+                                  settings=settings, maker="FPE DDIM Invert")
+    if UNCOND in source.stored_kinds and negative is None:
+        raise FPEError("store_rows 'cond + uncond' records the source's uncond rows: connect negative (the "
+                       "negative prompt the edit will use), or set store_rows to 'cond'")
+    if negative is None:
+        negative = positive
+    elif not math.isclose(cfg, 1.0) and not same_conditioning(positive, negative):
+        log.warning("FPE DDIM Invert: cfg %s with a source prompt that differs from the negative: CFG amplifies the "
+                    "inversion's error and the inverted noise will not reconstruct the image well. Use cfg 1, or an "
+                    "empty source prompt (the official setting)", cfg)
+    steps = int(sigmas.shape[0]) - 1
+    first, stop = source.stored_window
+    if progress is None:
+        progress = PhasedProgress(model, steps + (stop - first))
+    top, inverted, _ = invert(model, latent=samples, positive=positive, negative=negative, cfg=cfg,
+                              forward_sigmas=sigmas, callback=progress.phase(steps))
+    trajectory = [z.cpu() for z in reversed(inverted)]  # forward order: entry i sits at sigmas[i]
+
+    # Record pass: cond rows need no uncond evaluation (cfg 1 skips it); uncond rows need cfg != 1.
+    record_cfg = 1.0 if UNCOND not in source.stored_kinds else (cfg if not math.isclose(cfg, 1.0) else 2.0)
+    patched = model.clone()
+    patched.set_model_attn1_patch(recorder)
+    replay = comfy.samplers.KSAMPLER(TrajectoryReplay(trajectory, range(first, stop)))
+    comfy.sample.sample_custom(patched, torch.zeros_like(samples), record_cfg, replay,
+                               sigmas.to(model.load_device, copy=True), positive, negative, samples,
+                               callback=progress.phase(stop - first), disable_pbar=True, seed=0)
+    source.trajectory = trajectory
+    source.complete = True  # reached only when both passes returned normally
+    out = {key: value for key, value in latent.items() if key == "batch_index"}
+    out["samples"] = top
+    return out, source, trajectory

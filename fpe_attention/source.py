@@ -22,7 +22,7 @@ from .evaluations import EvalKey, kind_name
 from .layers import Attn1Layer, LayerKey, unet_attn1_layers
 from .steps import SIGMA_RTOL
 
-_FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise as FPE Source Capture "
+_FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise as {maker} "
                  "(or the same sigmas), and the same sampler")
 
 
@@ -69,7 +69,21 @@ class FPESource:
     evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation seen -> step
     weights: tuple = ()  # weights_fingerprint of the capture's model, to warn about another checkpoint/LoRA
     noise: torch.Tensor | None = None  # the source's initial noise, to warn about a different seed
+    maker: str = "FPE Source Capture"  # the node that made it, for messages
+    # Real-image sources: the DDIM-inverted latents in sampler space, forward order (entry i sits at
+    # schedule[i]); the target must start from entry 0 and take DDIM steps.
+    trajectory: list[torch.Tensor] | None = None
     complete: bool = False
+
+    @property
+    def inverted(self) -> bool:
+        return self.trajectory is not None
+
+    @property
+    def fix_schedule(self) -> str:
+        if self.inverted:  # the inverse of DDIM inversion is DDIM: one evaluation per schedule sigma
+            return _FIX_SCHEDULE.format(maker=self.maker).replace("the same sampler", "sampler ddim (or euler)")
+        return _FIX_SCHEDULE.format(maker=self.maker)
 
     @property
     def steps(self) -> int:
@@ -101,7 +115,7 @@ class FPESource:
         if not self.complete:
             raise FPEError(
                 "fpe_source comes from a capture that did not finish (interrupted or failed): "
-                "queue the graph again so FPE Source Capture runs to the end")
+                f"queue the graph again so {self.maker} runs to the end")
 
     def check_schedule(self, sigmas) -> None:
         """Raise unless the target's sigmas are the capture's (same steps, scheduler, denoise)."""
@@ -111,14 +125,14 @@ class FPESource:
         if not same:
             raise FPEError(
                 f"the target sampler's schedule differs from the capture's: the target runs {len(target) - 1} steps "
-                f"over sigmas {_fmt(target)}, FPE Source Capture ran {self.steps} steps over {_fmt(mine)} "
-                f"({self.schedule_origin}). Fix: {_FIX_SCHEDULE}.")
+                f"over sigmas {_fmt(target)}, {self.maker} ran {self.steps} steps over {_fmt(mine)} "
+                f"({self.schedule_origin}). Fix: {self.fix_schedule}.")
 
     def reject_sigma(self, sigma: float, first: bool = False) -> None:
         where = "starts" if first else "evaluates the model"
         raise FPEError(
-            f"the target sampler {where} at sigma {sigma:.6g}, which is not where FPE Source Capture's schedule "
-            f"puts it ({self.steps} steps over {_fmt(self.schedule)}, {self.schedule_origin}). Fix: {_FIX_SCHEDULE}.")
+            f"the target sampler {where} at sigma {sigma:.6g}, which is not where {self.maker}'s schedule "
+            f"puts it ({self.steps} steps over {_fmt(self.schedule)}, {self.schedule_origin}). Fix: {self.fix_schedule}.")
 
     def check_latent(self, shape) -> None:
         """Raise unless a target latent of ``shape`` [B, C, H, W] can pair with this source."""
@@ -162,14 +176,14 @@ class FPESource:
             where = f"between schedule sigmas #{skey[1]} and #{skey[1] + 1}"
         raise FPEError(
             f"the target sampler evaluates the model ({kind_name(kind)} rows, step {step}) {where}, where the "
-            f"source run never did. Fix: {_FIX_SCHEDULE}.")
+            f"source run never did. Fix: {self.fix_schedule}.")
 
     def stored(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
         layer_map = self.entries.get(key)
         if layer_map is not None and layer in layer_map:
             return layer_map[layer]
         raise FPEError(
-            f"fpe_source holds no capture for layer {layer} at step {step}: raise FPE Source Capture's "
+            f"fpe_source holds no capture for layer {layer} at step {step}: raise {self.maker}'s "
             f"store settings (layers '{self.layer_setting}', store_end {self.store_end}) to cover the inject's")
 
 

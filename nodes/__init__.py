@@ -26,6 +26,7 @@ def as_fpe_error(input_name: str):
 from .capture import FPESourceCapture  # noqa: E402
 from .images import FPESideBySide  # noqa: E402
 from .inject import FPESelfAttnInject  # noqa: E402
+from .invert import FPEDDIMInvert, FPEVAEEncodeMean  # noqa: E402
 from .schedules import FPEOfficialDDIMSigmas  # noqa: E402
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -33,10 +34,14 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "FPESelfAttnInject": FPESelfAttnInject,
     "FPEOfficialDDIMSigmas": FPEOfficialDDIMSigmas,
     "FPESideBySide": FPESideBySide,
+    "FPEVAEEncodeMean": FPEVAEEncodeMean,
+    "FPEDDIMInvert": FPEDDIMInvert,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESourceCapture": "FPE Source Capture",
     "FPESelfAttnInject": "FPE Self-Attn Inject",
     "FPEOfficialDDIMSigmas": "FPE Official DDIM Sigmas",
     "FPESideBySide": "FPE Side by Side",
+    "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
+    "FPEDDIMInvert": "FPE DDIM Invert",
 }

@@ -14,7 +14,8 @@ class FPESelfAttnInject:
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with the edit attached: sample the target prompt with it (KSampler, "
-                       "KSamplerAdvanced, SamplerCustom) using the capture's seed, steps, sampler and scheduler.",)
+                       "KSamplerAdvanced, SamplerCustom) using the capture's seed, steps, sampler and scheduler (real photos: "
+                       "from DDIM Invert's latent, add_noise off, ddim, its steps and scheduler).",)
     DESCRIPTION = ("Free-Prompt-Editing: in the chosen self-attention layers and steps, the target's attention map "
                    "is replaced by the source's, so the edit keeps the source layout. The input model is untouched.")
 
@@ -24,7 +25,7 @@ class FPESelfAttnInject:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model the capture used (LoRAs included); a patched clone is "
                                                "returned."}),
-                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (or DDIM Invert for real images)."}),
+                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (generated images) or FPE DDIM Invert (real photos)."}),
                 "layers": (list(PRESETS), {
                     "default": "official",
                     "tooltip": "Self-attention layers to edit. 'official': layers with at most 32x32 tokens (the "

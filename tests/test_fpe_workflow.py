@@ -54,3 +54,31 @@ def test_changing_only_the_target_prompt_does_not_rerun_the_capture(executor, ti
     assert capture_id not in result.executed
     assert _node_id(api, "KSampler") in result.executed and target_id in result.executed
     assert _node_id(api, "FPESelfAttnInject") not in result.executed  # its inputs did not change either
+
+
+REAL_WORKFLOW = WORKFLOW.parent / "fpe_real_image_edit.json"
+
+
+def test_real_image_workflow_previews_the_reconstruction_and_caches_the_inversion(executor, tiny_sd15_ckpt,
+                                                                                  comfy_host):
+    wf = load_workflow(REAL_WORKFLOW)
+    for node in wf["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"][0] = tiny_sd15_ckpt
+    api = shrink(to_api(wf))
+    invert_id = _node_id(api, "FPEDDIMInvert")
+    invert, sampler = api[invert_id]["inputs"], api[_node_id(api, "KSamplerAdvanced")]["inputs"]
+    assert invert["reconstruction_check"] is True and invert["cfg"] == 1.0
+    assert sampler["add_noise"] == "disable" and sampler["sampler_name"] == "ddim"
+    for key in ("steps", "scheduler"):
+        assert invert[key] == sampler[key], key
+    result = executor.run(api)
+    preview = result.outputs[invert_id]
+    assert "dB" in preview["text"][0]
+    image = preview["images"][0]
+    shown = np.asarray(Image.open(comfy_host.workdir / image["type"] / image["subfolder"] / image["filename"]))
+    assert shown.shape[1] == 128 and shown.shape[0] > 64  # photo | reconstruction, caption strip below
+    target_id = _node_id(api, "CLIPTextEncode", "Target prompt")
+    api[target_id]["inputs"]["text"] = "a photo of a golden apple on a wooden table"
+    again = executor.run(api)
+    assert invert_id not in again.executed and _node_id(api, "KSamplerAdvanced") in again.executed

@@ -29,3 +29,20 @@ def test_headless_fpe_edit_writes_source_edit_and_side_by_side(tmp_path):
     assert source.shape == edit.shape == (64, 64, 3) and both.shape == (64, 128, 3)
     assert np.array_equal(both, np.concatenate([source, edit], axis=1))
     assert not np.array_equal(source, edit)
+
+
+def test_headless_real_image_edit_writes_the_edit_and_the_reconstruction_check(tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((61, 72, 3)) * 255).astype(np.uint8)).save(photo)
+    env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "dev" / "headless.py"), "--workflow", str(REPO / "workflows" /
+                                                                              "fpe_real_image_edit.json"),
+         "--image", str(photo), "--steps", "3", "--size", "48", "--out", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FPEDDIMInvert: reconstruction latent RMSE" in done.stdout and "dB" in done.stdout
+    edit, both, check = (np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+                         for name in ("real_edit", "real_side_by_side", "reconstruction_check"))
+    assert edit.shape == (48, 48, 3)  # --size resizes the photo
+    assert both.shape == (48, 96, 3) and check.shape[1] == 2 * 48  # photo | edit; input | reconstruction

@@ -9,6 +9,8 @@ EXPECTED = {
     "FPESelfAttnInject": "FPE Self-Attn Inject",
     "FPEOfficialDDIMSigmas": "FPE Official DDIM Sigmas",
     "FPESideBySide": "FPE Side by Side",
+    "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
+    "FPEDDIMInvert": "FPE DDIM Invert",
 }
 
 

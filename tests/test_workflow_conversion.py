@@ -20,9 +20,18 @@ def ui():
 
 
 def shrink(api: dict, steps: int = 3, side: int = 64) -> dict:
-    """The same graph at a CPU-test size: few steps, small latents."""
+    """The same graph at a CPU-test size: few steps, small latents, small photos."""
+    from PIL import Image
+
+    from fpe_harness.host import host
+
     for node in api.values():
         inputs = node["inputs"]
+        if node["class_type"] == "LoadImage":  # a side x side copy of the shipped example photo
+            small = f"{Path(inputs['image']).stem}_{side}px.png"
+            input_dir = host().workdir / "input"
+            Image.open(input_dir / inputs["image"]).convert("RGB").resize((side, side)).save(input_dir / small)
+            inputs["image"] = small
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = steps
         for key in ("width", "height"):

@@ -43,3 +43,48 @@ def ksampler(model, clip, text=TGT, *, seed=42, steps=6, cfg=7.5, sampler="euler
 
 def max_abs(a, b):
     return float((a.float() - b.float()).abs().max())
+
+
+def encoded_photo(width=W, height=H, batch=1, seed=11):
+    """A smooth random 'photo' latent for the tiny models.
+
+    The tiny random UNet predicts noise with a std of ~0.07 instead of 1, so inverted noise is ~15x
+    smaller than a real model's. A photo latent this large (~20x a real one) gives the inverted
+    latent the magnitude real models see at the top (model inputs of order 1); with a realistic
+    scale the tiny model is fed near-constant inputs there and amplifies float rounding ~100x.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, 4, height // 64 + 2, width // 64 + 2, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(height // 8, width // 8), mode="bicubic",
+                                             align_corners=False)
+    return {"samples": smooth * 80.0 + 10.0 * torch.randn(batch, 4, height // 8, width // 8, generator=g)}
+
+
+def invert(model, clip, latent_image, *, text="", steps=6, scheduler="normal", cfg=1.0, denoise=1.0,
+           negative=None, store_layers="official", store_custom_layers="in4", store_end=0.8, store_rows="cond",
+           storage="auto", precision="exact", check=False, sigmas=None, vae=None):
+    """FPE DDIM Invert as the executor calls it: (inverted LATENT, FPE_SOURCE, report)."""
+    extra = {}
+    if negative is not None:
+        extra["negative"] = encode(clip, negative)
+    if sigmas is not None:
+        extra["sigmas"] = sigmas
+    if vae is not None:
+        extra["vae"] = vae
+    return call_node(
+        "FPEDDIMInvert", model=model, positive=encode(clip, text), latent=latent_image, steps=steps,
+        scheduler=scheduler, cfg=cfg, denoise=denoise, store_layers=store_layers,
+        store_custom_layers=store_custom_layers, store_end=store_end, store_rows=store_rows, storage=storage,
+        precision=precision, reconstruction_check=check, **extra)
+
+
+def sample_back(model, clip, inverted, *, text=TGT, steps=6, cfg=7.5, sampler="ddim", scheduler="normal",
+                negative="", add_noise="disable", seed=0):
+    """KSamplerAdvanced from the inverted latent, noise off (the real-image edit's target side)."""
+    return call_node(
+        "KSamplerAdvanced", model=model, add_noise=add_noise, noise_seed=seed, steps=steps, cfg=cfg,
+        sampler_name=sampler, scheduler=scheduler, positive=encode(clip, text), negative=encode(clip, negative),
+        latent_image=inverted, start_at_step=0, end_at_step=10000,
+        return_with_leftover_noise="disable")[0]["samples"]

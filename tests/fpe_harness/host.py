@@ -97,6 +97,8 @@ def boot(comfyui_path: Path, workdir: Path, cpu: bool = True) -> Host:
     kind, version = _detect_kind(comfyui_path)
     for sub in ("models/checkpoints", "input", "output", "temp", "custom_nodes", "user"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
+    for image in (REPO_ROOT / "workflows").glob("*.png"):  # the example workflows' inputs, as a user copies them
+        shutil.copy2(image, workdir / "input" / image.name)
 
     sys.path.insert(0, str(comfyui_path))
     sys.argv = [

@@ -1,0 +1,77 @@
+"""Target-side checks for real-image edits: start from the inverted latent, take DDIM steps.
+
+The inverted noise reconstructs the image only under the inverse of the inversion: DDIM (ComfyUI's
+``ddim`` or ``euler``) over the same sigmas, from the inverted latent itself with no noise added.
+A post-CFG function (a public, chainable hook present in every ComfyUI) sees each evaluation's
+input and final denoised output, so it can check both on any host and whatever the sampler node:
+
+* the first evaluation's input must be the inverted latent (else add_noise is on, or another
+  latent is connected);
+* every later input must be the previous one advanced by one DDIM step,
+  x + (σ_next − σ)·(x − D)/σ; a stochastic sampler (ancestral, SDE), a multistep or higher-order
+  solver, or a latent noise mask breaks that.
+
+The step check is exact only when this is the last post-CFG function (one registered after it may
+change the denoised output the sampler uses), so it is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import FPEError
+from .evaluations import sigma_key
+
+# Float32 room for re-doing the sampler's own arithmetic (and LATENT in/out scaling), relative to
+# the latent's magnitude; a sampler that adds noise or mixes in history is off by orders more.
+RELATIVE_TOLERANCE = 1e-4
+
+FIX_START = ("connect FPE DDIM Invert's latent output to the target sampler's latent input and disable its noise "
+             "(KSamplerAdvanced: add_noise disable; SamplerCustom: add_noise off)")
+FIX_SAMPLER = ("sample the target with sampler ddim (or euler), the inverse of the inversion: stochastic samplers "
+               "(ancestral, SDE), multistep or higher-order solvers and latent noise masks do not reconstruct the "
+               "image")
+
+
+class DDIMGuard:
+    def __init__(self, source):
+        self.source = source
+        self._previous = None  # (input, sigma, denoised) of the last evaluation, when checkable
+
+    def __deepcopy__(self, memo):  # clones of the patched model share it
+        return self
+
+    def __call__(self, args):
+        x, denoised = args["input"], args["denoised"]
+        sigma = float(args["sigma"].reshape(-1)[0])
+        if sigma_key(sigma, self.source.schedule) == ("s", 0):  # a (new) run starts
+            self._previous = None
+            self._check_start(x)
+        elif self._previous is not None:
+            self._check_step(x, sigma)
+        functions = args.get("model_options", {}).get("sampler_post_cfg_function", [])
+        last = bool(functions) and functions[-1] is self
+        self._previous = (x.detach(), sigma, denoised.detach()) if last else None
+        return denoised
+
+    def _check_start(self, x: torch.Tensor) -> None:
+        start = self.source.trajectory[0].to(device=x.device, dtype=x.dtype)
+        if start.shape[0] == 1 and x.shape[0] > 1:
+            start = start.expand_as(x)
+        if start.shape != x.shape or not _close(x, start):
+            raise FPEError(
+                "the target sampler does not start from FPE DDIM Invert's latent (noise added, or another latent "
+                f"connected): {FIX_START}")
+
+    def _check_step(self, x: torch.Tensor, sigma: float) -> None:
+        x_prev, sigma_prev, denoised_prev = self._previous
+        if x_prev.shape != x.shape:
+            return
+        predicted = x_prev + (x_prev - denoised_prev) / sigma_prev * (sigma - sigma_prev)
+        if not _close(x, predicted):
+            raise FPEError(f"the target sampler does not take DDIM steps (at sigma {sigma:.4g}): {FIX_SAMPLER}")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = float(b.abs().max()) + 1e-6
+    return float((a - b).abs().max()) <= RELATIVE_TOLERANCE * scale

@@ -1,0 +1,175 @@
+"""FPE DDIM Invert and FPE VAE Encode (Mean): the real-image side of Free-Prompt-Editing."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.samplers
+import torch
+
+from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings
+from ..fpe_attention.encode import SIDES, check_sides, downscale_ratio, encode_mean
+from ..fpe_attention.errors import FPEError
+from ..fpe_attention.inversion import PhasedProgress, invert_to_source
+from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
+from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, reconstruct, relative_rmse
+from ..fpe_attention.schedule import sampler_sigmas
+from ..fpe_attention.steps import step_window
+from . import CATEGORY, as_fpe_error
+from .capture import OFFICIAL_CUSTOM
+from .preview import captioned, preview_ui
+
+log = logging.getLogger("free-prompt-editing")
+
+
+class FPEVAEEncodeMean:
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The image's latent (posterior mean): connect it to FPE DDIM Invert.",)
+    DESCRIPTION = ("VAE Encode with the posterior mean, as the official real-image code encodes. The stock VAE "
+                   "Encode does the same in current ComfyUI, but draws a random sample in ComfyUI of early 2024.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pixels": ("IMAGE", {"tooltip": "The photo to edit (e.g. from Load Image)."}),
+                "vae": ("VAE", {"tooltip": "The checkpoint's VAE."}),
+                "sides": (list(SIDES), {
+                    "default": SIDES[0],
+                    "tooltip": "Image sides must be multiples of 8. 'crop to a multiple of 8' keeps the center (up to "
+                               "7 px off each side, as VAE Encode does); 'error' stops and names the size."}),
+            },
+        }
+
+    def encode(self, pixels, vae, sides):
+        check_sides(pixels, downscale_ratio(vae), sides)
+        return ({"samples": encode_mean(vae, pixels)},)
+
+
+class FPEDDIMInvert:
+    CATEGORY = CATEGORY
+    FUNCTION = "invert"
+    OUTPUT_NODE = True  # shows the reconstruction preview
+    RETURN_TYPES = ("LATENT", "FPE_SOURCE", "STRING")
+    RETURN_NAMES = ("inverted_latent", "fpe_source", "report")
+    OUTPUT_TOOLTIPS = (
+        "The image's inverted noise. Sample it with the target prompt: KSamplerAdvanced with add_noise disabled "
+        "(or SamplerCustom, add_noise off), sampler ddim, and these steps, scheduler and denoise.",
+        "The source branch (the image's attention along its inversion): connect it to FPE Self-Attn Inject.",
+        "The reconstruction check's figures as text (empty when the check is off).",
+    )
+    DESCRIPTION = ("DDIM-inverts a real image (official convention) so FPE can edit it: outputs the inverted noise "
+                   "and the source branch for FPE Self-Attn Inject, and optionally shows how well the noise "
+                   "reconstructs the image.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x/SD2.x/SDXL UNet). Use the same model for "
+                                               "the edit."}),
+                "positive": ("CONDITIONING", {
+                    "tooltip": "The source prompt. The official code inverts with an empty prompt; a prompt that "
+                               "describes the photo can help at cfg 1."}),
+                "latent": ("LATENT", {"tooltip": "The encoded photo (FPE VAE Encode (Mean), or VAE Encode)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 10000,
+                                  "tooltip": "Inversion steps (ignored when sigmas is connected). The edit's sampler "
+                                             "must use the same number. Official: 50."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {
+                    "default": "ddim_uniform",
+                    "tooltip": "Scheduler (ignored when sigmas is connected); the edit's sampler must use the same. "
+                               "For the authors' exact timesteps connect FPE Official DDIM Sigmas."}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Guidance of the inversion. 1 inverts best. The official 7.5 with an empty "
+                                             "prompt on both sides equals 1 (at twice the cost); above 1 with a "
+                                             "prompt, the noise no longer reconstructs the image."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "How far up the noise levels to invert (ignored when sigmas is "
+                                                 "connected). The edit's sampler must use the same value."}),
+                "store_layers": (list(PRESETS), {
+                    "default": "official",
+                    "tooltip": "Self-attention layers recorded for the edits ('official': at most 32x32 tokens). Must "
+                               "cover the Inject's layers."}),
+                "store_custom_layers": ("STRING", {
+                    "default": OFFICIAL_CUSTOM, "multiline": False,
+                    "tooltip": "Block list used when store_layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 · "
+                               "#4-14."}),
+                "store_end": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Record the first store_end of the steps (at least the Inject's "
+                                                   "end). Each recorded step costs one model evaluation."}),
+                "store_rows": (list(ROWS), {
+                    "default": "cond",
+                    "tooltip": "'cond' serves the official edit; 'cond + uncond' allows the Inject's branches "
+                               "'cond + uncond' (needs negative; twice the cost and memory)."}),
+                "storage": (list(STORAGE), {
+                    "default": "auto",
+                    "tooltip": "'auto' keeps the record beside the model unless it is large; 'cpu' in system RAM."}),
+                "precision": (list(PRECISION), {
+                    "default": "exact",
+                    "tooltip": "'exact' records in the model's dtype; fp16/bf16 halve an fp32 model's record."}),
+                "reconstruction_check": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Sample the inverted noise back with the source prompt and show how close it comes to "
+                               "the photo (preview and figures) before you edit. Costs one more sampling pass at the "
+                               "inversion's cfg, once per image."}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {
+                    "tooltip": "Negative prompt for cfg above 1 and for store_rows 'cond + uncond' (use the edit's). "
+                               "Unconnected: the source prompt on both sides, as the official code does."}),
+                "sigmas": ("SIGMAS", {"tooltip": "Optional exact schedule (e.g. FPE Official DDIM Sigmas); replaces "
+                                                 "steps, scheduler and denoise. Sample the edit with SamplerCustom "
+                                                 "over the same sigmas."}),
+                "vae": ("VAE", {"tooltip": "Optional: decodes the reconstruction check's preview and gives its PSNR."}),
+            },
+        }
+
+    def invert(self, model, positive, latent, steps, scheduler, cfg, denoise, store_layers, store_custom_layers,
+               store_end, store_rows, storage, precision, reconstruction_check, negative=None, sigmas=None, vae=None):
+        samples = latent["samples"]
+        if samples.ndim == 4 and not torch.count_nonzero(samples):
+            raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
+                           "FPE VAE Encode (Mean) -> latent")
+        with as_fpe_error("store_layers"):
+            selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
+        setting = store_custom_layers if store_layers == "custom" else store_layers
+        if sigmas is None:
+            sigmas = sampler_sigmas(model, steps, "ddim", scheduler, denoise)
+            origin = f"steps {steps}, scheduler {scheduler}, denoise {denoise}, sampler ddim"
+        else:
+            sigmas = sigmas.float().cpu()
+            origin = f"sigmas input, {sigmas.shape[-1] - 1} steps"
+        settings = CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
+                                   storage=storage, precision=precision)
+        n = int(sigmas.shape[-1]) - 1
+        first, stop = step_window(n, 0.0, store_end)
+        recorded = stop - first
+        progress = PhasedProgress(model, n + recorded + (n if reconstruction_check else 0))
+        inverted, source, _ = invert_to_source(model, latent=latent, positive=positive, negative=negative, cfg=cfg,
+                                               sigmas=sigmas, schedule_origin=origin, settings=settings,
+                                               progress=progress)
+        if not reconstruction_check:
+            return {"ui": {}, "result": (inverted, source, "")}
+        report, images = self._check(model, vae, samples, inverted["samples"], positive, negative, cfg, sigmas,
+                                     progress)
+        log.info("FPE DDIM Invert: %s", report.describe())
+        ui = preview_ui(captioned(images, report.describe()), "FPE_reconstruction") if images is not None else {}
+        ui["text"] = [report.describe()]  # shown by text-display extensions, read by the headless job
+        return {"ui": ui, "result": (inverted, source, report.describe())}
+
+    @staticmethod
+    def _check(model, vae, samples, inverted, positive, negative, cfg, sigmas, progress):
+        n = int(sigmas.shape[-1]) - 1
+        back = reconstruct(model, inverted=inverted, positive=positive,
+                           negative=negative if negative is not None else positive, cfg=cfg, sigmas=sigmas,
+                           callback=progress.phase(n))
+        expected = expected_latent(samples, sigmas)
+        rmse = relative_rmse(back, expected)
+        if vae is None:
+            return ReconstructionReport(back, rmse), None
+        original, rebuilt = vae.decode(expected), vae.decode(back)
+        report = ReconstructionReport(back, rmse, psnr_db(rebuilt, original))
+        return report, torch.cat([original, rebuilt], dim=2)  # input | reconstruction, per image
