@@ -190,3 +190,26 @@ def test_encode_takes_the_posterior_mean(comfy_host):
     else:  # ComfyUI of early 2024 draws a sample: another latent every run
         assert max_abs(stock, ours) > 1e-3
     assert engine.regularization.sample == (not comfy_host.is_current)  # restored
+
+
+def test_official_schedule_through_sampler_custom(tiny_sd15, fpe_error):
+    from fpe_harness.reference import encode
+
+    model, clip, _ = tiny_sd15
+    photo = encoded_photo(64, 64, seed=7)
+    sigmas = call_node("FPEOfficialDDIMSigmas", model=model, steps=STEPS)[0]
+    inverted, source, report = invert(model, clip, photo, steps=99, sigmas=sigmas, check=True)
+    assert source.steps == STEPS  # the sigmas input replaces steps
+
+    def sample(add_noise):
+        return call_node("SamplerCustom", model=inject(model, source), add_noise=add_noise, noise_seed=0, cfg=1.0,
+                         positive=encode(clip, ""), negative=encode(clip, ""),
+                         sampler=call_node("KSamplerSelect", sampler_name="ddim")[0], sigmas=sigmas,
+                         latent_image=inverted)[0]["samples"]
+
+    back = sample(False) / torch.sqrt(1 + sigmas[-1] ** 2)  # the official run ends at σ(0), not 0
+    rel = float((back - photo["samples"]).pow(2).mean().sqrt() / photo["samples"].pow(2).mean().sqrt())
+    print(f"official schedule, {STEPS} steps: edit with the source prompt {rel:.3%} from the photo; {report}")
+    assert rel < 0.05
+    with pytest.raises(fpe_error, match="add_noise off"):
+        sample(True)
