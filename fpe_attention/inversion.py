@@ -150,12 +150,12 @@ class PhasedProgress:
 
 def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sigmas: torch.Tensor,
                      schedule_origin: str, settings: CaptureSettings,
-                     progress: PhasedProgress | None = None) -> tuple[dict, object, list[torch.Tensor]]:
+                     progress: PhasedProgress | None = None) -> tuple[dict, object]:
     """DDIM-invert ``latent`` and record the source branch on its trajectory.
 
     ``negative`` None means the source prompt on both sides, as the official code does (cfg then
-    has no effect). Returns (the inverted LATENT, the complete FPESource, the inversion's trajectory
-    in sampler space, forward order).
+    has no effect). Returns (the inverted LATENT, the complete FPESource, whose ``trajectory`` holds
+    the inverted latents in sampler space, forward order).
     """
     import comfy.sample
     import comfy.samplers
@@ -192,4 +192,4 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     source.complete = True  # reached only when both passes returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top
-    return out, source, trajectory
+    return out, source

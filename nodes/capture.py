@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import comfy.samplers
 
-from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings, capture_source
-from ..fpe_attention.errors import FPEError
-from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
-from ..fpe_attention.schedule import sampler_sigmas
-from . import CATEGORY, as_fpe_error
-
-OFFICIAL_CUSTOM = "in4,in5,in7,in8,mid0,out3-8"
+from ..fpe_attention.capture import capture_source
+from . import CATEGORY
+from .store import schedule, store_inputs, store_settings
 
 
 class FPESourceCapture:
@@ -55,30 +51,7 @@ class FPESourceCapture:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "Denoise strength (ignored when sigmas is connected). The target "
                                                  "must use the same value."}),
-                "store_layers": (list(PRESETS), {
-                    "default": "official",
-                    "tooltip": "Self-attention layers whose inputs are stored for the edits. 'official' (layers with "
-                               "at most 32x32 tokens, the authors' rule) is enough for the Inject's default; widen it "
-                               "if the Inject asks for more layers."}),
-                "store_custom_layers": ("STRING", {
-                    "default": OFFICIAL_CUSTOM, "multiline": False,
-                    "tooltip": "Block list used when store_layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 "
-                               "(transformer layers of SDXL blocks) · #4-14 (forward-order numbers)."}),
-                "store_end": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Store the first store_end of the steps. Must be at least the "
-                                                   "Inject's end (default 0.8); higher costs memory."}),
-                "store_rows": (list(ROWS), {
-                    "default": "cond",
-                    "tooltip": "'cond' serves the official edit; choose 'cond + uncond' to allow the Inject's "
-                               "branches 'cond + uncond' (twice the memory)."}),
-                "storage": (list(STORAGE), {
-                    "default": "auto",
-                    "tooltip": "Where the capture lives: 'auto' keeps it beside the model (GPU), 'cpu' in system "
-                               "RAM (frees VRAM, costs a small copy per edited layer)."}),
-                "precision": (list(PRECISION), {
-                    "default": "exact",
-                    "tooltip": "'exact' stores in the model's own dtype (lossless). fp16/bf16 halve an fp32 "
-                               "model's capture at a ~1e-3 relative rounding."}),
+                **store_inputs("higher costs memory."),
             },
             "optional": {
                 "sigmas": ("SIGMAS", {"tooltip": "Optional exact schedule (e.g. FPE Official DDIM Sigmas). When "
@@ -89,19 +62,9 @@ class FPESourceCapture:
 
     def capture(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 store_layers, store_custom_layers, store_end, store_rows, storage, precision, sigmas=None):
-        with as_fpe_error("store_layers"):
-            selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
-        setting = store_custom_layers if store_layers == "custom" else store_layers
-        if sigmas is None:
-            if denoise <= 0.0:
-                raise FPEError("denoise: 0 leaves nothing to sample; set denoise above 0")
-            sigmas = sampler_sigmas(model, steps, sampler_name, scheduler, denoise)
-            origin = f"steps {steps}, scheduler {scheduler}, denoise {denoise}, sampler {sampler_name}"
-        else:
-            sigmas = sigmas.float().cpu()
-            origin = f"sigmas input, {sigmas.shape[-1] - 1} steps"
-        settings = CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
-                                   storage=storage, precision=precision)
+        settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                                  precision)
+        sigmas, origin = schedule(model, sigmas, steps, sampler_name, scheduler, denoise)
         latent, source = capture_source(
             model, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, positive=positive,
             negative=negative, latent=latent_image, sigmas=sigmas, denoise=denoise, schedule_origin=origin,

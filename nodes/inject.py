@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..fpe_attention.inject import BRANCHES, inject_model
 from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
 from . import CATEGORY, as_fpe_error
-from .capture import OFFICIAL_CUSTOM
+from .store import OFFICIAL_CUSTOM
 
 
 class FPESelfAttnInject:

@@ -7,17 +7,14 @@ import logging
 import comfy.samplers
 import torch
 
-from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings
 from ..fpe_attention.encode import SIDES, check_sides, downscale_ratio, encode_mean
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.inversion import PhasedProgress, invert_to_source
-from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
 from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, reconstruct, relative_rmse
-from ..fpe_attention.schedule import sampler_sigmas
 from ..fpe_attention.steps import step_window
-from . import CATEGORY, as_fpe_error
-from .capture import OFFICIAL_CUSTOM
+from . import CATEGORY
 from .preview import captioned, preview_ui
+from .store import schedule, store_inputs, store_settings
 
 log = logging.getLogger("free-prompt-editing")
 
@@ -89,27 +86,7 @@ class FPEDDIMInvert:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "How far up the noise levels to invert (ignored when sigmas is "
                                                  "connected). The edit's sampler must use the same value."}),
-                "store_layers": (list(PRESETS), {
-                    "default": "official",
-                    "tooltip": "Self-attention layers recorded for the edits ('official': at most 32x32 tokens). Must "
-                               "cover the Inject's layers."}),
-                "store_custom_layers": ("STRING", {
-                    "default": OFFICIAL_CUSTOM, "multiline": False,
-                    "tooltip": "Block list used when store_layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 · "
-                               "#4-14."}),
-                "store_end": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Record the first store_end of the steps (at least the Inject's "
-                                                   "end). Each recorded step costs one model evaluation."}),
-                "store_rows": (list(ROWS), {
-                    "default": "cond",
-                    "tooltip": "'cond' serves the official edit; 'cond + uncond' allows the Inject's branches "
-                               "'cond + uncond' (needs negative; twice the cost and memory)."}),
-                "storage": (list(STORAGE), {
-                    "default": "auto",
-                    "tooltip": "'auto' keeps the record beside the model unless it is large; 'cpu' in system RAM."}),
-                "precision": (list(PRECISION), {
-                    "default": "exact",
-                    "tooltip": "'exact' records in the model's dtype; fp16/bf16 halve an fp32 model's record."}),
+                **store_inputs("each stored step costs one model evaluation."),
                 "reconstruction_check": ("BOOLEAN", {
                     "default": True,
                     "tooltip": "Sample the inverted noise back with the source prompt and show how close it comes to "
@@ -133,24 +110,16 @@ class FPEDDIMInvert:
         if samples.ndim == 4 and not torch.count_nonzero(samples):
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
                            "FPE VAE Encode (Mean) -> latent")
-        with as_fpe_error("store_layers"):
-            selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
-        setting = store_custom_layers if store_layers == "custom" else store_layers
-        if sigmas is None:
-            sigmas = sampler_sigmas(model, steps, "ddim", scheduler, denoise)
-            origin = f"steps {steps}, scheduler {scheduler}, denoise {denoise}, sampler ddim"
-        else:
-            sigmas = sigmas.float().cpu()
-            origin = f"sigmas input, {sigmas.shape[-1] - 1} steps"
-        settings = CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
-                                   storage=storage, precision=precision)
+        settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                                  precision)
+        sigmas, origin = schedule(model, sigmas, steps, "ddim", scheduler, denoise)
         n = int(sigmas.shape[-1]) - 1
         first, stop = step_window(n, 0.0, store_end)
         recorded = stop - first
         progress = PhasedProgress(model, n + recorded + (n if reconstruction_check else 0))
-        inverted, source, _ = invert_to_source(model, latent=latent, positive=positive, negative=negative, cfg=cfg,
-                                               sigmas=sigmas, schedule_origin=origin, settings=settings,
-                                               progress=progress)
+        inverted, source = invert_to_source(model, latent=latent, positive=positive, negative=negative, cfg=cfg,
+                                            sigmas=sigmas, schedule_origin=origin, settings=settings,
+                                            progress=progress)
         if not reconstruction_check:
             return {"ui": {}, "result": (inverted, source, "")}
         report, images = self._check(model, vae, samples, inverted["samples"], positive, negative, cfg, sigmas,

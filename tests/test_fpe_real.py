@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fpe_harness.execute import call_node
-from fpe_harness.graphs import TGT, encoded_photo, inject, invert, max_abs, sample_back
+from fpe_harness.graphs import TGT, encoded_photo, inject, invert, max_abs, sample_back, toy_model
 from fpe_harness.reference import encode, official_inversion, official_real_edit
 
 STEPS = 6
@@ -36,18 +36,6 @@ def _rel(a, b):
     return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
 
 
-def _toy(model, eps_of):
-    """``model`` with its noise prediction replaced by ``eps_of(x_VP)`` (D(x, σ) = x − σ·ε)."""
-
-    def wrapper(apply_model, args):
-        x, sigma = args["input"], args["timestep"].reshape(-1, 1, 1, 1)
-        return x - sigma * eps_of(x / torch.sqrt(1 + sigma**2))
-
-    toy = model.clone()
-    toy.set_model_unet_function_wrapper(wrapper)
-    return toy
-
-
 def test_inversion_steps_match_the_official_next_step(tiny_sd15):
     model, clip, _ = tiny_sd15
     inverted, source, _ = _inverted(model, clip)
@@ -64,7 +52,7 @@ def test_inversion_steps_match_the_official_next_step(tiny_sd15):
     assert max_abs(top, source.trajectory[0]) <= 1e-6 * scale
     # Free-running on a smooth model the trajectories agree as a whole (the random tiny UNet is
     # chaotic enough to amplify float32 rounding step after step, so it is compared step by step).
-    toy = _toy(model, lambda x: 0.5 * x + 0.1)
+    toy = toy_model(model, lambda x: 0.5 * x + 0.1)
     _, toy_source, _ = invert(toy, clip, _photo(), steps=STEPS)
     free = official_inversion(toy, clip, latent=_photo()["samples"], sigmas=sigmas)
     scale = float(free[0].abs().max())
@@ -154,7 +142,7 @@ def test_reconstruction_error_falls_with_steps(tiny_sd15, prediction):
 def test_constant_noise_model_round_trip_is_exact_through_the_nodes(tiny_sd15):
     model, clip, _ = tiny_sd15
     eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    toy = _toy(model, lambda x: eps.to(x))
+    toy = toy_model(model, lambda x: eps.to(x))
     photo = encoded_photo(64, 64, seed=4)
     inverted, _, report = invert(toy, clip, photo, steps=10, check=True)
     back = sample_back(toy, clip, inverted, text="", cfg=1.0, steps=10)

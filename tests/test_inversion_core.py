@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fpe_harness.execute import call_node
+from fpe_harness.graphs import toy_model
 from fpe_harness.host import pack_submodule
 from fpe_harness.reference import encode
 
@@ -33,18 +34,6 @@ def _forward_sigmas(model, steps, official):
     return call_node("BasicScheduler", model=model, scheduler="ddim_uniform", steps=steps, denoise=1.0)[0]
 
 
-def _toy(model, eps_of):
-    """``model`` with its noise prediction replaced by ``eps_of(x_VP)`` (D(x, σ) = x − σ·ε)."""
-
-    def wrapper(apply_model, args):
-        x, sigma = args["input"], args["timestep"].reshape(-1, 1, 1, 1)
-        return x - sigma * eps_of(x / torch.sqrt(1 + sigma**2))
-
-    toy = model.clone()
-    toy.set_model_unet_function_wrapper(wrapper)
-    return toy
-
-
 def _round_trip(model, clip, inversion, latent, steps, official):
     sigmas = _forward_sigmas(model, steps, official)
     with torch.inference_mode():
@@ -61,7 +50,7 @@ def _round_trip(model, clip, inversion, latent, steps, official):
 def test_constant_noise_model_round_trip_is_exact(tiny_sd15, inversion, official):
     model, clip, _ = tiny_sd15
     eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    err = _round_trip(_toy(model, lambda x: eps.to(x)), clip, inversion, _latent(), 10, official)
+    err = _round_trip(toy_model(model, lambda x: eps.to(x)), clip, inversion, _latent(), 10, official)
     print(f"constant-ε round trip: {err:.3g}")
     assert err < 1e-5  # DDIM with an x-independent ε is exactly invertible: float rounding only
 
@@ -70,7 +59,7 @@ def test_reconstruction_error_is_first_order_in_the_step_size(tiny_sd15, inversi
     model, clip, _ = tiny_sd15
     # ε linear in x_VP: smooth, so the only error is the discretisation: explicit steps one way,
     # "ε at the destination" the other, first order in the step size.
-    toy = _toy(model, lambda x: 0.5 * x + 0.1)
+    toy = toy_model(model, lambda x: 0.5 * x + 0.1)
     errors = [_round_trip(toy, clip, inversion, _latent(seed=5), steps, True) for steps in (10, 50, 100)]
     print("linear-ε relative RMSE at 10/50/100 steps:", [f"{e:.3%}" for e in errors])
     assert errors[0] > 3 * errors[1] > 1.5 * 3 * errors[2]  # 5x and 2x more steps: ~5x and ~2x less error

@@ -88,3 +88,17 @@ def sample_back(model, clip, inverted, *, text=TGT, steps=6, cfg=7.5, sampler="d
         sampler_name=sampler, scheduler=scheduler, positive=encode(clip, text), negative=encode(clip, negative),
         latent_image=inverted, start_at_step=0, end_at_step=10000,
         return_with_leftover_noise="disable")[0]["samples"]
+
+
+def toy_model(model, eps_of):
+    """``model`` with its noise prediction replaced by ``eps_of(x_VP)`` (D(x, σ) = x − σ·ε): a smooth
+    or x-independent ε makes the inversion's exact behaviour checkable."""
+    import torch
+
+    def wrapper(apply_model, args):
+        x, sigma = args["input"], args["timestep"].reshape(-1, 1, 1, 1)
+        return x - sigma * eps_of(x / torch.sqrt(1 + sigma**2))
+
+    toy = model.clone()
+    toy.set_model_unet_function_wrapper(wrapper)
+    return toy

@@ -1,0 +1,65 @@
+"""What FPE Source Capture and FPE DDIM Invert record, and over which schedule: shared inputs.
+
+Both nodes make an ``FPE_SOURCE`` with the same store settings (same widgets, same order, so
+saved workflows keep their values) and take either stock sampler settings or a SIGMAS input.
+"""
+
+from __future__ import annotations
+
+from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings
+from ..fpe_attention.errors import FPEError
+from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
+from ..fpe_attention.schedule import sampler_sigmas
+from . import as_fpe_error
+
+OFFICIAL_CUSTOM = "in4,in5,in7,in8,mid0,out3-8"
+
+
+def store_inputs(step_cost: str) -> dict:
+    """The six store widgets; ``step_cost`` tells what each stored step costs on this node."""
+    return {
+        "store_layers": (list(PRESETS), {
+            "default": "official",
+            "tooltip": "Self-attention layers whose inputs are stored for the edits. 'official' (layers with at "
+                       "most 32x32 tokens, the authors' rule) is enough for the Inject's default; widen it if the "
+                       "Inject asks for more layers."}),
+        "store_custom_layers": ("STRING", {
+            "default": OFFICIAL_CUSTOM, "multiline": False,
+            "tooltip": "Block list used when store_layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 "
+                       "(transformer layers of SDXL blocks) · #4-14 (forward-order numbers)."}),
+        "store_end": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Store the first store_end of the steps. Must be at least the Inject's "
+                                           f"end (default 0.8); {step_cost}"}),
+        "store_rows": (list(ROWS), {
+            "default": "cond",
+            "tooltip": "'cond' serves the official edit; choose 'cond + uncond' to allow the Inject's branches "
+                       "'cond + uncond' (twice the memory)."}),
+        "storage": (list(STORAGE), {
+            "default": "auto",
+            "tooltip": "Where the record lives: 'auto' keeps it beside the model (GPU) unless it is large, 'cpu' in "
+                       "system RAM (frees VRAM, costs a small copy per edited layer)."}),
+        "precision": (list(PRECISION), {
+            "default": "exact",
+            "tooltip": "'exact' stores in the model's own dtype (lossless). fp16/bf16 halve an fp32 model's record "
+                       "at a ~1e-3 relative rounding."}),
+    }
+
+
+def store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                   precision) -> CaptureSettings:
+    with as_fpe_error("store_layers"):
+        selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
+    setting = store_custom_layers if store_layers == "custom" else store_layers
+    return CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
+                           storage=storage, precision=precision)
+
+
+def schedule(model, sigmas, steps: int, sampler_name: str, scheduler: str, denoise: float):
+    """(sigmas, how they were made): the SIGMAS input if connected, else the stock KSampler's."""
+    if sigmas is not None:
+        sigmas = sigmas.float().cpu()
+        return sigmas, f"sigmas input, {sigmas.shape[-1] - 1} steps"
+    if denoise <= 0.0:
+        raise FPEError("denoise: 0 leaves nothing to sample; set denoise above 0")
+    return (sampler_sigmas(model, steps, sampler_name, scheduler, denoise),
+            f"steps {steps}, scheduler {scheduler}, denoise {denoise}, sampler {sampler_name}")
