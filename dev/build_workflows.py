@@ -78,14 +78,14 @@ def generated_edit(official_schedule: bool = False) -> dict:
     g = Graph()
     g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
            widgets=[CHECKPOINT], size=(315, 100))
-    g.node(2, "CLIPTextEncode", (380, 60), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[SOURCE_PROMPT], title="Source prompt", size=(400, 110))
-    g.node(3, "CLIPTextEncode", (380, 210), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 110))
-    g.node(4, "CLIPTextEncode", (380, 360), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Negative prompt", size=(400, 110))
-    g.node(5, "EmptyLatentImage", (380, 510), outputs=[("LATENT", "LATENT")], widgets=[512, 512, 1], size=(315, 106))
-    capture_title = "FPE Source Capture (steps/scheduler/denoise come from sigmas)" if official_schedule else None
+    g.node(2, "CLIPTextEncode", (380, 40), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[SOURCE_PROMPT], title="Source prompt", size=(400, 130))
+    g.node(3, "CLIPTextEncode", (380, 220), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 130))
+    g.node(4, "CLIPTextEncode", (380, 400), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[""], title="Negative prompt", size=(400, 130))
+    g.node(5, "EmptyLatentImage", (380, 580), outputs=[("LATENT", "LATENT")], widgets=[512, 512, 1], size=(315, 106))
+    capture_title = "FPE Source Capture (sigmas)" if official_schedule else None
     g.node(6, "FPESourceCapture", (830, 40),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
@@ -97,31 +97,31 @@ def generated_edit(official_schedule: bool = False) -> dict:
            outputs=[("model", "MODEL")], widgets=["official", OFFICIAL_LAYERS, 0.0, 0.8, "cond only"],
            size=(340, 190), color=FPE_COLOR)
     if official_schedule:
-        g.node(16, "FPEOfficialDDIMSigmas", (380, 660), inputs=[("model", "MODEL")], outputs=[("sigmas", "SIGMAS")],
+        g.node(16, "FPEOfficialDDIMSigmas", (380, 720), inputs=[("model", "MODEL")], outputs=[("sigmas", "SIGMAS")],
                widgets=[50], size=(315, 60), color=FPE_COLOR)
-        g.node(17, "KSamplerSelect", (380, 760), outputs=[("SAMPLER", "SAMPLER")], widgets=["ddim"], size=(315, 60))
-        g.node(8, "SamplerCustom", (1220, 420),
+        g.node(17, "KSamplerSelect", (380, 820), outputs=[("SAMPLER", "SAMPLER")], widgets=["ddim"], size=(315, 60))
+        g.node(8, "SamplerCustom", (1220, 460),
                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                        ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
                outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], widgets=[True, 42, "fixed", 7.5],
-               title="SamplerCustom (target: same seed and sigmas)", size=(340, 230))
+               title="SamplerCustom (target: same seed, sigmas)", size=(380, 230))
     else:
-        g.node(8, "KSampler", (1220, 420),
+        g.node(8, "KSampler", (1220, 460),
                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                        ("latent_image", "LATENT")],
                outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", 50, 7.5, "ddim", "ddim_uniform", 1.0],
-               title="KSampler (target: same seed, steps, sampler, scheduler)", size=(340, 270))
+               title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
     g.node(9, "VAEDecode", (1220, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
            title="Decode source", size=(210, 50))
-    g.node(10, "VAEDecode", (1600, 420), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+    g.node(10, "VAEDecode", (1680, 460), inputs=[("samples", "LATENT"), ("vae", "VAE")],
            outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(11, "FPESideBySide", (1600, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1900, 40), inputs=[("images", "IMAGE")], widgets=["FPE/side_by_side"],
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/side_by_side"],
            title="Save source | edit", size=(420, 300))
     g.node(13, "SaveImage", (1220, 140), inputs=[("images", "IMAGE")], widgets=["FPE/source"],
-           title="Save source", size=(320, 250))
-    g.node(14, "SaveImage", (1900, 420), inputs=[("images", "IMAGE")], widgets=["FPE/edit"],
+           title="Save source", size=(380, 270))
+    g.node(14, "SaveImage", (1980, 460), inputs=[("images", "IMAGE")], widgets=["FPE/edit"],
            title="Save edit", size=(320, 280))
     note = NOTE_OFFICIAL_SCHEDULE if official_schedule else NOTE_GENERATED
     g.node(15, "Note", (20, 480), widgets=[note], size=(330, 300))
@@ -181,14 +181,14 @@ def real_image_edit() -> dict:
            widgets=[CHECKPOINT], size=(315, 100))
     g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
            title="Load the photo to edit", size=(315, 360))
-    g.node(3, "FPEVAEEncodeMean", (380, 560), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+    g.node(3, "FPEVAEEncodeMean", (380, 580), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
            outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
     g.node(4, "CLIPTextEncode", (380, 40), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Source prompt (empty, as the official code)", size=(400, 110))
-    g.node(5, "CLIPTextEncode", (380, 190), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[REAL_TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 110))
-    g.node(6, "CLIPTextEncode", (380, 340), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Negative prompt", size=(400, 110))
+           widgets=[""], title="Source prompt (empty, as the official code)", size=(400, 130))
+    g.node(5, "CLIPTextEncode", (380, 220), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[REAL_TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 130))
+    g.node(6, "CLIPTextEncode", (380, 400), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+           widgets=[""], title="Negative prompt", size=(400, 130))
     g.node(7, "FPEDDIMInvert", (830, 40),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                    ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
@@ -203,16 +203,16 @@ def real_image_edit() -> dict:
                    ("latent_image", "LATENT")],
            outputs=[("LATENT", "LATENT")],
            widgets=["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000, "disable"],
-           title="KSamplerAdvanced (target: add_noise disable, ddim, same steps and scheduler)", size=(340, 340))
-    g.node(10, "VAEDecode", (1620, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           title="KSamplerAdvanced (target: ddim, no noise)", size=(380, 340))
+    g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
            outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(11, "FPESideBySide", (1620, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1920, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_side_by_side"],
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_side_by_side"],
            title="Save photo | edit", size=(420, 300))
-    g.node(13, "SaveImage", (1920, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_edit"],
+    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_edit"],
            title="Save edit", size=(320, 300))
-    g.node(14, "Note", (380, 700), widgets=[NOTE_REAL], size=(400, 330))
+    g.node(14, "Note", (380, 720), widgets=[NOTE_REAL], size=(400, 330))
     g.link(1, 0, 7, "model")
     g.link(1, 0, 8, "model")
     for clip_user in (4, 5, 6):

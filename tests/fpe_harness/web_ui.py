@@ -1,0 +1,208 @@
+"""Drive ComfyUI's real web page in headless Chromium (Debian's package) through Playwright.
+
+Only what a user does: open the page, drop a workflow file on the canvas, read the graph as the page
+shows it, pick values in widgets, press Ctrl+Enter (the Queue keybinding of both the 2024 web UI
+and the current frontend), wait for the result images to appear on their nodes. The page's own
+``app`` / ``LiteGraph`` objects are read only to see what it shows. No browser is downloaded:
+``FPE_CHROMIUM`` or ``/usr/bin/chromium`` is launched with the flags a closed network needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+]
+VIEWPORT = {"width": 1600, "height": 1000}
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+class BrowserMissing(RuntimeError):
+    pass
+
+
+def chromium_path() -> str:
+    """The Chromium to drive: ``FPE_CHROMIUM``, else Debian's ``chromium`` on PATH."""
+    explicit = os.environ.get("FPE_CHROMIUM")
+    found = explicit or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found or not Path(found).exists():
+        raise BrowserMissing(
+            "no Chromium for the browser test: install Debian's package (`apt-get install chromium`; "
+            "dev/test.sh does it when run as root) or set FPE_CHROMIUM to a Chromium/Chrome binary")
+    return found
+
+
+_APP_READY = """() => window.app && window.app.graph && window.LiteGraph
+    && LiteGraph.registered_node_types && LiteGraph.registered_node_types['CheckpointLoaderSimple']
+    && document.querySelector('canvas')"""
+
+_DROP_FILE = """([text, name]) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([text], name, {type: 'application/json'}));
+    return dt;
+}"""
+
+_SHOWS_NODE_IDS = """(ids) => JSON.stringify((app.graph._nodes ?? app.graph.nodes).map(n => n.id)
+    .sort((a, b) => a - b)) === JSON.stringify(ids)"""
+
+_GRAPH_NODES = """() => (app.graph._nodes ?? app.graph.nodes).map(n => ({
+    id: n.id, type: n.type, title: n.title ?? null, mode: n.mode ?? 0,
+    registered: !!LiteGraph.registered_node_types[n.type],
+    has_errors: !!n.has_errors,
+    images: (n.imgs ?? []).length,
+    widgets: (n.widgets ?? []).map(w => {
+        let values = w.options?.values;
+        if (typeof values === 'function') { try { values = values(w, n); } catch (e) { values = null; } }
+        const v = w.value;
+        return {name: w.name ?? '', type: w.type ?? '', value: (v !== null && typeof v === 'object') ? null : v,
+                values: Array.isArray(values) ? values : null,
+                min: w.options?.min ?? null, max: w.options?.max ?? null};
+    }),
+}))"""
+
+_FIT_VIEW = """(margin) => {
+    const nodes = app.graph._nodes ?? app.graph.nodes;
+    const title = LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - title);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const el = app.canvas.canvas, w = el.clientWidth, h = el.clientHeight;
+    const scale = Math.min((w - 2 * margin) / (x1 - x0), (h - 2 * margin) / (y1 - y0));
+    const ds = app.canvas.ds;
+    ds.scale = scale;
+    ds.offset[0] = (w / scale - (x1 - x0)) / 2 - x0;
+    ds.offset[1] = (h / scale - (y1 - y0)) / 2 - y0;
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+}"""
+
+_SET_WIDGET = """([id, name, value]) => {
+    const node = app.graph.getNodeById(id);
+    const widget = (node?.widgets ?? []).find(w => w.name === name);
+    if (!widget) return {error: `no widget '${name}' on node ${id}`};
+    let values = widget.options?.values;
+    if (typeof values === 'function') values = values(widget, node);
+    if (Array.isArray(values) && !values.includes(value)) return {error: `'${value}' is not offered`, offered: values};
+    widget.value = value;
+    widget.callback?.(widget.value, app.canvas, node, [0, 0], {});
+    app.graph.setDirtyCanvas(true, true);
+    return {value: widget.value};
+}"""
+
+_HIDE_CHROME = """async () => {
+    const manager = app.extensionManager;
+    if (!manager?.command || !manager?.setting) return false;
+    await manager.setting.set('Comfy.Minimap.Visible', false);
+    await manager.setting.set('Comfy.Graph.CanvasInfo', false);
+    await manager.setting.set('Comfy.Graph.CanvasMenu', false);
+    await manager.command.execute('Workspace.ToggleFocusMode');
+    return true;
+}"""
+
+_NODES_SHOW_IMAGES = """(ids) => ids.every(id => (app.graph.getNodeById(id)?.imgs ?? []).length > 0)"""
+
+
+class WebUI:
+    """One browser page on one ComfyUI server; use as a context manager."""
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0):
+        self.url = url
+        self.timeout_ms = timeout_s * 1000
+        self.console: list[str] = []
+        self.page_errors: list[str] = []
+        self._pw = self._browser = self.page = None
+
+    def __enter__(self) -> WebUI:
+        from playwright.sync_api import sync_playwright
+
+        executable = chromium_path()
+        self._pw = sync_playwright().start()
+        try:
+            self._browser = self._pw.chromium.launch(
+                executable_path=executable, headless=True, timeout=self.timeout_ms,
+                args=CHROMIUM_FLAGS)  # Playwright gives it a fresh, temporary profile
+        except Exception:
+            self._pw.stop()
+            raise
+        self.page = self._browser.new_page(viewport=VIEWPORT)
+        self.page.set_default_timeout(self.timeout_ms)
+        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._browser is not None:
+                self._browser.close()
+        finally:
+            if self._pw is not None:
+                self._pw.stop()
+
+    # -- what a user does ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.page.goto(self.url, wait_until="load")
+        self.page.wait_for_function(_APP_READY)
+
+    def drop_workflow(self, path: Path, text: str | None = None) -> None:
+        """Drag a workflow file onto the canvas; wait until the page shows its nodes."""
+        import json
+
+        text = path.read_text() if text is None else text
+        expected = sorted(n["id"] for n in json.loads(text)["nodes"])
+        transfer = self.page.evaluate_handle(_DROP_FILE, [text, path.name])
+        self.page.dispatch_event("canvas#graph-canvas", "drop", {"dataTransfer": transfer})
+        self.page.wait_for_function(_SHOWS_NODE_IDS, arg=expected)
+
+    def nodes(self) -> list[dict]:
+        return self.page.evaluate(_GRAPH_NODES)
+
+    def set_widget(self, node_id: int, name: str, value) -> None:
+        done = self.page.evaluate(_SET_WIDGET, [node_id, name, value])
+        if "error" in done:
+            raise AssertionError(f"node {node_id} widget '{name}': {done['error']}"
+                                 + (f" (offered: {done['offered']})" if "offered" in done else ""))
+
+    def queue(self) -> dict:
+        """Press Ctrl+Enter; return the server's answer to the page's POST /prompt."""
+        self.page.evaluate("() => document.activeElement?.blur?.()")
+        with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as got:
+            self.page.keyboard.press("Control+Enter")
+        response = got.value
+        return {"status": response.status, "body": response.json()}
+
+    def wait_for_images(self, node_ids: list[int], timeout_s: float) -> None:
+        self.page.wait_for_function(_NODES_SHOW_IMAGES, arg=node_ids, timeout=timeout_s * 1000)
+
+    def template_pictures(self, category: str, names: list[str]) -> dict[str, int]:
+        """Current frontend: open the template browser on ``category``; wait for the cards ``names``
+        and return {card name: width of its loaded picture}."""
+        self.page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        self.page.get_by_text(category, exact=True).click()
+        shown = ("() => Object.fromEntries([...document.querySelectorAll('img[alt]')]"
+                 ".filter(i => i.complete && i.naturalWidth > 0).map(i => [i.alt, i.naturalWidth]))")
+        self.page.wait_for_function(f"(names) => {{ const shown = ({shown})(); return names.every(n => n in shown); }}",
+                                    arg=names)
+        return self.page.evaluate(shown)
+
+    def pick_template(self, name: str, expected_ids: list[int]) -> None:
+        """Click a template card; wait until the canvas holds the workflow's nodes."""
+        self.page.get_by_text(name, exact=True).first.click()
+        self.page.wait_for_function(_SHOWS_NODE_IDS, arg=sorted(expected_ids))
+
+    def hide_chrome(self) -> bool:
+        """Current frontend only: focus mode, no minimap, canvas info or canvas menu (for thumbnails)."""
+        return self.page.evaluate(_HIDE_CHROME)
+
+    def screenshot(self, path: Path, margin: int = 60) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.evaluate(_FIT_VIEW, margin)
+        self.page.wait_for_timeout(300)  # a couple of frames for images and links
+        self.page.screenshot(path=str(path))
+        return path
