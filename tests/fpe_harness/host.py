@@ -8,6 +8,7 @@ scan, exactly as a user's ComfyUI loads it.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -42,29 +43,44 @@ def host() -> Host:
     return _HOST
 
 
-def _comfyignore_patterns() -> set[str]:
-    patterns = {".git"}
+# Never part of a pack's archive; also what a copy without git leaves out.
+_NEVER_PACKED = {".git", "__pycache__", ".venv", ".ruff_cache", ".pytest_cache", "output", "test-artifacts"}
+
+
+def _comfyignore_patterns() -> list[str]:
     ignore = REPO_ROOT / ".comfyignore"
-    if ignore.exists():
-        for line in ignore.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                patterns.add(line.strip("/"))
-    return patterns
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def registry_archive_files(repo: Path = REPO_ROOT) -> list[Path]:
+def _ignored(path: Path, patterns: list[str]) -> bool:
+    """gitignore-style matching, enough for .comfyignore: ``/x`` is anchored at the top, a pattern
+    with a slash matches the path from the top, any other one matches any part; globs allowed."""
+    text = path.as_posix()
+    for pattern in patterns:
+        anchored = pattern.startswith("/") or "/" in pattern.rstrip("/")
+        pattern = pattern.strip("/")
+        if anchored:
+            if fnmatch.fnmatch(text, pattern) or text.startswith(pattern + "/"):
+                return True
+        elif any(fnmatch.fnmatch(part, pattern) for part in path.parts):
+            return True
+    return False
+
+
+def registry_archive_files() -> list[Path]:
     """The pack's files as its registry archive (what ComfyUI-Manager unpacks) carries them: git's
-    files, tracked and new, ignored ones left out, minus ``.comfyignore``; without git, every file."""
-    ignored = _comfyignore_patterns()
+    files (tracked, and new ones not ignored, so uncommitted work is tested too) minus
+    ``.comfyignore``; without git, every file but caches and outputs."""
+    patterns = _comfyignore_patterns()
     try:
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
                                 capture_output=True, check=True, timeout=60).stdout.decode()
         names = [Path(n) for n in listed.split("\0") if n]
-    except (OSError, subprocess.CalledProcessError):
-        names = [p.relative_to(repo) for p in repo.rglob("*") if p.is_file()]
+    except (OSError, subprocess.SubprocessError):
+        names = [p.relative_to(REPO_ROOT) for p in REPO_ROOT.rglob("*") if p.is_file()]
     return [n for n in names
-            if not (set(n.parts) & (ignored | {"__pycache__"}) or str(n) in ignored) and (repo / n).is_file()]
+            if not set(n.parts) & _NEVER_PACKED and not _ignored(n, patterns) and (REPO_ROOT / n).is_file()]
 
 
 def install_pack(custom_nodes: Path, folder_name: str = PACK_DIR_NAME) -> Path:
@@ -79,7 +95,7 @@ def install_pack(custom_nodes: Path, folder_name: str = PACK_DIR_NAME) -> Path:
     return target
 
 
-def _detect_kind(path: Path) -> tuple[str, str]:
+def detect_kind(path: Path) -> tuple[str, str]:
     if (path / "comfy_api").is_dir():
         version = "unknown"
         vfile = path / "comfyui_version.py"
@@ -107,7 +123,7 @@ def boot(comfyui_path: Path, workdir: Path, cpu: bool = True) -> Host:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    kind, version = _detect_kind(comfyui_path)
+    kind, version = detect_kind(comfyui_path)
     for sub in ("models/checkpoints", "input", "output", "temp", "custom_nodes", "user"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     for image in (REPO_ROOT / "workflows").glob("*.png"):  # the example workflows' inputs, as a user copies them

@@ -46,8 +46,14 @@ _DROP_FILE = """([text, name]) => {
     return dt;
 }"""
 
-_SHOWS_NODE_IDS = """(ids) => JSON.stringify((app.graph._nodes ?? app.graph.nodes).map(n => n.id)
-    .sort((a, b) => a - b)) === JSON.stringify(ids)"""
+_SHOWS_NODES = """(expected) => JSON.stringify((app.graph._nodes ?? app.graph.nodes).map(n => [n.id, n.type])
+    .sort((a, b) => a[0] - b[0])) === JSON.stringify(expected)"""
+
+_SAVED_WIDGET_VALUES = """() => Object.fromEntries(app.graph.serialize().nodes.map(n => [n.id, n.widgets_values ?? []]))"""
+
+
+def _node_ids_and_types(workflow: dict) -> list:
+    return sorted([n["id"], n["type"]] for n in workflow["nodes"])
 
 _GRAPH_NODES = """() => (app.graph._nodes ?? app.graph.nodes).map(n => ({
     id: n.id, type: n.type, title: n.title ?? null, mode: n.mode ?? 0,
@@ -116,7 +122,8 @@ class WebUI:
         self.timeout_ms = timeout_s * 1000
         self.console: list[str] = []
         self.page_errors: list[str] = []
-        self._pw = self._browser = self.page = None
+        self.viewport = dict(VIEWPORT)
+        self._pw = self._browser = self._context = self.page = None
 
     def __enter__(self) -> WebUI:
         from playwright.sync_api import sync_playwright
@@ -127,17 +134,26 @@ class WebUI:
             self._browser = self._pw.chromium.launch(
                 executable_path=executable, headless=True, timeout=self.timeout_ms,
                 args=CHROMIUM_FLAGS)  # Playwright gives it a fresh, temporary profile
-        except Exception:
-            self._pw.stop()
+            self._new_page()
+        except BaseException:
+            self.__exit__()
             raise
-        self.page = self._browser.new_page(viewport=VIEWPORT)
+        return self
+
+    def _new_page(self) -> None:
+        """A page in a new browser context: no graph or settings left in storage by an earlier page."""
+        if self._context is not None:
+            self._context.close()
+        self._context = self._browser.new_context(viewport=self.viewport)
+        self.page = self._context.new_page()
         self.page.set_default_timeout(self.timeout_ms)
         self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
-        return self
 
     def __exit__(self, *exc) -> None:
         try:
+            if self._context is not None:
+                self._context.close()
             if self._browser is not None:
                 self._browser.close()
         finally:
@@ -147,6 +163,8 @@ class WebUI:
     # -- what a user does ---------------------------------------------------------------------
 
     def open(self) -> None:
+        """A fresh page on the server, ready when the node definitions are in."""
+        self._new_page()
         self.page.goto(self.url, wait_until="load")
         self.page.wait_for_function(_APP_READY)
 
@@ -155,10 +173,9 @@ class WebUI:
         import json
 
         text = path.read_text() if text is None else text
-        expected = sorted(n["id"] for n in json.loads(text)["nodes"])
         transfer = self.page.evaluate_handle(_DROP_FILE, [text, path.name])
         self.page.dispatch_event("canvas#graph-canvas", "drop", {"dataTransfer": transfer})
-        self.page.wait_for_function(_SHOWS_NODE_IDS, arg=expected)
+        self.page.wait_for_function(_SHOWS_NODES, arg=_node_ids_and_types(json.loads(text)))
 
     def nodes(self) -> list[dict]:
         return self.page.evaluate(_GRAPH_NODES)
@@ -175,26 +192,34 @@ class WebUI:
         with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as got:
             self.page.keyboard.press("Control+Enter")
         response = got.value
-        return {"status": response.status, "body": response.json()}
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text()
+        return {"status": response.status, "body": body}
 
     def wait_for_images(self, node_ids: list[int], timeout_s: float) -> None:
         self.page.wait_for_function(_NODES_SHOW_IMAGES, arg=node_ids, timeout=timeout_s * 1000)
 
-    def template_pictures(self, category: str, names: list[str]) -> dict[str, int]:
+    def template_pictures(self, category: str, names: list[str]) -> dict[str, list[int]]:
         """Current frontend: open the template browser on ``category``; wait for the cards ``names``
-        and return {card name: width of its loaded picture}."""
+        and return {card name: [width, height] of its loaded picture}."""
         self.page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
         self.page.get_by_text(category, exact=True).click()
         shown = ("() => Object.fromEntries([...document.querySelectorAll('img[alt]')]"
-                 ".filter(i => i.complete && i.naturalWidth > 0).map(i => [i.alt, i.naturalWidth]))")
+                 ".filter(i => i.complete && i.naturalWidth > 0).map(i => [i.alt, [i.naturalWidth, i.naturalHeight]]))")
         self.page.wait_for_function(f"(names) => {{ const shown = ({shown})(); return names.every(n => n in shown); }}",
                                     arg=names)
         return self.page.evaluate(shown)
 
-    def pick_template(self, name: str, expected_ids: list[int]) -> None:
+    def pick_template(self, name: str, workflow: dict) -> None:
         """Click a template card; wait until the canvas holds the workflow's nodes."""
         self.page.get_by_text(name, exact=True).first.click()
-        self.page.wait_for_function(_SHOWS_NODE_IDS, arg=sorted(expected_ids))
+        self.page.wait_for_function(_SHOWS_NODES, arg=_node_ids_and_types(workflow))
+
+    def saved_widget_values(self) -> dict[int, list]:
+        """Each node's widget values as the page would save the graph now."""
+        return {int(k): v for k, v in self.page.evaluate(_SAVED_WIDGET_VALUES).items()}
 
     def hide_chrome(self) -> bool:
         """Current frontend only: focus mode, no minimap, canvas info or canvas menu (for thumbnails)."""
