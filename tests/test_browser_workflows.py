@@ -83,15 +83,8 @@ def load_and_check(ui: WebUI, path: Path, object_info: dict, text: str | None = 
     errors_before = len(ui.page_errors)
     ui.drop_workflow(path, text)
     nodes = ui.nodes()
-    problems = graph_problems(path.name, nodes, object_info, FRONTEND_ONLY)
-    # Values the page has no widget for are dropped when it saves: a value too many is misplaced too.
-    saved = ui.saved_widget_values()
-    for node in json.loads(path.read_text() if text is None else text)["nodes"]:
-        given, kept = len(node.get("widgets_values") or []), len(saved.get(node["id"], []))
-        if given != kept:
-            shown = next(n for n in nodes if n["id"] == node["id"])
-            problems.append(f"{node_label(path.name, shown)}: the file has {given} widget values, "
-                            f"the page keeps {kept}")
+    file_nodes = json.loads(path.read_text() if text is None else text)["nodes"]
+    problems = graph_problems(path.name, nodes, object_info, FRONTEND_ONLY, file_nodes, ui.saved_widget_values())
     problems += [f"{path.name}: the page raised: {e}" for e in ui.page_errors[errors_before:]]
     assert not problems, "the web UI loads the workflow wrongly:\n" + "\n".join(problems)
     return nodes

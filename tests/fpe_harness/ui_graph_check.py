@@ -69,9 +69,18 @@ def widget_problem(spec, widget: dict) -> str | None:
     return None
 
 
-def graph_problems(workflow: str, nodes: list[dict], object_info: dict, frontend_only: set[str]) -> list[str]:
-    """Every missing node type and every misplaced widget value, one line each."""
+def graph_problems(workflow: str, nodes: list[dict], object_info: dict, frontend_only: set[str],
+                   file_nodes: list[dict], saved_values: dict[int, list]) -> list[str]:
+    """Every missing node type and every misplaced widget value, one line each. ``file_nodes`` are
+    the file's nodes, ``saved_values`` what the page would save for each: values the page has no
+    widget for are dropped when it saves, so a value too many is misplaced too."""
     problems = []
+    shown = {n["id"]: n for n in nodes}
+    for node in file_nodes:
+        given, kept = len(node.get("widgets_values") or []), len(saved_values.get(node["id"], []))
+        if given != kept:
+            problems.append(f"{node_label(workflow, shown.get(node['id'], node))}: the file has {given} widget "
+                            f"values, the page keeps {kept}")
     for node in nodes:
         label = node_label(workflow, node)
         if node["type"] in frontend_only:
