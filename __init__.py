@@ -7,6 +7,7 @@ starts no work and patches nothing. Models are patched on a ``model.clone()`` wh
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-WEB_DIRECTORY = None
+# The web extension that shows the pack's warnings on the page (web/fpe_warnings.js).
+WEB_DIRECTORY = "./web"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 
 def _sync():
@@ -48,7 +48,7 @@ def full_sd15_unet(dtype=None):
     """SD1.5's UNet (model_channels 320, context 768) with seeded random weights, via ComfyUI's loader."""
     import comfy.sd
 
-    from fpe_harness import tiny_models
+    from fpe_headless import tiny_models
 
     config = dict(tiny_models.SD15_TINY.unet_config, model_channels=320, context_dim=768)
     spec = tiny_models.TinySpec(name="sd15_random", unet_config=config, match_config={}, clip="sd1")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         parser.error("no ComfyUI: run through `bash dev/bench.sh`, or set COMFYUI_PATH")
 
     from fpe_harness import host as host_mod
-    from fpe_harness import tiny_models
+    from fpe_headless import tiny_models
 
     workdir = Path(tempfile.mkdtemp(prefix="fpe-bench-"))
     host = host_mod.boot(Path(host_path), workdir, cpu=not args.gpu)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 THUMBNAIL_SIZE = (960, 540)
 STAMP_PREFIX = "fpe-workflow-sha256:"

@@ -1,28 +1,29 @@
 """Source capture: sample the source image and record what the edits will need.
 
 An attn1 patch on a clone of the model records, for the selected layers and steps, the layer
-input ``n`` of the source's cond rows (and uncond rows if asked), keyed by model evaluation
-(see ``evaluations``). Nothing else about sampling changes: the source LATENT is the stock
-KSampler's result, bit for bit.
+input ``n`` of the source's cond rows (and uncond rows if asked), keyed by model evaluation and
+conditioning entry (see ``evaluations``). Its run hooks also keep the conditioning's structure and
+the run's first model input (to tell a target that starts elsewhere: another seed or latent).
+Nothing else about sampling changes: the source LATENT is the stock KSampler's result, bit for bit.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .conditioning import entry_ids, sampler_conds, structure_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
+from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, layer_key, unet_attn1_layers
+from .memory import choose_storage, stored_evaluations
 from .sampling import sample_over_sigmas
-from .source import FPESource, model_signature, weights_fingerprint
+from .source import FPESource, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
-
-log = logging.getLogger("free-prompt-editing")
-# With storage "auto", a capture larger than this share of the free VRAM goes to system RAM instead.
-AUTO_VRAM_SHARE = 0.25
+from .validate import check_latent
 
 ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
 STORAGE = ("auto", "cpu")
@@ -39,18 +40,15 @@ class CaptureSettings:
     precision: str = "exact"  # exact: the dtype the model computes in; fp16/bf16: half the bytes of fp32
 
 
-class CaptureRecorder:
-    """attn1 patch that stores the source's layer inputs into an ``FPESource``."""
+class CaptureRecorder(Shared):
+    """attn1 patch that stores the source's layer inputs into an ``FPESource``, with its run hooks."""
 
     def __init__(self, source: FPESource, device: torch.device | None, dtype: torch.dtype | None):
         self.source = source
         self.device = device
         self.dtype = dtype
-        self.clock = EvaluationClock(source.schedule, top_evaluations=None)
+        self.clock = EvaluationClock(source.schedule)
         self._logged = None
-
-    def __deepcopy__(self, memo):  # model.clone() deep-copies options: share, never copy the store
-        return self
 
     def __call__(self, n, context, value, extra_options):
         call = self.clock.locate(extra_options, n.shape[0])
@@ -72,15 +70,54 @@ class CaptureRecorder:
                 source.entries.setdefault(chunk.key, {})[layer] = stored
         return n, context, value
 
+    def begin_run(self, guider, noise, latent, sigmas, denoise_mask) -> None:
+        """Current ComfyUI, before sampling: entry ids, and the conditioning's structure."""
+        conds = getattr(guider, "conds", None)
+        self.clock.begin_run(entry_ids(conds))
+        lists = sampler_conds(guider)
+        if lists is not None:
+            self.source.structure = structure_of(*lists, latent_hw(self.source.latent_shape))
+
+    def end_evaluation(self, args):
+        """Post-CFG, both hosts: the run's first model input; the structure where no run hook saw it."""
+        if args["sigma"] is self.clock.sigma_tensor and self.clock.evaluation_run_start:
+            source = self.source
+            if source.first_input is None:
+                source.first_input = args["input"].detach().to("cpu", copy=True)
+            if source.structure is None:
+                source.structure = structure_of(args.get("cond"), args.get("uncond"), latent_hw(source.latent_shape))
+        return args["denoised"]
+
+
+def attach_recorder(model, recorder: CaptureRecorder):
+    """A clone of ``model`` that records with ``recorder``."""
+    patched = model.clone()
+    patched.set_model_attn1_patch(recorder)
+    add_run_hook(patched, recorder.begin_run)
+    add_evaluation_end(patched, recorder.end_evaluation)
+    return patched
+
+
+def conditioning_rows(positive, negative, cfg: float, kinds) -> int:
+    """UNet rows per latent image a stored evaluation keeps: one per stored conditioning entry."""
+    rows = len(positive or []) if COND in kinds else 0
+    if UNCOND in kinds and not math.isclose(cfg, 1.0):  # ComfyUI skips the uncond rows at cfg 1
+        rows += len(negative or [])
+    return max(rows, 1)
+
 
 def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_origin: str, cfg: float,
-               settings: CaptureSettings, maker: str = "FPE Source Capture") -> tuple[FPESource, CaptureRecorder]:
-    """An empty ``FPESource`` for a run over ``sigmas`` and the attn1 recorder that fills it."""
+               settings: CaptureSettings, evaluations: int, rows: int,
+               maker: str = "FPE Source Capture") -> tuple[FPESource, CaptureRecorder]:
+    """An empty ``FPESource`` for a run over ``sigmas`` and the attn1 recorder that fills it.
+
+    ``evaluations``: model evaluations inside the stored steps; ``rows``: stored rows per latent
+    image and evaluation. Both size the record, which is checked against free memory here.
+    """
     signature = model_signature(model)
+    reject_chained_inject(model, maker)
     layers = unet_attn1_layers(model.model.diffusion_model)
-    if samples.ndim != 4:
-        raise FPEError(f"latent_image: FPE edits image latents [batch, channels, height, width]; got shape "
-                       f"{list(samples.shape)}")
+    check_latent(samples, "latent" if maker == "FPE DDIM Invert" else "latent_image")
     height, width = samples.shape[-2:]
     stored = settings.selection.resolve(layers, height, width)
     if not stored:
@@ -89,56 +126,52 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
             f"choose 'all' or a custom list")
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
         raise FPEError("sigmas: the schedule needs at least 2 values (1 step)")
+    if not all_finite(sigmas):
+        raise FPEError("sigmas: the schedule holds NaN or infinite values")
     if settings.rows not in ROWS:
         raise FPEError(f"store_rows: unknown value {settings.rows!r}; choose one of {', '.join(ROWS)}")
     steps = int(sigmas.shape[0]) - 1
+    window = step_window(steps, 0.0, settings.store_end)
     source = FPESource(
         signature=signature, layers=layers, latent_shape=tuple(int(x) for x in samples.shape),
         schedule=[float(s) for s in sigmas], schedule_origin=schedule_origin,
-        stored_layers=frozenset(layer.key for layer in stored), stored_window=step_window(steps, 0.0, settings.store_end),
+        stored_layers=frozenset(layer.key for layer in stored), stored_window=window,
         stored_kinds=ROWS[settings.rows], layer_setting=settings.layer_setting, store_end=settings.store_end, cfg=cfg,
-        storage_device="cpu" if settings.storage == "cpu" else "auto", maker=maker)
+        storage_device="auto", maker=maker)
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
-    device = _storage_device(model, settings, source, stored, dtype)
+    item = torch.empty((), dtype=dtype or _compute_dtype(model)).element_size()
+    per_evaluation = sum(layer.tokens(height, width) * layer.channels for layer in stored) * source.batch * rows
+    estimate = per_evaluation * evaluations * item
+    what = (f"{len(stored)} layers, {evaluations} evaluations in {window[1] - window[0]} steps, {rows} row{'s' if rows != 1 else ''} per "
+            f"image, {str(dtype or _compute_dtype(model)).replace('torch.', '')}")
+    device = choose_storage(maker, estimate, settings.storage, getattr(model, "load_device", None), what)
     source.storage_device = "cpu" if device is not None else "auto"
+    source.planned_bytes = estimate
     source.weights = weights_fingerprint(model)
     return source, CaptureRecorder(source, device, dtype)
+
+
+def _compute_dtype(model) -> torch.dtype:
+    inner = model.model
+    return getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
 
 
 def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
                    latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
                    settings: CaptureSettings) -> tuple[dict, FPESource]:
     """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+    window = step_window(int(sigmas.shape[0]) - 1, 0.0, settings.store_end)
+    evaluations = stored_evaluations(sampler_name, sigmas, window, model)
     source, recorder = new_source(model, samples=latent["samples"], sigmas=sigmas, schedule_origin=schedule_origin,
-                                  cfg=cfg, settings=settings)
-    patched = model.clone()
-    patched.set_model_attn1_patch(recorder)
-    out, noise = sample_over_sigmas(patched, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
-                                    positive=positive, negative=negative, latent=latent, sigmas=sigmas,
-                                    denoise=denoise)
-    source.noise = noise.cpu()
+                                  cfg=cfg, settings=settings, evaluations=evaluations,
+                                  rows=conditioning_rows(positive, negative, cfg, ROWS[settings.rows]))
+    out, _ = sample_over_sigmas(attach_recorder(model, recorder), seed=seed, cfg=cfg, sampler_name=sampler_name,
+                                scheduler=scheduler, positive=positive, negative=negative, latent=latent,
+                                sigmas=sigmas, denoise=denoise)
+    if not all_finite(out["samples"]):
+        raise FPEError(
+            "FPE Source Capture: the source image came out as NaN or infinite values. Likely causes: cfg or denoise "
+            "set to NaN/Infinity in the workflow, or a model running in fp16 that overflows (try the model in fp32 "
+            "or bf16, or a lower cfg)")
     source.complete = True  # reached only when sampling returned normally
     return out, source
-
-
-def _storage_device(model, settings: CaptureSettings, source: FPESource, stored, dtype) -> torch.device | None:
-    """Where the capture lives; ``None``: beside the model. Logs the expected size."""
-    _, _, height, width = source.latent_shape
-    if dtype is None:
-        inner = model.model
-        dtype = getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
-    per_step = sum(layer.tokens(height, width) * layer.channels for layer in stored) * source.batch
-    first, stop = source.stored_window
-    estimate = per_step * len(source.stored_kinds) * max(0, stop - first) * torch.empty((), dtype=dtype).element_size()
-    device = getattr(model, "load_device", torch.device("cpu"))
-    where = "system RAM" if settings.storage == "cpu" else str(device)
-    if settings.storage == "auto" and torch.device(device).type != "cpu":
-        import comfy.model_management
-
-        free = comfy.model_management.get_free_memory(device)
-        if estimate > AUTO_VRAM_SHARE * free:
-            where = f"system RAM (it exceeds {AUTO_VRAM_SHARE:.0%} of the free VRAM)"
-            settings = CaptureSettings(**{**settings.__dict__, "storage": "cpu"})
-    log.info("%s: storing about %.1f MiB (%d layers, %d steps, %s) on %s", source.maker, estimate / 2**20,
-             len(stored), max(0, stop - first), str(dtype).replace("torch.", ""), where)
-    return torch.device("cpu") if settings.storage == "cpu" else None

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from .errors import FPEError
-from .evaluations import sigma_key
+from .hooks import Shared
+from .steps import ScheduleIndex
 
 # Float32 room for re-doing the sampler's own arithmetic (and LATENT in/out scaling), relative to
 # the latent's magnitude; a sampler that adds noise or mixes in history is off by orders more.
@@ -33,18 +34,42 @@ FIX_SAMPLER = ("sample the target with sampler ddim (or euler), the inverse of t
                "image")
 
 
-class DDIMGuard:
+class MaskGuard(Shared):
+    """ComfyUI of early 2024: a denoise-mask function, called only when the target has a noise mask.
+
+    Current ComfyUI shows the mask to the inject's run hook before sampling; the older host only
+    hands it to this function. It takes the single slot, which changes no run that succeeds: with a
+    mask the edit stops anyway.
+    """
+
     def __init__(self, source):
         self.source = source
-        self._previous = None  # (input, sigma, denoised) of the last evaluation, when checkable
 
-    def __deepcopy__(self, memo):  # clones of the patched model share it
-        return self
+    @staticmethod
+    def reject(source) -> None:
+        raise FPEError(
+            f"the target sampler has a latent noise mask (Set Latent Noise Mask, or an inpainting latent): an "
+            f"{source.maker} edit samples the whole inverted latent back with DDIM, which a mask breaks. Remove the "
+            f"mask from the target's latent (masked local edits of real photos are not supported yet)")
+
+    @classmethod
+    def attach(cls, patched, source) -> None:
+        patched.set_model_denoise_mask_function(cls(source))
+
+    def __call__(self, sigma, denoise_mask, extra_options):
+        self.reject(self.source)
+
+
+class DDIMGuard(Shared):
+    def __init__(self, source):
+        self.source = source
+        self.index = ScheduleIndex(source.schedule)
+        self._previous = None  # (input, sigma, denoised) of the last evaluation, when checkable
 
     def __call__(self, args):
         x, denoised = args["input"], args["denoised"]
         sigma = float(args["sigma"].reshape(-1)[0])
-        if sigma_key(sigma, self.source.schedule) == ("s", 0):  # a (new) run starts
+        if self.index.key(sigma) == ("s", 0):  # a (new) run starts
             self._previous = None
             self._check_start(x)
         elif self._previous is not None:

@@ -6,29 +6,43 @@ returns (n, context, value), which become the inputs of to_q, to_k and to_v; han
 (n_src, n_src, n_tgt) on the edited rows therefore reproduces the map replacement on the host's
 own attention kernel, without building an N×N map. Rows, layers and steps outside the edit pass
 through untouched, so a model with an empty edit samples bit-identically to the plain model.
+
+The patched model is an ordinary cached output, so one patch serves many sampling runs (and
+prompts). Everything it learns about a run lives in that run: the evaluation clock and the
+warnings start afresh with every run (``evaluations`` explains how runs are told apart), and an
+error closes the run.
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass, field
 
-import torch
-
-from .ddim_guard import DDIMGuard
+from . import notify
+from .conditioning import entry_ids, sampler_conds, structure_of
+from .ddim_guard import DDIMGuard, MaskGuard
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
+from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, layer_key
-from .source import FPESource, describe_signature, model_signature, weights_fingerprint
+from .source import FPESource, describe_signature, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
+from .validate import check_number
 
 BRANCHES = {"cond only": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
-WRAPPER_KEY = "free-prompt-editing"
-
-log = logging.getLogger("free-prompt-editing")
 
 
-class InjectPatch:
-    """attn1 patch replacing the edited rows' Q/K input by the source's."""
+@dataclass
+class RunState:
+    """What the inject knows about the sampling run in progress."""
+
+    structure_checked: bool = False
+    warned: set = field(default_factory=set)
+
+
+class InjectPatch(Shared):
+    """attn1 patch replacing the edited rows' Q/K input by the source's, with its run hooks."""
+
+    fpe_inject = True  # marks an FPE edit on a model (a second FPE node on it is refused)
 
     def __init__(self, source: FPESource, layers: frozenset, window: tuple[int, int], kinds: frozenset[int]):
         self.source = source
@@ -37,34 +51,81 @@ class InjectPatch:
         self.kinds = kinds
         self.clock = EvaluationClock(source.schedule, source.top_evaluations())
         self._checked = None
+        self._run = RunState()
+        self._next_run: RunState | None = None  # prepared by the run hook for the run it announces
+        self._pending: list[tuple[str, str, str]] = []  # warnings of the evaluation in progress
         self._warned_context = False
-        self._warned_stand_in = False
 
-    def __deepcopy__(self, memo):  # clones of the patched model share the patch (and the source)
-        return self
+    # --- run hooks ---------------------------------------------------------------------------
 
-    def begin_run(self, sigmas=None, latent_shape=None) -> None:
-        """Called before sampling where the host allows (current ComfyUI): check, then reset."""
-        if sigmas is not None:
-            self.source.check_schedule(sigmas)
-        if latent_shape is not None:
-            self.source.check_latent(latent_shape)
-        self.clock.reset()
+    def begin_run(self, guider, noise, latent, sigmas, denoise_mask) -> None:
+        """Current ComfyUI, before sampling: check schedule, latent, mask and conditioning, then start."""
+        try:
+            if getattr(latent, "ndim", 0) == 4:
+                self.source.check_latent(latent.shape)
+            self.source.check_schedule(sigmas.detach().cpu())
+            if self.source.inverted and denoise_mask is not None:
+                MaskGuard.reject(self.source)
+            lists = sampler_conds(guider)
+            if lists is not None:
+                self.source.check_structure(structure_of(*lists, latent_hw(self.source.latent_shape)))
+        except BaseException:
+            self._close()
+            raise
+        self.clock.begin_run(entry_ids(getattr(guider, "conds", None)))
+        self._next_run = RunState(structure_checked=lists is not None)
 
-    def _check_call(self, call, extra_options) -> None:
-        if call.original_shape is not None and len(call.original_shape) == 4:
-            rows, channels, height, width = call.original_shape
-            self.source.check_latent((rows // len(call.chunks), channels, height, width))
-        if call.run_start:
-            sample_sigmas = extra_options.get("sample_sigmas")  # current ComfyUI: the whole schedule
-            if sample_sigmas is not None:
-                self.source.check_schedule(sample_sigmas.cpu())
-            elif call.step != 0:
-                self.source.reject_sigma(call.sigma, first=True)
+    def end_evaluation(self, args):
+        """Post-CFG, both hosts: run boundary, first-evaluation checks, finite result, warnings."""
+        if args["sigma"] is not self.clock.sigma_tensor:
+            return args["denoised"]  # no UNet call of this evaluation reached the patch
+        try:
+            call = self.clock.current
+            if self.clock.end_evaluation(args.get("cond")):  # a run that began mid-schedule, unannounced
+                self._reject_start(call)
+            if self.clock.evaluation_run_start:
+                self._first_evaluation_checks(args)
+            if not all_finite(args["denoised"]):
+                raise FPEError(
+                    f"FPE Self-Attn Inject: the target sampler's model prediction is NaN or infinite at step {call.step} "
+                    f"(sigma {call.sigma:.6g}). Likely causes: the target sampler's cfg or denoise is NaN/Infinity in "
+                    f"the workflow, or a model running in fp16 overflows (run it in fp32/bf16, or lower cfg)")
+        except BaseException:
+            self._close()
+            raise
+        self._flush()
+        return args["denoised"]
+
+    def _first_evaluation_checks(self, args) -> None:
+        source = self.source
+        if not self._run.structure_checked:  # hosts without a run hook see the run's conditioning here
+            source.check_structure(structure_of(args.get("cond"), args.get("uncond"), latent_hw(source.latent_shape)))
+            self._run.structure_checked = True
+        if not source.inverted and not source.same_start(args["input"]):  # real sources: the DDIM guard's job
+            self._defer("start", "the target starts from other noise than the source",
+                        f"the target sampler starts from other noise than {source.maker} (a different seed, or "
+                        "another latent or denoise?): give both the same seed and latent, or the edit will not keep "
+                        "the source's layout")
+
+    # --- attn1 patch -------------------------------------------------------------------------
 
     def __call__(self, n, context, value, extra_options):
+        try:
+            return self._edit(n, context, value, extra_options)
+        except BaseException:
+            self._close()
+            raise
+
+    def _edit(self, n, context, value, extra_options):
+        if n.shape[0] == 0:
+            raise FPEError("the target latent batch is empty (0 images): give the target sampler a latent with at "
+                           "least one image")
         call = self.clock.locate(extra_options, n.shape[0])
         if call is not self._checked:  # once per UNet call: check what the host let us see
+            if call.new_evaluation:
+                self._flush()
+                if call.run_start:
+                    self._run, self._next_run = self._next_run or RunState(), None
             self._check_call(call, extra_options)
             self._checked = call
         first, stop = self.window
@@ -82,18 +143,21 @@ class InjectPatch:
             if chunk.kind not in self.kinds:
                 continue
             key, stand_in = self.source.resolve(chunk.key, call.step)
-            if stand_in and not self._warned_stand_in:
-                log.warning("FPE: the target evaluates the model more often than the source run did (sigma %.6g, "
-                            "step %s): another sampler, or a guidance node (SAG, PAG, ...) on one side only? Those "
-                            "evaluations reuse the source's latest one there; for an exact edit give both sides the "
-                            "same sampler and model patches", call.sigma, call.step)
-                self._warned_stand_in = True
+            if stand_in:
+                self._defer("stand-in", "extra model evaluations reuse the source's",
+                            f"the target evaluates the model more often than the source run did (sigma {call.sigma:.6g}, "
+                            f"step {call.step}): another sampler, or a guidance node (SAG, PAG, ...) on one side only? "
+                            "Those evaluations reuse the source's latest one there; for an exact edit give both sides "
+                            "the same sampler and model patches")
             src = self.source.stored(key, layer, call.step)
             target_rows = chunk.rows.stop - chunk.rows.start
             if src.shape[1:] != n.shape[1:]:
                 raise FPEError(
-                    f"layer {layer}: the target has {n.shape[1]} tokens x {n.shape[2]} channels, the source "
-                    f"{src.shape[1]} x {src.shape[2]}: the latent sizes (or an area/token-changing patch) differ")
+                    f"the target's self-attention at layer {'.'.join(map(str, layer))} has {n.shape[1]} tokens x "
+                    f"{n.shape[2]} channels, the source's {src.shape[1]} x {src.shape[2]}: the target latent's size "
+                    f"differs from the capture's ({self.source.latent_shape[-1] * 8}x{self.source.latent_shape[-2] * 8} "
+                    f"px), or a conditioning entry restricted to an area (Conditioning (Set Area)) differs between the "
+                    f"sides, or a patch that changes token counts (HyperTile, ToMe) acts on one side only")
             if src.shape[0] == 1:
                 src = src.expand(target_rows, -1, -1)
             elif src.shape[0] != target_rows:
@@ -112,10 +176,50 @@ class InjectPatch:
                 if chunk.kind in self.kinds:
                     context[chunk.rows] = edited[chunk.rows]
         elif not self._warned_context:
-            log.warning("FPE: another attn1 patch gives self-attention its own keys (%s tokens); FPE replaces "
-                        "the queries only on layer %s", context.shape[1], layer)
+            notify.warn("another attn1 patch changes self-attention's keys",
+                        f"it gives layer {layer} its own keys ({context.shape[1]} tokens); FPE replaces the queries only")
             self._warned_context = True
         return edited, context, value
+
+    def _check_call(self, call, extra_options) -> None:
+        if call.run_start and call.new_evaluation:
+            sample_sigmas = extra_options.get("sample_sigmas")  # current ComfyUI: the whole schedule
+            if sample_sigmas is not None:
+                self.source.check_schedule(sample_sigmas.cpu())
+            self._reject_start(call)
+        shape = call.original_shape
+        if shape is not None and len(shape) == 4:
+            rows, channels, height, width = shape
+            _, _, src_h, src_w = self.source.latent_shape
+            # A chunk restricted to an area is a crop of the latent: only a whole latent shows its size.
+            if (height, width) == (src_h, src_w) or height > src_h or width > src_w:
+                self.source.check_latent((rows // len(call.chunks), channels, height, width))
+
+    def _reject_start(self, call) -> None:
+        if call.step is None:
+            self.source.reject_sigma(call.sigma, first=True)
+        if call.step != 0:
+            self.source.reject_start(call.step, call.sigma)
+
+    # --- warnings and errors ----------------------------------------------------------------
+
+    def _defer(self, kind: str, summary: str, detail: str) -> None:
+        """Warn once per run, when the evaluation ends (a run found invalid there warns nothing)."""
+        if kind not in self._run.warned and all(kind != pending[0] for pending in self._pending):
+            self._pending.append((kind, summary, detail))
+
+    def _flush(self) -> None:
+        for kind, summary, detail in self._pending:
+            self._run.warned.add(kind)
+            notify.warn(summary, detail)
+        self._pending = []
+
+    def _close(self) -> None:
+        """An error ends the run: the next one starts clean."""
+        self.clock.reset()
+        self._pending = []
+        self._next_run = None
+        self._checked = None
 
 
 def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_setting: str, start: float,
@@ -125,13 +229,16 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
         raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture or FPE DDIM Invert")
     source.require_complete()
     signature = model_signature(model)
+    reject_chained_inject(model, "FPE Self-Attn Inject")
     if signature != source.signature:
         raise FPEError(
             f"model: fpe_source was captured with {describe_signature(source.signature)}, but this model is "
             f"{describe_signature(signature)}: give FPE Self-Attn Inject the model the capture used")
     if source.weights and weights_fingerprint(model) != source.weights:
-        log.warning("FPE: FPE Self-Attn Inject gets another checkpoint or other LoRAs than %s used; "
-                    "give both the same model unless that is what you want", source.maker)
+        notify.warn("another model than the capture's",
+                    f"FPE Self-Attn Inject gets another checkpoint or other LoRAs than {source.maker} used; "
+                    "give both the same model unless that is what you want")
+    start, end = check_number("start", start, 0.0, 1.0), check_number("end", end, 0.0, 1.0)
     if start > end:
         raise FPEError(f"start ({start}) is after end ({end}): set start below end (start = end turns the edit off)")
     if branches not in BRANCHES:
@@ -163,38 +270,15 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
             f"{stored_first}..{stored_stop - 1} (store_end {source.store_end}): raise the capture's store_end to at "
             f"least {end} or lower the inject's end")
     if window[0] >= window[1] and start < end:
-        log.warning("FPE: start %s / end %s edit no step of %s (the window truncates to %s): the edit is off",
-                    start, end, source.steps, window)
+        notify.warn("the edit is off",
+                    f"start {start} / end {end} edit no step of {source.steps} (the window truncates to {window})")
     patch = InjectPatch(source, layers, window, kinds)
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
-    _add_pre_sampling_check(patched, patch)
+    announced = add_run_hook(patched, patch.begin_run)
+    add_evaluation_end(patched, patch.end_evaluation)
     if source.inverted:  # a real image: the target must sample its inverted latent back with DDIM
-        patched.set_model_sampler_post_cfg_function(DDIMGuard(source))
+        if not announced:  # no run hook to see a noise mask before sampling: catch it at its first use
+            MaskGuard.attach(patched, source)
+        add_evaluation_end(patched, DDIMGuard(source))  # last: it checks the denoised result the sampler uses
     return patched
-
-
-def _add_pre_sampling_check(patched, patch: InjectPatch) -> None:
-    """On current ComfyUI, check schedule and latent before the first UNet call (keyed wrapper)."""
-    add_wrapper = getattr(patched, "add_wrapper_with_key", None)
-    if add_wrapper is None:  # ComfyUI of early 2024: the patch checks at the first UNet call instead
-        return
-    import comfy.patcher_extension
-
-    add_wrapper(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _PreSamplingCheck(patch))
-
-
-class _PreSamplingCheck:
-    def __init__(self, patch: InjectPatch):
-        self.patch = patch
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        shape = latent_image.shape if getattr(latent_image, "ndim", 0) == 4 else None
-        self.patch.begin_run(sigmas=sigmas.cpu(), latent_shape=shape)
-        if torch.count_nonzero(noise) and not self.patch.source.same_noise(noise):
-            log.warning("FPE: the target sampler starts from other noise than FPE Source Capture (a different "
-                        "seed?): give both the same seed, or the edit will not keep the source's layout")
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)

@@ -28,9 +28,11 @@ import math
 
 import torch
 
-from .capture import CaptureSettings, new_source
+from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, new_source
 from .errors import FPEError
 from .evaluations import UNCOND
+from .hooks import all_finite
+from .steps import step_window
 
 log = logging.getLogger("free-prompt-editing")
 
@@ -161,11 +163,15 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     import comfy.samplers
 
     samples = latent["samples"]
-    source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
-                                  settings=settings, maker="FPE DDIM Invert")
-    if UNCOND in source.stored_kinds and negative is None:
+    kinds = ROWS.get(settings.rows, frozenset())
+    if UNCOND in kinds and negative is None:
         raise FPEError("store_rows 'cond + uncond' records the source's uncond rows: connect negative (the "
                        "negative prompt the edit will use), or set store_rows to 'cond'")
+    record_cfg = 1.0 if UNCOND not in kinds else (cfg if not math.isclose(cfg, 1.0) else 2.0)
+    first, stop = step_window(int(sigmas.shape[0]) - 1, 0.0, settings.store_end)
+    source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
+                                  settings=settings, maker="FPE DDIM Invert", evaluations=stop - first,
+                                  rows=conditioning_rows(positive, negative, record_cfg, kinds))
     if negative is None:
         negative = positive
     elif not math.isclose(cfg, 1.0) and not same_conditioning(positive, negative):
@@ -173,17 +179,19 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
                     "inversion's error and the inverted noise will not reconstruct the image well. Use cfg 1, or an "
                     "empty source prompt (the official setting)", cfg)
     steps = int(sigmas.shape[0]) - 1
-    first, stop = source.stored_window
     if progress is None:
         progress = PhasedProgress(model, steps + (stop - first))
     top, inverted, _ = invert(model, latent=samples, positive=positive, negative=negative, cfg=cfg,
                               forward_sigmas=sigmas, callback=progress.phase(steps))
+    if not all_finite(top):
+        raise FPEError(
+            "FPE DDIM Invert: the inverted latent came out as NaN or infinite values. Likely causes: cfg set to "
+            "NaN/Infinity, a latent that is not an encoded photo, or a model running in fp16 that overflows (run it "
+            "in fp32 or bf16)")
     trajectory = [z.cpu() for z in reversed(inverted)]  # forward order: entry i sits at sigmas[i]
 
     # Record pass: cond rows need no uncond evaluation (cfg 1 skips it); uncond rows need cfg != 1.
-    record_cfg = 1.0 if UNCOND not in source.stored_kinds else (cfg if not math.isclose(cfg, 1.0) else 2.0)
-    patched = model.clone()
-    patched.set_model_attn1_patch(recorder)
+    patched = attach_recorder(model, recorder)
     replay = comfy.samplers.KSAMPLER(TrajectoryReplay(trajectory, range(first, stop)))
     comfy.sample.sample_custom(patched, torch.zeros_like(samples), record_cfg, replay,
                                sigmas.to(model.load_device, copy=True), positive, negative, samples,

@@ -95,54 +95,69 @@ class LayerSelectionError(ValueError):
 
 
 _ITEM = re.compile(
-    r"^(?:#(?P<n0>\d+)(?:-(?P<n1>\d+))?"
-    r"|(?P<block>[a-z]+)(?P<i0>\d+)?(?:-(?P<i1>\d+))?(?:\.(?P<j0>\d+)(?:-(?P<j1>\d+))?)?)$"
+    r"^(?:#(?P<n0>\d+)?(?:-(?P<n1>\d+))?"
+    r"|(?P<block>[a-z]+)(?P<i0>\d+)?(?:-(?P<i1>\d+))?(?:\.(?P<j0>\d+)?(?:-(?P<j1>\d+))?)?)$"
 )
+MAX_LIST_CHARS = 1000  # a block list is a few dozen characters; anything longer is a pasted mistake
+MAX_ITEM_CHARS = 24
 
 
-def _span(lo: str | None, hi: str | None) -> range | None:
-    if lo is None:
+def _shown(item: str) -> str:
+    return repr(item) if len(item) <= MAX_ITEM_CHARS else repr(item[:MAX_ITEM_CHARS] + "...")
+
+
+def _span(item: str, lo: str | None, hi: str | None, what: str, last: int) -> range | None:
+    """The numbers ``lo``-``hi`` of an item, checked against the model's ``last`` one."""
+    if lo is None and hi is None:
         return None
+    if lo is None:
+        raise LayerSelectionError(f"layer item {_shown(item)}: a range needs both ends, e.g. 4-8")
+    past = (f"this model has attn1 layers #1-#{last} only" if what == "#"
+            else f"{what} numbers go up to {last} in this model")
+    if len(lo) > 6 or (hi is not None and len(hi) > 6):
+        raise LayerSelectionError(f"layer item {_shown(item)}: {past}")
     a, b = int(lo), int(hi) if hi is not None else int(lo)
     if b < a:
-        raise LayerSelectionError(f"range {a}-{b} runs backwards")
+        raise LayerSelectionError(f"layer item {_shown(item)}: range {a}-{b} runs backwards")
+    if b > last or (what == "#" and a < 1):
+        raise LayerSelectionError(f"layer item {_shown(item)}: {past}")
     return range(a, b + 1)
 
 
 def parse_block_list(text: str, layers: list[Attn1Layer]) -> set[LayerKey]:
     """Resolve a custom block list against the model's layers; every item must select something."""
     available = ", ".join(_available_blocks(layers))
+    if len(text) > MAX_LIST_CHARS:
+        raise LayerSelectionError(f"the custom layer list is {len(text)} characters long (at most {MAX_LIST_CHARS}): "
+                                  f"name blocks such as 'in4,in5,mid0,out3-8'")
     items = [item for item in re.split(r"[\s,;]+", text.strip().lower()) if item]
     if not items:
         raise LayerSelectionError("the custom layer list is empty: name blocks such as 'in4,in5,mid0,out3-8'")
     selected: set[LayerKey] = set()
     for item in items:
-        match = _ITEM.match(item)
-        if match is None:
+        match = _ITEM.match(item) if len(item) <= MAX_ITEM_CHARS else None
+        if match is None or (match["n0"] is None and match["n1"] is None and match["block"] is None) or (
+                "." in item and match["j0"] is None and match["j1"] is None):
             raise LayerSelectionError(
-                f"cannot read layer item {item!r}: use in<N>, mid, out<N>, ranges like out3-8, "
+                f"cannot read layer item {_shown(item)}: use in<N>, mid, out<N>, ranges like out3-8, "
                 f"transformer layers like in7.0-4, or forward numbers like #4-14")
-        if match["n0"] is not None:
-            numbers = _span(match["n0"], match["n1"])
+        if match["block"] is None:
+            numbers = _span(item, match["n0"], match["n1"], "#", len(layers))
             hit = {layer.key for layer in layers if layer.number in numbers}
-            if len(hit) != len(numbers):
-                raise LayerSelectionError(
-                    f"layer item {item!r}: this model has attn1 layers #1-#{len(layers)} only")
         else:
             block = _BLOCK_ALIASES.get(match["block"])
             if block is None:
-                raise LayerSelectionError(f"unknown block {match['block']!r} in {item!r}: use in, mid or out")
-            ids = _span(match["i0"], match["i1"])
-            indices = _span(match["j0"], match["j1"])
-            hit = {
-                layer.key for layer in layers
-                if layer.key[0] == block
-                and (ids is None or layer.key[1] in ids)
-                and (indices is None or layer.key[2] in indices)
-            }
+                raise LayerSelectionError(f"unknown block {_shown(match['block'])} in {_shown(item)}: use in, mid or out")
+            in_block = [layer for layer in layers if layer.key[0] == block]
+            last_id = max((layer.key[1] for layer in in_block), default=0)
+            ids = _span(item, match["i0"], match["i1"], f"{_SHORT[block]} block", last_id)
+            chosen = [layer for layer in in_block if ids is None or layer.key[1] in ids]
+            depth = max((layer.key[2] for layer in chosen), default=0)
+            indices = _span(item, match["j0"], match["j1"], "transformer layer", depth)
+            hit = {layer.key for layer in chosen if indices is None or layer.key[2] in indices}
             if not hit:
                 raise LayerSelectionError(
-                    f"layer item {item!r} selects no self-attention layer of this model; "
+                    f"layer item {_shown(item)} selects no self-attention layer of this model; "
                     f"its attention blocks are: {available}")
         selected |= hit
     return selected

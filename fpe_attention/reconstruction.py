@@ -21,6 +21,11 @@ class ReconstructionReport:
     relative_rmse: list[float]  # per image: RMSE / RMS of the input latent
     psnr_db: list[float] | None = None  # per image, decoded reconstruction vs decoded input
 
+    @property
+    def finite(self) -> bool:
+        values = self.relative_rmse + (self.psnr_db or [])
+        return all(math.isfinite(v) for v in values)
+
     def describe(self) -> str:
         parts = []
         for i, rmse in enumerate(self.relative_rmse):
@@ -60,6 +65,7 @@ def relative_rmse(reconstruction: torch.Tensor, expected: torch.Tensor) -> list[
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """PSNR per image of two IMAGE batches in [0, 1]; 100 dB stands for identical."""
+    """PSNR per image of two IMAGE batches in [0, 1]; 100 dB stands for identical, NaN for non-finite images."""
     mse = (a.float().cpu() - b.float().cpu()).pow(2).flatten(1).mean(1)
-    return [100.0 if float(m) == 0 else min(100.0, -10.0 * math.log10(float(m))) for m in mse]
+    return [math.nan if not math.isfinite(float(m)) else 100.0 if float(m) == 0
+            else min(100.0, -10.0 * math.log10(float(m))) for m in mse]

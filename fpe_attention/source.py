@@ -5,7 +5,7 @@ source rows (the tensor ComfyUI projects to Q, K and V). The target later comput
 rows' queries and keys from it with the same weights, so Attention(Q_src, K_src, V_tgt) equals
 the official map replacement. Why inputs and not Q/K or maps: ``n`` is half the bytes of Q+K,
 ~9x fewer than the maps at 512 px, and replaying it needs no extra UNet pass, so a re-edit costs
-one plain generation (measured in ``dev/benchmark.py``; see BENCHMARKS.md).
+one plain generation (measured by ``dev/benchmark.py``; docs/DESIGN.md).
 
 An ``FPESource`` is immutable once complete; ComfyUI caches it as the capture node's output,
 so changing only the target prompt re-runs only the target side.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .conditioning import Structure
 from .errors import FPEError
 from .evaluations import EvalKey, kind_name
 from .layers import Attn1Layer, LayerKey, unet_attn1_layers
@@ -28,7 +29,7 @@ _FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise 
 
 def model_signature(model) -> tuple:
     """What must agree between the capture's and the inject's model for the pairing to hold."""
-    inner = model.model
+    inner = getattr(model, "model", None)
     diffusion_model = getattr(inner, "diffusion_model", None)
     if not hasattr(diffusion_model, "input_blocks"):
         raise FPEError(
@@ -51,6 +52,17 @@ def describe_signature(signature: tuple) -> str:
     return f"{model_type} ({latent_format} latents, {len(widths)} self-attention layers)"
 
 
+def reject_chained_inject(model, node: str) -> None:
+    """A model that already carries an FPE edit cannot take another FPE node: say what to connect."""
+    patches = getattr(model, "model_options", {}).get("transformer_options", {}).get("patches", {})
+    if any(getattr(patch, "fpe_inject", False) for patch in patches.get("attn1_patch", [])):
+        raise FPEError(
+            f"model: this model already carries an FPE Self-Attn Inject edit, so {node} would not run as asked "
+            f"(a second Inject would be overridden by the first; a capture or inversion would record an edited "
+            f"run). Connect {node}'s model input to the model before FPE Self-Attn Inject (e.g. Load Checkpoint's "
+            f"MODEL); for several edits, give each target sampler its own Inject from that model")
+
+
 @dataclass
 class FPESource:
     signature: tuple
@@ -66,9 +78,11 @@ class FPESource:
     cfg: float
     storage_device: str
     entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
-    evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation seen -> step
+    evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation chunk seen -> step
     weights: tuple = ()  # weights_fingerprint of the capture's model, to warn about another checkpoint/LoRA
-    noise: torch.Tensor | None = None  # the source's initial noise, to warn about a different seed
+    first_input: torch.Tensor | None = None  # the run's first model input x, to warn about another seed/latent
+    structure: Structure | None = None  # the conditioning's entries, for pairing them one by one
+    planned_bytes: int = 0  # the size the capture planned for (memory check)
     maker: str = "FPE Source Capture"  # the node that made it, for messages
     # Real-image sources: the DDIM-inverted latents in sampler space, forward order (entry i sits at
     # schedule[i]); the target must start from entry 0 and take DDIM steps.
@@ -95,7 +109,7 @@ class FPESource:
 
     @property
     def evaluated_kinds(self) -> frozenset[int]:
-        return frozenset(key[0] for key in self.evaluations)
+        return frozenset(key.kind for key in self.evaluations)
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +121,7 @@ class FPESource:
 
     def top_evaluations(self) -> int:
         """How many evaluations the source run made at its first sigma (1 for ComfyUI's samplers)."""
-        return 1 + max((occurrence for _, skey, occurrence in self.evaluations if skey == ("s", 0)), default=0)
+        return 1 + max((key.occurrence for key in self.evaluations if key.sigma == ("s", 0)), default=0)
 
     # --- checks the inject makes -------------------------------------------------------------
 
@@ -118,15 +132,34 @@ class FPESource:
                 f"queue the graph again so {self.maker} runs to the end")
 
     def check_schedule(self, sigmas) -> None:
-        """Raise unless the target's sigmas are the capture's (same steps, scheduler, denoise)."""
+        """Raise unless the target's sigmas are the capture's, or their first steps (end_at_step).
+
+        A run that stops early (KSamplerAdvanced end_at_step, with or without the final jump to
+        sigma 0) edits its steps exactly as the full run does; a run that starts later does not pair.
+        """
         target, mine = _final_zero([float(s) for s in sigmas]), _final_zero(self.schedule)
-        same = len(target) == len(mine) and all(
-            abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b)) + 1e-12 for a, b in zip(target, mine, strict=True))
-        if not same:
-            raise FPEError(
-                f"the target sampler's schedule differs from the capture's: the target runs {len(target) - 1} steps "
-                f"over sigmas {_fmt(target)}, {self.maker} ran {self.steps} steps over {_fmt(mine)} "
-                f"({self.schedule_origin}). Fix: {self.fix_schedule}.")
+        if _same(target, mine):
+            return
+        n = len(target) - 1
+        if 1 <= n < len(mine) - 1 and (_same(target, mine[:n + 1]) or (_same(target[:-1], mine[:n])
+                                                                      and target[-1] == 0.0)):
+            return  # the first n steps
+        for k in range(1, len(mine) - 1):
+            if _close(target[0], mine[k]) and _same(target[:-1], mine[k:k + n]):
+                self.reject_start(k, target[0])
+        raise FPEError(
+            f"the target sampler's schedule differs from the capture's: the target runs {n} steps over sigmas "
+            f"{_fmt(target)}, {self.maker} ran {self.steps} steps over {_fmt(mine)} ({self.schedule_origin}). "
+            f"Fix: {self.fix_schedule}.")
+
+    def reject_start(self, step: int, sigma: float) -> None:
+        """A target run that starts at ``step`` > 0 of the capture's schedule cannot pair with it."""
+        partial = (" (for a partly denoised photo, give FPE DDIM Invert that denoise and start the target at its "
+                   "first step)" if self.inverted else "")
+        raise FPEError(
+            f"the target sampler starts at step {step} of the {self.steps} steps {self.maker} ran (sigma "
+            f"{sigma:.6g}), not at the first: FPE pairs each step with the source's from the first one. Fix: set "
+            f"KSamplerAdvanced's start_at_step to 0 (end_at_step may stop early){partial}, and {self.fix_schedule}.")
 
     def reject_sigma(self, sigma: float, first: bool = False) -> None:
         where = "starts" if first else "evaluates the model"
@@ -138,36 +171,55 @@ class FPESource:
         """Raise unless a target latent of ``shape`` [B, C, H, W] can pair with this source."""
         batch, _, height, width = (int(x) for x in shape[:4])
         _, _, src_h, src_w = self.latent_shape
+        if batch == 0:
+            raise FPEError("the target latent batch is empty (0 images): give the target sampler a latent with at "
+                           "least one image")
         if (height, width) != (src_h, src_w):
             raise FPEError(
                 f"the target latent is {width * 8}x{height * 8} px ({width}x{height} latent) but the source was captured "
-                f"at {src_w * 8}x{src_h * 8} px ({src_w}x{src_h}): give the target sampler a latent of the capture's size "
-                f"(conditioning restricted to an area also crops it, and cannot pair with a source)")
+                f"at {src_w * 8}x{src_h * 8} px ({src_w}x{src_h}): give the target sampler a latent of the capture's size")
         if self.batch != 1 and batch != self.batch:
             raise FPEError(
                 f"batch sizes do not pair: the target latent has {batch} images, the source {self.batch}. Use a source "
                 f"batch of 1 (shared by every target) or equal batch sizes (paired image by image)")
 
-    def same_noise(self, noise: torch.Tensor) -> bool:
-        """Whether a target's initial noise matches the source's (row 0, or row by row)."""
-        if self.noise is None or noise.ndim != self.noise.ndim or noise.shape[1:] != self.noise.shape[1:]:
-            return True  # nothing to compare (e.g. no noise kept): do not cry wolf
-        rows = min(noise.shape[0], self.noise.shape[0]) if self.batch > 1 else 1
-        return torch.equal(noise[:rows].cpu(), self.noise[:rows])
+    def check_structure(self, target: Structure) -> None:
+        """Raise unless the target's conditioning entries pair one by one with the source's."""
+        if self.structure is None or self.structure.pairs_with(target):
+            return
+        raise FPEError(
+            f"the target's conditioning does not pair with the source's entry by entry: the target sampler has "
+            f"{target.describe()}; {self.maker} had {self.structure.describe()}. FPE pairs the i-th entry of each "
+            f"side with the other's i-th: build both sides the same way (the same Conditioning (Combine) / Set Area / "
+            f"Set Mask / timestep-range nodes; the prompt texts may differ)")
+
+    def same_start(self, x: torch.Tensor) -> bool:
+        """Whether a target run's first model input is the source's (row 0, or row by row)."""
+        mine = self.first_input
+        if mine is None or x.ndim != mine.ndim or x.shape[1:] != mine.shape[1:]:
+            return True  # nothing to compare: do not cry wolf
+        rows = min(x.shape[0], mine.shape[0]) if self.batch > 1 else 1
+        return torch.equal(x[:rows].detach().to("cpu"), mine[:rows])
 
     def resolve(self, key: EvalKey, step: int) -> tuple[EvalKey, bool]:
-        """The source evaluation that pairs with the target's ``key``; True if it is a stand-in.
+        """The source evaluation chunk that pairs with the target's ``key``; True if it is a stand-in.
 
         A target that evaluates the model more often at one sigma than the source did (another
         multi-evaluation sampler, or a guidance node calling the model again) reuses the source's
-        latest evaluation there; the caller warns. A sigma the source never visited is an error.
+        latest evaluation of the same entry there (else of the closest entry); the caller warns.
+        Entries the source never had are caught by ``check_structure``. A sigma the source never
+        visited is an error.
         """
         if key in self.evaluations:
             return key, False
-        kind, skey, occurrence = key
-        earlier = [k for k in self.evaluations if k[0] == kind and k[1] == skey and k[2] < occurrence]
-        if earlier:
-            return max(earlier, key=lambda k: k[2]), True
+        here = [k for k in self.evaluations if k.kind == key.kind and k.sigma == key.sigma]
+        if here:
+            def preference(k):
+                return (k.entry == key.entry, k.entry[:2] == key.entry[:2], k.occurrence <= key.occurrence,
+                        k.occurrence, k.entry[1])
+
+            return max(here, key=preference), True
+        skey = key.sigma
         if skey is None:
             where = "outside its schedule"
         elif skey[0] == "s":
@@ -175,7 +227,7 @@ class FPESource:
         else:
             where = f"between schedule sigmas #{skey[1]} and #{skey[1] + 1}"
         raise FPEError(
-            f"the target sampler evaluates the model ({kind_name(kind)} rows, step {step}) {where}, where the "
+            f"the target sampler evaluates the model ({kind_name(key.kind)} rows, step {step}) {where}, where the "
             f"source run never did. Fix: {self.fix_schedule}.")
 
     def stored(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
@@ -192,6 +244,14 @@ def _final_zero(values: list[float]) -> list[float]:
     if values and 0.0 < values[-1] <= 1.001e-3:
         return values[:-1] + [0.0]
     return values
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b)) + 1e-12
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _fmt(values: list[float]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import comfy.samplers
 
 from ..fpe_attention.capture import capture_source
+from ..fpe_attention.validate import check_number
 from . import CATEGORY
 from .store import schedule, store_inputs, store_settings
 
@@ -62,6 +63,7 @@ class FPESourceCapture:
 
     def capture(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 store_layers, store_custom_layers, store_end, store_rows, storage, precision, sigmas=None):
+        cfg = check_number("cfg", cfg, 0.0, 100.0)
         settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
                                   precision)
         sigmas, origin = schedule(model, sigmas, steps, sampler_name, scheduler, denoise)

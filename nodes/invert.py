@@ -12,6 +12,7 @@ from ..fpe_attention.errors import FPEError
 from ..fpe_attention.inversion import PhasedProgress, invert_to_source
 from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, reconstruct, relative_rmse
 from ..fpe_attention.steps import step_window
+from ..fpe_attention.validate import check_latent, check_number
 from . import CATEGORY
 from .preview import captioned, preview_ui
 from .store import schedule, store_inputs, store_settings
@@ -107,7 +108,9 @@ class FPEDDIMInvert:
     def invert(self, model, positive, latent, steps, scheduler, cfg, denoise, store_layers, store_custom_layers,
                store_end, store_rows, storage, precision, reconstruction_check, negative=None, sigmas=None, vae=None):
         samples = latent["samples"]
-        if samples.ndim == 4 and not torch.count_nonzero(samples):
+        cfg = check_number("cfg", cfg, 0.0, 100.0)
+        check_latent(samples, "latent")
+        if not torch.count_nonzero(samples):
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
                            "FPE VAE Encode (Mean) -> latent")
         settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
@@ -124,6 +127,10 @@ class FPEDDIMInvert:
             return {"ui": {}, "result": (inverted, source, "")}
         report, images = self._check(model, vae, samples, inverted["samples"], positive, negative, cfg, sigmas,
                                      progress)
+        if not report.finite:
+            raise FPEError(f"FPE DDIM Invert: the reconstruction check came out NaN or infinite ({report.describe()}): "
+                           f"the inverted noise does not sample back to a picture. Likely causes: a model running in "
+                           f"fp16 that overflows (run it in fp32 or bf16), or a VAE that decodes to NaN (try it in fp32)")
         log.info("FPE DDIM Invert: %s", report.describe())
         ui = preview_ui(captioned(images, report.describe()), "FPE_reconstruction") if images is not None else {}
         ui["text"] = [report.describe()]  # shown by text-display extensions, read by the headless job

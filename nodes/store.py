@@ -10,6 +10,7 @@ from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
 from ..fpe_attention.schedule import sampler_sigmas
+from ..fpe_attention.validate import check_number
 from . import as_fpe_error
 
 OFFICIAL_CUSTOM = "in4,in5,in7,in8,mid0,out3-8"
@@ -47,6 +48,7 @@ def store_inputs(step_cost: str) -> dict:
 
 def store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
                    precision) -> CaptureSettings:
+    store_end = check_number("store_end", store_end, 0.0, 1.0)
     with as_fpe_error("store_layers"):
         selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
     setting = store_custom_layers if store_layers == "custom" else store_layers
@@ -59,6 +61,7 @@ def schedule(model, sigmas, steps: int, sampler_name: str, scheduler: str, denoi
     if sigmas is not None:
         sigmas = sigmas.float().cpu()
         return sigmas, f"sigmas input, {sigmas.shape[-1] - 1} steps"
+    denoise = check_number("denoise", denoise, 0.0, 1.0)
     if denoise <= 0.0:
         raise FPEError("denoise: 0 leaves nothing to sample; set denoise above 0")
     return (sampler_sigmas(model, steps, sampler_name, scheduler, denoise),

@@ -224,8 +224,23 @@ def test_a_swap_of_two_valid_numbers_fails_at_run_time_naming_the_node(browser, 
     prepare_for_cpu(browser, nodes, server, tiny_sd15_ckpt)
     with pytest.raises(pytest.fail.Exception,
                        match=r"fpe_generated_edit\.json: node 8 'KSampler \(target.*\(KSampler\): FPEError: the target "
-                             r"sampler.*Fix: give the target sampler the same steps"):
+                             r"sampler.*give the target sampler the same steps"):
         queue_and_wait(browser, server, GENERATED.name, nodes)
+
+
+def test_a_warning_that_changes_the_picture_appears_on_the_page(browser, server, object_info, tiny_sd15_ckpt,
+                                                                 artifacts):
+    """The target KSampler's seed differs from the capture's: the run succeeds, and FPE's warning is
+    shown on the page (a toast on current ComfyUI, the pack's own box in the 2024 UI), not only in
+    the server's console."""
+    nodes = load_and_check(browser, GENERATED, object_info)
+    prepare_for_cpu(browser, nodes, server, tiny_sd15_ckpt)
+    target = next(n for n in nodes if n["type"] == "KSampler")
+    browser.set_widget(target["id"], "seed", 43)
+    queue_and_wait(browser, server, GENERATED.name, nodes)
+    shown = browser.wait_for_text("the target sampler starts from other noise than FPE Source Capture", timeout_s=30)
+    browser.screenshot(artifacts / "seed-warning.png")
+    assert "a different seed" in shown
 
 
 def test_template_browser_shows_the_workflows_with_their_pictures_and_loads_them(comfy_host, server, browser):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import HOST
 from fpe_harness.execute import PromptFailed, call_node
-from fpe_harness.workflow import load_workflow, to_api
+from fpe_headless.workflow import load_workflow, to_api
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import HOST
-from fpe_harness import tiny_models
 from fpe_harness.execute import call_node, node_class
 from fpe_harness.graphs import SRC, TGT, capture, inject, ksampler, latent, max_abs
 from fpe_harness.reference import encode
+from fpe_headless import tiny_models
 
 W, H = 64, 48
 

@@ -85,13 +85,13 @@ def test_source_rows_are_the_inverted_latents_of_each_step(tiny_sd15):
         call_node("SamplerCustom", model=probe, add_noise=False, noise_seed=0, cfg=1.0, positive=encode(clip, ""),
                   negative=encode(clip, ""), sampler=comfy.samplers.KSAMPLER(one_call), sigmas=sigmas,
                   latent_image=_photo())
-        stored = {key: t for key, t in source.entries.items() if key[1] == ("s", step)}
-        assert list(stored) == [(0, ("s", step), 0)]  # cond rows only, one evaluation at that sigma
-        layers = stored[(0, ("s", step), 0)]
+        stored = [key for key in source.entries if key.sigma == ("s", step)]
+        assert len(stored) == 1 and (stored[0].kind, stored[0].occurrence) == (0, 0)  # cond rows, one evaluation
+        layers = source.entries[stored[0]]
         assert layers and set(layers) <= set(seen)
         for layer, tensor in layers.items():
             assert torch.equal(tensor, seen[layer]), f"step {step} layer {layer}"
-    assert not [key for key in source.entries if key[1][1] >= stop]  # nothing past store_end
+    assert not [key for key in source.entries if key.sigma[1] >= stop]  # nothing past store_end
 
 
 @pytest.mark.parametrize("window", [(0.0, 0.8), (0.2, 0.6)])

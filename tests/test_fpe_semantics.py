@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fpe_harness.execute import call_node
-from fpe_harness.graphs import SRC, TGT, capture, inject, ksampler, latent, max_abs
+from fpe_harness.graphs import SRC, TGT, capture, inject, ksampler, latent, max_abs, stored_at
 from fpe_harness.host import pack_submodule
 from fpe_harness.reference import encode
 
@@ -66,11 +66,11 @@ def test_which_rows_take_the_source_attention(tiny_sd15, branches):
     for own, seen in zip(before, after, strict=True):
         cond, uncond = _rows(seen, 0), _rows(seen, 1)
         step = source.schedule.index(seen["sigma"])
-        stored = source.entries.get((0, ("s", step), 0), {}).get(seen["layer"])
+        stored = (stored_at(source, 0, step) or {}).get(seen["layer"])
         if step >= 4:  # int(6 * 0.8) = 4: steps 4 and 5 are not edited
             assert stored is None and torch.equal(seen["q"], own["q"])
             continue
-        stored_uncond = source.entries[(1, ("s", step), 0)][seen["layer"]]
+        stored_uncond = stored_at(source, 1, step)[seen["layer"]]
         # Queries and keys of the conditional rows are the source's; values stay the target's own.
         assert torch.equal(seen["q"][cond], stored) and torch.equal(seen["k"][cond], stored)
         assert torch.equal(seen["v"], own["q"])
@@ -117,7 +117,7 @@ def test_heun_edits_by_schedule_position_and_pairs_every_evaluation(tiny_sd15):
     for call in calls:
         if call["layer"] == ("input", 1, 0):
             cond = _rows(call, 0)
-            stored = [entry.get(("input", 1, 0)) for key, entry in source.entries.items() if key[0] == 0]
+            stored = [entry.get(("input", 1, 0)) for key, entry in source.entries.items() if key.kind == 0]
             evaluations.append((call["sigma"], any(torch.equal(call["q"][cond], s) for s in stored)))
     sigmas = [sigma for sigma, _ in evaluations]
     assert len(sigmas) == 2 * steps - 1  # heun: 2 evaluations per step, 1 on the last (to sigma 0)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from test_workflow_conversion import shrink
 
-from fpe_harness.workflow import load_workflow, to_api
+from fpe_headless.workflow import load_workflow, to_api
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "fpe_generated_edit.json"
 

@@ -102,6 +102,35 @@ def test_step_index_comes_from_the_schedule_not_a_counter(tiny_sd15, steps_mod):
     assert steps_mod.step_index(sigmas[0].item() * 1.5, sigmas) is None
 
 
+def _linear_key(sigma, values):
+    """The definition, one position at a time: equal to a schedule value (first one), else between two."""
+    import math
+
+    for i, value in enumerate(values):
+        if math.isclose(sigma, value, rel_tol=1e-5, abs_tol=1e-12):
+            return ("s", i)
+    for i in range(len(values) - 1):
+        if values[i + 1] < sigma < values[i]:
+            return ("m", i)
+    return None
+
+
+def test_the_fast_schedule_index_agrees_with_the_definition(tiny_sd15, steps_mod):
+    schedule = pack_submodule("fpe_attention.schedule")
+    g = torch.Generator().manual_seed(0)
+    for values in (call_node("BasicScheduler", model=tiny_sd15[0], scheduler="karras", steps=37, denoise=1.0)[0],
+                   schedule.official_ddim_sigmas(schedule.model_sampling_of(tiny_sd15[0]), 20)):  # ends σ(0), σ(0)
+        values = [float(v) for v in values]
+        index = steps_mod.ScheduleIndex(values)
+        probes = values + [v * (1 + 3e-6) for v in values] + [v * 1.5 for v in values[:3]] + [-1.0, 1e9]
+        probes += [float(x) for x in torch.rand(200, generator=g) * values[0] * 1.1]
+        for sigma in probes:
+            key = _linear_key(sigma, values)
+            assert index.key(sigma) == key, sigma
+            expected = None if key is None else (key[1] if key[1] < len(values) - 1 else None)
+            assert index.step(sigma) == expected, sigma
+
+
 def test_official_ddim_sigmas_match_the_notebook_schedule(tiny_sd15):
     schedule = pack_submodule("fpe_attention.schedule")
     assert schedule.official_ddim_timesteps(50)[:3] == [980, 960, 940]

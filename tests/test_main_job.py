@@ -1,48 +1,144 @@
-"""README's first command: the headless FPE edit (smoke demo without a checkpoint), in a fresh process."""
+"""README's first command: the headless FPE edit (``bash run.sh`` = ``python -m fpe_headless``), as a
+user meets it: in a fresh process, from wherever they stand, with their mistakes."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import safetensors.torch
+import torch
 from PIL import Image
 
 from conftest import HOST
+from fpe_headless import main_job
+from fpe_headless.workflow import load_workflow, to_api
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_headless_fpe_edit_writes_source_edit_and_side_by_side(tmp_path):
-    env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "dev" / "headless.py"), "--steps", "2", "--size", "64", "--out", str(tmp_path),
-         "--target-prompt", "a photo of wooden ducks walking on street"],
-        env=env, capture_output=True, text=True, timeout=300)
+def run_main(*args, cwd=None, tmpdir=None, timeout=300):
+    env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1", FPE_PROG="bash run.sh",
+               PYTHONPATH=str(REPO))
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_headless_fpe_edit_writes_source_edit_and_side_by_side_where_the_user_stands(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = run_main("--steps", 2, "--size", 64, "--target-prompt", "a photo of wooden ducks walking on street",
+                    cwd=tmp_path, tmpdir=scratch)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pictures are MEANINGLESS" in done.stdout
     assert "ran 14 nodes of fpe_generated_edit.json" in done.stdout
-    source, edit, both = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("source", "edit",
-                                                                                        "side_by_side"))
+    assert "Traceback" not in done.stdout + done.stderr  # no import noise of unrelated ComfyUI nodes
+    out = tmp_path / "output"  # ./output of where the command ran
+    source, edit, both = (np.asarray(Image.open(out / f"{name}.png")) for name in ("source", "edit", "side_by_side"))
     assert source.shape == edit.shape == (64, 64, 3) and both.shape == (64, 128, 3)
     assert np.array_equal(both, np.concatenate([source, edit], axis=1))
     assert not np.array_equal(source, edit)
+    assert list(scratch.iterdir()) == []  # the work folder (tiny model included) is gone
 
 
-def test_headless_real_image_edit_writes_the_edit_and_the_reconstruction_check(tmp_path):
+def test_headless_real_image_edit_keeps_the_photo_aspect(tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((61, 72, 3)) * 255).astype(np.uint8)).save(photo)
-    env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "dev" / "headless.py"), "--workflow", str(REPO / "workflows" /
-                                                                              "fpe_real_image_edit.json"),
-         "--image", str(photo), "--steps", "3", "--size", "48", "--out", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=300)
+    done = run_main("--workflow", "fpe_real_image_edit", "--image", photo, "--steps", 3, "--size", 48,
+                    "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FPEDDIMInvert: reconstruction latent RMSE" in done.stdout and "dB" in done.stdout
     edit, both, check = (np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
                          for name in ("real_edit", "real_side_by_side", "reconstruction_check"))
-    assert edit.shape == (48, 48, 3)  # --size resizes the photo
-    assert both.shape == (48, 96, 3) and check.shape[1] == 2 * 48  # photo | edit; input | reconstruction
+    # 72x61 with its short side at 48: 57x48, center-cropped to multiples of 8: 56x48 (not squashed to 48x48).
+    assert edit.shape == (48, 56, 3)
+    assert both.shape == (48, 112, 3) and check.shape[1] == 2 * 56
+
+
+def _text_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("not a model")
+    return path
+
+
+def _lora_file(tmp_path):
+    path = tmp_path / "lora.safetensors"
+    safetensors.torch.save_file({"lora_unet_down_blocks_0.alpha": torch.ones(1)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["--checkpoint", t / "missing.safetensors"], r"--checkpoint .*missing.safetensors: no such file"),
+    (lambda t: ["--checkpoint", _text_file(t, "renamed.safetensors")],
+     r"--checkpoint .*renamed.safetensors: not a safetensors file \(renamed or damaged\?\)"),
+    (lambda t: ["--checkpoint", _text_file(t, "notes.txt")], r"--checkpoint .*notes.txt: not a checkpoint file"),
+    (lambda t: ["--checkpoint", _lora_file(t)], r"--checkpoint .*lora.safetensors: holds no Stable Diffusion UNet"),
+    (lambda t: ["--workflow", "fpe_no_such_edit"], r"--workflow fpe_no_such_edit: no such file, and no shipped "
+                                                    r"workflow of that name \(shipped: fpe_generated_edit, "),
+    (lambda t: ["--out", _text_file(t, "taken")], r"--out .*taken: is a file; give a folder"),
+    (lambda t: ["--out", _text_file(t, "file") / "sub"], r"--out .*file/sub: cannot write there"),
+    (lambda t: ["--steps", 0], r"--steps 0: must be 1 to 10000"),
+    (lambda t: ["--seed", -1], r"--seed -1: must be 0 to 18446744073709551615"),
+    (lambda t: ["--size", 100], r"--size 100: must be a multiple of 8 \(e\.g\. 96 or 104\)"),
+    (lambda t: ["--cfg", "nan"], r"--cfg nan: must be a number from 0 to 100"),
+    (lambda t: ["--image", t / "photo.png"], r"--image: fpe_generated_edit.json edits a generated image"),
+    (lambda t: ["--invert-cfg", 2], r"--invert-cfg: fpe_generated_edit.json has no FPE DDIM Invert"),
+    (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _text_file(t, "photo.png")],
+     r"--image .*photo.png: not an image Pillow can read"),
+])
+def test_user_mistakes_are_one_line_with_the_fix_before_comfyui_starts(tmp_path, make_args, message):
+    done = run_main(*make_args(tmp_path), cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bash run.sh: error: "), done.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert done.stdout == ""  # ComfyUI never started
+
+
+def test_a_failing_prompt_is_one_line_naming_the_node_and_leaves_nothing_behind(tmp_path):
+    workflow = json.loads((REPO / "workflows" / "fpe_generated_edit.json").read_text())
+    inject = next(node for node in workflow["nodes"] if node["type"] == "FPESelfAttnInject")
+    inject["widgets_values"][3] = 1.0  # end past the capture's store_end 0.8
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "edit.json").write_text(json.dumps(workflow))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = run_main("--workflow", "mine/edit.json", "--steps", 2, "--size", 64, cwd=tmp_path, tmpdir=scratch)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and "Exception during processing" not in done.stderr, done.stderr
+    assert [line for line in lines if "error" in line.lower()] == [lines[-1]], done.stderr  # one line, the last
+    assert lines[-1].startswith("bash run.sh: error: edit.json: node 7 (FPESelfAttnInject) failed: FPEError: end "
+                                "1.0 edits steps 0..1 of 2, but FPE Source Capture stored steps 0..0")
+    assert list(scratch.iterdir()) == []
+
+
+def test_help_names_run_sh_and_every_default():
+    done = run_main("--help", timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: bash run.sh")
+    text = " ".join(done.stdout.split())
+    for expected in ("(default: fpe_generated_edit)", "(default: output)", "--invert-cfg", "short side",
+                     "fpe_real_image_edit"):
+        assert expected in text, expected
+
+
+def test_cfg_sets_the_edit_and_invert_cfg_the_inversion(tmp_path, tiny_sd15_ckpt):
+    data = load_workflow(REPO / "workflows" / "fpe_real_image_edit.json")
+    args = main_job.parser("run.sh").parse_args(["--cfg", "5.5", "--invert-cfg", "2", "--seed", "7", "--steps", "9"])
+    job = main_job.Job(HOST.path, REPO / "workflows" / "fpe_real_image_edit.json", data, None, None, tmp_path, args)
+    prompt = to_api(data)
+    main_job.apply_settings(prompt, job, tiny_sd15_ckpt, HOST.workdir / "input")
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["KSamplerAdvanced"]["cfg"] == 5.5 and by_type["FPEDDIMInvert"]["cfg"] == 2.0
+    assert by_type["KSamplerAdvanced"]["steps"] == 9 == by_type["FPEDDIMInvert"]["steps"]
+    assert isinstance(args, argparse.Namespace)

@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import HOST, tiny_checkpoint
-from fpe_harness import tiny_models
 from fpe_harness.attention import explicit_attention, layer_keys, replace_all_attn1, trace_attn1
 from fpe_harness.execute import call_node
+from fpe_headless import tiny_models
 
 SD15_KEYS = (
     [("input", i, 0) for i in (1, 2, 4, 5, 7, 8)]

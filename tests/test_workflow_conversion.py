@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fpe_harness.workflow import WorkflowError, load_workflow, to_api, widget_slots
+from fpe_headless.workflow import WorkflowError, load_workflow, to_api, widget_slots
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -39,8 +39,8 @@ TINY_MODELS_NODE = '''"""Test fixture, not part of the pack: teaches this ComfyU
 import sys
 from pathlib import Path
 
-sys.path.insert(0, {tests_dir!r})
-from fpe_harness import tiny_models  # noqa: E402
+sys.path.append({repo_root!r})  # after ComfyUI's own paths: the pack's root holds a ``nodes`` package
+from fpe_headless import tiny_models  # noqa: E402
 
 tiny_models.register_tiny_model_configs(Path(__file__).parent / "configs")
 NODE_CLASS_MAPPINGS = {{}}
@@ -142,7 +142,7 @@ class ComfyServer:
         install_like_manager(self.comfy_dir / "custom_nodes", log=self.root / "requirements-install.log")
         fixture = self.comfy_dir / "custom_nodes" / "fpe_test_tiny_models"
         fixture.mkdir()
-        (fixture / "__init__.py").write_text(TINY_MODELS_NODE.format(tests_dir=str(REPO_ROOT / "tests")))
+        (fixture / "__init__.py").write_text(TINY_MODELS_NODE.format(repo_root=str(REPO_ROOT)))
         # A returning user's settings: no first-run template browser over the canvas.
         (self.comfy_dir / "user" / "default" / "comfy.settings.json").write_text(
             json.dumps({"Comfy.TutorialCompleted": True}))

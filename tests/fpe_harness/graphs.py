@@ -102,3 +102,30 @@ def toy_model(model, eps_of):
     toy = model.clone()
     toy.set_model_unet_function_wrapper(wrapper)
     return toy
+
+
+def stored_at(source, kind, step, occurrence=0, entry=0):
+    """The stored layer inputs of ``source`` for one chunk kind (0 cond, 1 uncond), conditioning entry
+    and schedule step (None if nothing was stored there); host-independent key lookup."""
+    for key, layer_map in source.entries.items():
+        if (key.kind, key.sigma, key.occurrence, key.entry[1], key.entry[2]) == (kind, ("s", step), occurrence,
+                                                                                 entry, 0):
+            return layer_map
+    return None
+
+
+def capture_with(model, clip, positive, latent_image, *, steps=6, cfg=7.5, sampler="euler", seed=42, **store):
+    """FPE Source Capture with a ready CONDITIONING as the source prompt (e.g. a combined one)."""
+    settings = {"store_layers": "official", "store_custom_layers": "in4", "store_end": 0.8, "store_rows": "cond",
+                "storage": "auto", "precision": "exact", **store}
+    return call_node("FPESourceCapture", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
+                     scheduler="normal", positive=positive, negative=encode(clip, ""), latent_image=latent_image,
+                     denoise=1.0, **settings)
+
+
+def ksampler_with(model, source, clip, positive, latent_image, *, steps=6, cfg=7.5, sampler="euler", seed=42,
+                  **inject_settings):
+    """The target side with a ready CONDITIONING: FPE Self-Attn Inject, then KSampler; the latent's samples."""
+    return call_node("KSampler", model=inject(model, source, **inject_settings), seed=seed, steps=steps, cfg=cfg,
+                     sampler_name=sampler, scheduler="normal", positive=positive, negative=encode(clip, ""),
+                     latent_image=latent_image, denoise=1.0)[0]["samples"]

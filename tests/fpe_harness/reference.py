@@ -42,10 +42,23 @@ def stack_conditioning(first, second):
     return [[torch.cat([c1, c2]), extra]]
 
 
+def _stacked_entries(clip, source, target):
+    sources = [source] if isinstance(source, str) else list(source)
+    targets = [target] if isinstance(target, str) else list(target)
+    assert len(sources) == len(targets)
+    return [entry for s, t in zip(sources, targets, strict=True)
+            for entry in stack_conditioning(encode(clip, s), encode(clip, t))]
+
+
 def official_batch_edit(model, clip, *, source, target, negative="", width, height, seed, steps, cfg,
                         sampler="euler", scheduler="normal", start=0.0, end=0.8, edit_uncond=False,
                         max_tokens=OFFICIAL_MAX_TOKENS):
-    """Sample [source, target] as the official notebook does; returns the [2, C, H, W] latent."""
+    """Sample [source, target] as the official notebook does; returns the [2, C, H, W] latent.
+
+    ``source`` and ``target`` may be lists of prompts: a combined conditioning (one entry per prompt,
+    as Conditioning (Combine) makes), where every entry is its own [source_i, target_i] chunk and the
+    target row takes the source row's maps entry by entry.
+    """
     first, stop = int(steps * start), int(steps * end)
     state = {"calls": 0}
     keys = layer_keys(trace_attn1(model, lambda m: call_node(
@@ -82,7 +95,7 @@ def official_batch_edit(model, clip, *, source, target, negative="", width, heig
     patched.set_model_unet_function_wrapper(counting_wrapper)
     latent = {"samples": torch.zeros(2, 4, height // 8, width // 8), "batch_index": [0, 0]}
     out = call_node("KSampler", model=patched, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                    scheduler=scheduler, positive=stack_conditioning(encode(clip, source), encode(clip, target)),
+                    scheduler=scheduler, positive=_stacked_entries(clip, source, target),
                     negative=encode(clip, negative), latent_image=latent, denoise=1.0)[0]["samples"]
     assert state["calls"] == steps, f"expected one UNet call per step, got {state['calls']} for {steps} steps"
     return out

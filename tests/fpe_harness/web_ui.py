@@ -198,6 +198,12 @@ class WebUI:
             body = response.text()
         return {"status": response.status, "body": body}
 
+    def wait_for_text(self, text: str, timeout_s: float) -> str:
+        """Wait until the page shows ``text`` somewhere (e.g. in a toast); return the element's whole text."""
+        shown = self.page.get_by_text(text, exact=False).first
+        shown.wait_for(state="visible", timeout=timeout_s * 1000)
+        return shown.inner_text()
+
     def wait_for_images(self, node_ids: list[int], timeout_s: float) -> None:
         self.page.wait_for_function(_NODES_SHOW_IMAGES, arg=node_ids, timeout=timeout_s * 1000)
 

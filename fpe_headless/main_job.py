@@ -1,0 +1,396 @@
+"""The README's main job: an FPE edit through ComfyUI's real executor, headless (``bash run.sh``).
+
+It runs a shipped workflow (or any UI-format workflow file) with the user's checkpoint and writes the
+images its Save nodes make. Every user mistake is caught before ComfyUI starts and reported in one
+line with the fix; a prompt that fails says which node and why, in one line. Without a checkpoint it
+runs a smoke demo on a tiny random model: the plumbing is real, the pictures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .host import PACK_ROOT, find_comfyui, is_comfyui
+
+WORKFLOWS = PACK_ROOT / "workflows"
+DEFAULT_WORKFLOW = "fpe_generated_edit"
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check"}  # output nodes without a filename_prefix
+TINY_STEPS, TINY_SIZE = 8, 256
+MAX_STEPS, MAX_SEED = 10000, 0xFFFFFFFFFFFFFFFF
+CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+SAMPLER_NODES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
+SEED_INPUTS = ("seed", "noise_seed")
+
+
+class UserError(Exception):
+    """A mistake in the command line or its files: one line, with the fix."""
+
+
+def shipped_workflows() -> list[str]:
+    return sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Free-Prompt-Editing headless: runs an FPE workflow through ComfyUI's real executor and "
+                    "writes its images. Without --checkpoint: a smoke demo on a tiny random model "
+                    f"({TINY_STEPS} steps, {TINY_SIZE} px; its pictures are meaningless).",
+        epilog=f"Shipped workflows: {', '.join(shipped_workflows())}. Nothing is downloaded: the checkpoint is yours.")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE",
+                   help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the tiny demo model")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME_OR_FILE",
+                   help="a shipped workflow's name, or a UI-format workflow .json (path from where you stand)")
+    p.add_argument("--image", type=Path, metavar="PHOTO",
+                   help="the photo a real-image workflow edits; default: the workflow's own (the shipped drawing)")
+    p.add_argument("--source-prompt", metavar="TEXT", help="what the image shows; default: the workflow's")
+    p.add_argument("--target-prompt", metavar="TEXT", help="the edit; default: the workflow's")
+    p.add_argument("--negative", metavar="TEXT", help="negative prompt of both sides; default: the workflow's")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of both sides; default: the workflow's (42)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"steps of both sides; default: the workflow's (50), {TINY_STEPS} for the tiny demo")
+    p.add_argument("--cfg", type=float, metavar="X",
+                   help="guidance of the edit (and of a generated source); default: the workflow's (7.5)")
+    p.add_argument("--invert-cfg", type=float, metavar="X",
+                   help="guidance of FPE DDIM Invert (real-image workflows); default: the workflow's (1.0)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="generated images: width and height; real photos: the short side (aspect kept, then a "
+                        f"center crop to multiples of 8); default: the workflow's (512) or the photo's own, "
+                        f"{TINY_SIZE} for the tiny demo")
+    p.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
+                   help="where the images go (created if missing)")
+    p.add_argument("--comfyui", type=Path, metavar="DIR",
+                   help="the ComfyUI to run; default: COMFYUI_PATH, or the ComfyUI this pack is installed in")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
+    return p
+
+
+@dataclass
+class Job:
+    comfyui: Path
+    workflow: Path
+    workflow_data: dict
+    checkpoint: Path | None
+    image: Path | None
+    out: Path
+    args: argparse.Namespace
+
+    @property
+    def real(self) -> bool:
+        return any(node.get("type") == "LoadImage" for node in self.workflow_data.get("nodes", []))
+
+
+# --- checks made before ComfyUI starts --------------------------------------------------------
+
+
+def resolve_workflow(text: str) -> Path:
+    given = Path(text).expanduser()
+    if given.is_file():
+        return given.resolve()
+    name = given.name[:-5] if given.name.endswith(".json") else given.name
+    if given.parent == Path(".") and (WORKFLOWS / f"{name}.json").is_file():
+        return WORKFLOWS / f"{name}.json"
+    raise UserError(f"--workflow {text}: no such file, and no shipped workflow of that name "
+                    f"(shipped: {', '.join(shipped_workflows())})")
+
+
+def load_workflow_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--workflow {path}: not a readable workflow JSON ({exc})") from None
+    if not isinstance(data, dict) or "nodes" not in data or "links" not in data:
+        raise UserError(f"--workflow {path}: not a UI-format workflow (no 'nodes'/'links'; save it with the "
+                        "ComfyUI page's Save, not Export (API))")
+    return data
+
+
+def check_checkpoint(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"--checkpoint {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path}: is a folder; give the checkpoint file in it")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"--checkpoint {path}: not a checkpoint file (expected {', '.join(CHECKPOINT_SUFFIXES)})")
+    if suffix in (".safetensors", ".sft"):
+        keys = safetensors_keys(path)
+        if keys is None:
+            raise UserError(f"--checkpoint {path}: not a safetensors file (renamed or damaged?); give the "
+                            "checkpoint as downloaded")
+        if not any(key.startswith("model.diffusion_model.input_blocks.") for key in keys):
+            what = ("a UNet-only file (load those with Load Diffusion Model in ComfyUI)"
+                    if any(key.startswith("input_blocks.") for key in keys) else
+                    "no Stable Diffusion UNet (a LoRA, VAE, text encoder, or a DiT model such as Flux/SD3?)")
+            raise UserError(f"--checkpoint {path}: holds {what}; FPE needs a full SD1.x/SD2.x/SDXL checkpoint "
+                            "(UNet, text encoder and VAE in one file)")
+    return path.resolve()
+
+
+def safetensors_keys(path: Path) -> list[str] | None:
+    """The tensor names in a safetensors file's header, or None if it is not one."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                return None
+            (length,) = struct.unpack("<Q", raw)
+            if not 2 <= length <= 100_000_000 or length > path.stat().st_size - 8:
+                return None
+            header = json.loads(fh.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else None
+
+
+def check_out(path: Path) -> Path:
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path}: is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".fpe-write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot write there ({exc.strerror or exc}); choose another folder") from None
+    return path.resolve()
+
+
+def check_image(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"--image {path}: no such file")
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()
+    except Exception:
+        raise UserError(f"--image {path}: not an image Pillow can read (PNG, JPEG, WebP...)") from None
+    return path.resolve()
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise UserError(f"--steps {args.steps}: must be 1 to {MAX_STEPS} (the official setting is 50)")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed {args.seed}: must be 0 to {MAX_SEED} (ComfyUI's seed range)")
+    for flag, value in (("--cfg", args.cfg), ("--invert-cfg", args.invert_cfg)):
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 100.0):
+            raise UserError(f"{flag} {value}: must be a number from 0 to 100")
+    if args.size is not None:
+        if args.size % 8:
+            low = max(8, args.size - args.size % 8)
+            raise UserError(f"--size {args.size}: must be a multiple of 8 (e.g. {low} or {low + 8})")
+        if not 16 <= args.size <= 8192:
+            raise UserError(f"--size {args.size}: must be 16 to 8192 pixels")
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Every check that needs no ComfyUI: files, folders, numbers, and which ComfyUI to run."""
+    check_numbers(args)
+    workflow = resolve_workflow(args.workflow)
+    data = load_workflow_file(workflow)
+    checkpoint = check_checkpoint(args.checkpoint) if args.checkpoint else None
+    comfyui = find_comfyui(str(args.comfyui) if args.comfyui else None)
+    if comfyui is None:
+        raise UserError("no ComfyUI to run: start this through `bash run.sh` (it provides one), pass --comfyui, "
+                        "or set COMFYUI_PATH")
+    if not is_comfyui(comfyui):
+        raise UserError(f"--comfyui {comfyui}: not a ComfyUI folder (no nodes.py and comfy/ there)")
+    job = Job(comfyui, workflow, data, checkpoint, None, check_out(args.out), args)
+    if args.image is not None:
+        if not job.real:
+            raise UserError(f"--image: {workflow.name} edits a generated image and loads no photo; use it with a "
+                            "real-image workflow (e.g. --workflow fpe_real_image_edit)")
+        job.image = check_image(args.image)
+    if args.invert_cfg is not None and not job.real:
+        raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows")
+    return job
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path) -> None:
+    """Put the command line's settings into the prompt, each only where it belongs."""
+    args = job.args
+    texts = prompt_roles(prompt)
+    for role, value in (("source", args.source_prompt), ("target", args.target_prompt), ("negative", args.negative)):
+        for node_id in texts.get(role, ()):
+            if value is not None:
+                prompt[node_id]["inputs"]["text"] = value
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+
+        def put(name, value, inputs=inputs):
+            if value is not None and name in inputs and not isinstance(inputs[name], list):  # not a link
+                inputs[name] = value
+
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = checkpoint_name
+        for name in SEED_INPUTS:
+            put(name, args.seed)
+        put("steps", args.steps)
+        if kind in SAMPLER_NODES or kind == "FPESourceCapture":
+            put("cfg", args.cfg)
+        if kind == "FPEDDIMInvert":
+            put("cfg", args.invert_cfg)
+        if kind == "EmptyLatentImage":
+            put("width", args.size)
+            put("height", args.size)
+        if kind == "LoadImage":
+            photo = job.image or input_dir / inputs["image"]
+            inputs["image"] = sized_photo(photo, input_dir, args.size)
+
+
+def sized_photo(photo: Path, input_dir: Path, size: int | None) -> str:
+    """A copy of ``photo`` in ComfyUI's input folder, its short side ``size`` (aspect kept, center crop
+    to multiples of 8), or as it is without ``size``."""
+    from PIL import Image, ImageOps
+
+    name = f"fpe_photo_{size or 'orig'}_{photo.stem}.png"
+    with Image.open(photo) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    if size:
+        scale = size / min(image.size)
+        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((width, height), Image.LANCZOS)
+        crop_w, crop_h = width - width % 8, height - height % 8
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+    image.save(input_dir / name)
+    return name
+
+
+def prompt_roles(prompt: dict) -> dict[str, list[str]]:
+    """Which CLIPTextEncode nodes are the source, target and negative prompts, read from the links."""
+    roles: dict[str, list[str]] = {}
+
+    def text_node(link):
+        if isinstance(link, list) and prompt.get(link[0], {}).get("class_type") == "CLIPTextEncode":
+            return link[0]
+        return None
+
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert"):
+            role = "source"
+        elif node["class_type"] in SAMPLER_NODES:
+            role = "target"
+        else:
+            continue
+        for key, name in (("positive", role), ("negative", "negative")):
+            found = text_node(inputs.get(key))
+            if found and found not in roles.setdefault(name, []):
+                roles[name].append(found)
+    return roles
+
+
+class _ExecutorErrors(logging.Filter):
+    """ComfyUI's executor logs a failing node's traceback (and validation failures) itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and Path(record.pathname).name == "execution.py")
+
+
+@contextlib.contextmanager
+def _executor_errors_hidden():
+    hidden = _ExecutorErrors()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(hidden)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hidden)
+
+
+def run(job: Job, say=print) -> list[Path]:
+    """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
+    import torch
+
+    from . import tiny_models
+    from .executor import Executor, PromptFailed
+    from .host import boot
+    from .workflow import WorkflowError, to_api
+
+    workdir = Path(tempfile.mkdtemp(prefix="fpe-run-"))
+    try:
+        cpu = job.args.cpu or not torch.cuda.is_available()
+        host = boot(job.comfyui, workdir, cpu=cpu, quiet=True)
+        if host.failed_extras:
+            say(f"(ComfyUI could not import {len(host.failed_extras)} of its own extra node modules, e.g. audio "
+                "nodes without torchaudio; this workflow does not use them)")
+        if job.checkpoint is not None:
+            (workdir / "models" / "checkpoints" / job.checkpoint.name).symlink_to(job.checkpoint)
+            checkpoint_name = job.checkpoint.name
+        else:
+            say("No --checkpoint given: put an SD1.5 checkpoint anywhere and pass its path, e.g.\n"
+                "  bash run.sh --checkpoint ~/ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors\n"
+                "Running a smoke demo on a tiny randomly initialised model instead: "
+                "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
+            tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
+            tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny_sd15.safetensors")
+            checkpoint_name = "tiny_sd15.safetensors"
+            job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
+            job.args.size = job.args.size or TINY_SIZE
+        for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures
+            shutil.copy2(image, workdir / "input" / image.name)
+        try:
+            prompt = to_api(job.workflow_data)
+        except WorkflowError as exc:
+            raise UserError(f"--workflow {job.workflow.name}: {exc}") from None
+        apply_settings(prompt, job, checkpoint_name, workdir / "input")
+        try:
+            with _executor_errors_hidden():  # a failure is reported below, in one line
+                result = Executor().run(prompt)
+        except PromptFailed as exc:
+            raise UserError(f"{job.workflow.name}: {exc}") from None
+        written = []
+        for node_id, outputs in result.outputs.items():
+            node = prompt[node_id]
+            images = outputs.get("images", [])
+            name = Path(str(node["inputs"].get("filename_prefix", PREVIEW_NAMES.get(node["class_type"], "image")))).name
+            for i, image in enumerate(images):
+                src = host.workdir / image["type"] / image["subfolder"] / image["filename"]
+                dst = job.out / (f"{name}.png" if len(images) == 1 else f"{name}_{i}.png")
+                shutil.copy2(src, dst)
+                written.append(dst)
+            for text in outputs.get("text", []):
+                say(f"{node['class_type']}: {text}")
+        for warning in result.events("free-prompt-editing.warning"):
+            say(f"warning: {warning.get('summary')}: {warning.get('detail')}")
+        say(f"{host.label} ran {len(result.executed)} nodes of {job.workflow.name}; wrote:")
+        for path in sorted(written):
+            say(f"  {path}")
+        return written
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    prog = os.environ.get("FPE_PROG", "python -m fpe_headless")
+    args = parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.simplefilter("ignore", FutureWarning)  # libraries' notices about their own future APIs
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        job = prepare(args)
+        run(job)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
