@@ -160,6 +160,34 @@ def capture_bytes_512(model, conds, call_node, dtype_label):
     return source.bytes_per_step() / 2**20, len(source.stored_layers)
 
 
+def refusal(model, conds, call_node, free_ram=16 * 10**9):
+    """An absurd capture (10000 euler steps at 512 px, fp16) against a machine with ``free_ram`` bytes free:
+    the planned size, the message, and how long the node takes to refuse (no step may run)."""
+    import time
+
+    import torch
+
+    from fpe_harness.host import pack_submodule
+
+    memory = pack_submodule("fpe_attention.memory")
+    errors = pack_submodule("fpe_attention.errors")
+    real_free_ram = memory.free_ram
+    memory.free_ram = lambda: free_ram
+    src, _, _, neg = conds
+    t0 = time.perf_counter()
+    try:
+        call_node("FPESourceCapture", model=model, seed=1, steps=10000, cfg=7.5, sampler_name="euler",
+                  scheduler="normal", positive=src, negative=neg,
+                  latent_image={"samples": torch.zeros(1, 4, 64, 64)}, denoise=1.0, store_layers="official",
+                  store_custom_layers="", store_end=0.8, store_rows="cond", storage="cpu", precision="fp16")
+        message = "not refused"
+    except errors.FPEError as exc:
+        message = str(exc)
+    finally:
+        memory.free_ram = real_free_ram
+    return time.perf_counter() - t0, message
+
+
 def schedule_closeness(model, conds, call_node, steps=50, side=128):
     """How far ComfyUI's ddim_uniform lands from the official DDIM timesteps: source and edit latents."""
     import torch
@@ -198,6 +226,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu", action="store_true", help="GPU run: full SD1.5 UNet, 512 px, 50 steps")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (fastest per kind)")
+    parser.add_argument("--memory-only", action="store_true", help="only the capture sizes and the refusal")
     args = parser.parse_args(argv)
     host_path = os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH")
     if not host_path:
@@ -215,6 +244,8 @@ def main(argv=None) -> int:
     from fpe_harness.execute import call_node
 
     rows, real_rows = [], []
+    if args.memory_only:
+        return memory_report(host, call_node)
     if not args.gpu:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -234,7 +265,7 @@ def main(argv=None) -> int:
                             repeats=args.repeats, call_node=call_node))
     real_rows.append(bench_real("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
                                 repeats=args.repeats, call_node=call_node))
-    print(f"\nComfyUI {host.kind} ({host.version}), torch {torch.__version__}, "
+    print(f"\n{host.label}, torch {torch.__version__}, "
           f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
     _table(rows, ["model", "size/steps", "plain s", "capture s", "inject+target s", "capture+target", "re-edit",
                   "capture MiB/step", "plain spread"])
@@ -244,8 +275,23 @@ def main(argv=None) -> int:
                        "invert+check+edit", "re-edit", "plain spread"])
     if not args.gpu:
         print(f"official DDIM schedule vs ddim_uniform: {closeness}")
+    memory_report(host, call_node, unet, big_conds)
+    return 0
+
+
+def memory_report(host, call_node, unet=None, conds=None) -> int:
+    """Capture sizes at 512 px, and how fast an absurd capture is refused."""
+    import torch
+
+    if unet is None:
+        gen = torch.Generator().manual_seed(0)
+        conds = [[[torch.randn(1, 77, 768, generator=gen), {}]] for _ in range(4)]
+        unet = full_sd15_unet()
+    seconds, message = refusal(unet, conds, call_node)
+    print(f"absurd capture (SD1.5 UNet, 512 px, 10000 euler steps, fp16, 16 GB RAM free): refused in "
+          f"{seconds:.2f} s: {message[:170]}")
     for precision in ("exact", "fp16"):
-        mib, n_layers = capture_bytes_512(unet, big_conds, call_node, precision)
+        mib, n_layers = capture_bytes_512(unet, conds, call_node, precision)
         print(f"capture at 512 px, official layers ({n_layers}), precision {precision}: {mib:.2f} MiB per step")
     return 0
 

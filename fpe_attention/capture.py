@@ -47,7 +47,7 @@ class CaptureRecorder(Shared):
         self.source = source
         self.device = device
         self.dtype = dtype
-        self.clock = EvaluationClock(source.schedule)
+        self.clock = EvaluationClock(source.schedule, top_evaluations=None)  # one run: the capture's
         self._logged = None
 
     def __call__(self, n, context, value, extra_options):
@@ -98,11 +98,16 @@ def attach_recorder(model, recorder: CaptureRecorder):
     return patched
 
 
-def conditioning_rows(positive, negative, cfg: float, kinds) -> int:
-    """UNet rows per latent image a stored evaluation keeps: one per stored conditioning entry."""
-    rows = len(positive or []) if COND in kinds else 0
-    if UNCOND in kinds and not math.isclose(cfg, 1.0):  # ComfyUI skips the uncond rows at cfg 1
+def conditioning_rows(model, positive, negative, cfg: float, kinds) -> int:
+    """UNet rows per latent image a stored evaluation keeps: one per stored conditioning entry, and a
+    bound for guidance nodes (SAG, PAG, ...) whose post-CFG functions run the model once more."""
+    options = getattr(model, "model_options", {}) or {}
+    entries = len(positive or [])
+    rows = entries if COND in kinds else 0
+    # ComfyUI skips the uncond rows at cfg 1, unless a patch asks it not to.
+    if UNCOND in kinds and (not math.isclose(cfg, 1.0) or options.get("disable_cfg1_optimization")):
         rows += len(negative or [])
+    rows += len(options.get("sampler_post_cfg_function", [])) * max(entries, len(negative or []))
     return max(rows, 1)
 
 
@@ -160,11 +165,14 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
                    latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
                    settings: CaptureSettings) -> tuple[dict, FPESource]:
     """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+    if sampler_name == "dpm_adaptive":
+        raise FPEError("sampler_name: dpm_adaptive picks its own steps from the model's output, so a target with "
+                       "another prompt never evaluates where the source did: choose another sampler (e.g. dpmpp_2m)")
     window = step_window(int(sigmas.shape[0]) - 1, 0.0, settings.store_end)
     evaluations = stored_evaluations(sampler_name, sigmas, window, model)
     source, recorder = new_source(model, samples=latent["samples"], sigmas=sigmas, schedule_origin=schedule_origin,
                                   cfg=cfg, settings=settings, evaluations=evaluations,
-                                  rows=conditioning_rows(positive, negative, cfg, ROWS[settings.rows]))
+                                  rows=conditioning_rows(model, positive, negative, cfg, ROWS[settings.rows]))
     out, _ = sample_over_sigmas(attach_recorder(model, recorder), seed=seed, cfg=cfg, sampler_name=sampler_name,
                                 scheduler=scheduler, positive=positive, negative=negative, latent=latent,
                                 sigmas=sigmas, denoise=denoise)

@@ -15,6 +15,7 @@ entry's index, which makes the pairing independent of how ComfyUI batches the ch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ROLES = ("positive", "negative")
@@ -44,6 +45,9 @@ class EntryShape:
 class Structure:
     positive: tuple[EntryShape, ...]
     negative: tuple[EntryShape, ...] | None  # None: the run had no negative (a guider without one)
+    # Which entries (positive, then negative) ComfyUI may run in one batch: that decides the order in
+    # which it runs them, which is what pairs entries on a host that gives them no ids.
+    batching: tuple[tuple[bool, ...], ...] = ()
 
     def describe(self) -> str:
         text = _count(self.positive, "positive")
@@ -55,6 +59,11 @@ class Structure:
         if self.positive != other.positive:
             return False
         return self.negative is None or other.negative is None or self.negative == other.negative
+
+    def runs_in_the_same_order(self, other: Structure) -> bool:
+        """Whether ComfyUI runs both sides' entries in the same order (only matters with several entries)."""
+        several = len(self.positive) > 1 or len(self.negative or ()) > 1
+        return not several or not self.batching or not other.batching or self.batching == other.batching
 
 
 def _count(entries, role: str) -> str:
@@ -92,22 +101,46 @@ def _entry_dict(entry):
 
 
 def structure_of(positive, negative, latent_hw: tuple[int, int]) -> Structure:
-    """The structure of a run's positive and negative conditioning (raw or the sampler's entries)."""
+    """The structure of a run's positive and negative conditioning (the sampler's entries)."""
     pos = tuple(entry_shape(_entry_dict(e), latent_hw) for e in (positive or []))
     neg = None if negative is None else tuple(entry_shape(_entry_dict(e), latent_hw) for e in negative)
-    return Structure(pos, neg)
+    entries = [_entry_dict(e) for e in list(positive or []) + list(negative or [])]
+    shapes = pos + (neg or ())
+    batching = tuple(tuple(_batch_together(a, b, sa, sb) for b, sb in zip(entries, shapes, strict=True))
+                     for a, sa in zip(entries, shapes, strict=True))
+    return Structure(pos, neg, batching)
+
+
+def _tokens(entry: dict) -> int | None:
+    cond = getattr((entry.get("model_conds") or {}).get("c_crossattn"), "cond", None)
+    return int(cond.shape[1]) if cond is not None and cond.ndim == 3 else None
+
+
+def _batch_together(a: dict, b: dict, shape_a: EntryShape, shape_b: EntryShape) -> bool:
+    """ComfyUI's rule for running two entries in one UNet call: same area, the same ControlNet object
+    (or none), no GLIGEN, prompt lengths whose least common multiple is at most 4x the shorter."""
+    if shape_a.area != shape_b.area or a.get("control") is not b.get("control") or "gligen" in a or "gligen" in b:
+        return False
+    ta, tb = _tokens(a), _tokens(b)
+    return ta is None or tb is None or ta == tb or math.lcm(ta, tb) // min(ta, tb) <= 4
+
+
+ROLE_KINDS = {"positive": 0, "negative": 1}  # the cond_or_uncond values of CFG's two lists
 
 
 def entry_ids(conds: dict | None) -> dict | None:
-    """Current ComfyUI: entry id -> index of the entry in its list (positive or negative)."""
+    """Current ComfyUI: entry id -> (kind, index of the entry in its list). The kind comes from the
+    entry's role, so a guider that lists its conds in another order (DualCFGGuider) pairs by role."""
     if not conds:
         return None
     ids = {}
+    others = [role for role in conds if role not in ROLE_KINDS]
     for role in conds:
+        kind = ROLE_KINDS.get(role, 2 + others.index(role) if role in others else 2)
         for index, entry in enumerate(conds[role] or []):
             uid = entry.get("uuid") if isinstance(entry, dict) else None
             if uid is not None:
-                ids.setdefault(uid, index)
+                ids.setdefault(uid, (kind, index))
     return ids or None
 
 

@@ -51,7 +51,7 @@ SigmaKey = tuple  # ("s", schedule position i) or ("m", i): strictly between pos
 
 
 class EvalKey(NamedTuple):
-    kind: int  # the cond_or_uncond value: 0 positive, 1 negative
+    kind: int  # 0 positive, 1 negative (the entry's role where the host tells it, else cond_or_uncond)
     entry: tuple  # ("entry", index, repeat) from the host's entry ids, or ("order", n, 0): n-th chunk of the kind
     sigma: SigmaKey | None
     occurrence: int
@@ -79,10 +79,11 @@ class EvaluationClock:
     """Numbers the model evaluations of sampling runs; one instance per patched model.
 
     ``top_evaluations``: how many evaluations a run makes at the schedule's first sigma (1 for every
-    ComfyUI sampler); one more there means a new run began.
+    ComfyUI sampler, 2 where a schedule repeats its first sigma); one more there means a new run began.
+    ``None``: the clock serves one run only (the capture's), nothing there starts another.
     """
 
-    def __init__(self, schedule: list[float], top_evaluations: int = 1):
+    def __init__(self, schedule: list[float], top_evaluations: int | None = 1):
         self.schedule = [float(s) for s in schedule]
         self.index = ScheduleIndex(self.schedule)
         self.top_evaluations = top_evaluations
@@ -164,7 +165,10 @@ class EvaluationClock:
         uuids = extra_options.get("uuids") if self._entries is not None else None
         chunks = []
         for j, kind in enumerate(kinds):
-            index = self._entries.get(uuids[j]) if uuids is not None and j < len(uuids) else None
+            known = self._entries.get(uuids[j]) if uuids is not None and j < len(uuids) else None
+            index = None
+            if known is not None:  # the entry's own role and index (current ComfyUI)
+                kind, index = known
             order = self._seen_kind[kind]
             self._seen_kind[kind] += 1
             ident = ("entry", index) if index is not None else ("order", order)
@@ -181,7 +185,8 @@ class EvaluationClock:
     def _begin_evaluation(self, sigma_tensor, skey) -> None:
         if self._announced:
             run_start = True
-        elif skey == ("s", 0) and self._counts.get(skey, 0) >= self.top_evaluations:
+        elif (skey == ("s", 0) and self.top_evaluations is not None
+              and self._counts.get(skey, 0) >= self.top_evaluations):
             run_start = True  # the schedule's first sigma once more: a new run
         else:
             run_start = not self._open  # nothing open: a run begins here, wherever that is

@@ -55,6 +55,7 @@ class InjectPatch(Shared):
         self._next_run: RunState | None = None  # prepared by the run hook for the run it announces
         self._pending: list[tuple[str, str, str]] = []  # warnings of the evaluation in progress
         self._warned_context = False
+        self.by_order = True  # entries pair in ComfyUI's order, unless a run hook gives their ids
 
     # --- run hooks ---------------------------------------------------------------------------
 
@@ -73,6 +74,7 @@ class InjectPatch(Shared):
             self._close()
             raise
         self.clock.begin_run(entry_ids(getattr(guider, "conds", None)))
+        self._pending = []
         self._next_run = RunState(structure_checked=lists is not None)
 
     def end_evaluation(self, args):
@@ -81,7 +83,10 @@ class InjectPatch(Shared):
             return args["denoised"]  # no UNet call of this evaluation reached the patch
         try:
             call = self.clock.current
-            if self.clock.end_evaluation(args.get("cond")):  # a run that began mid-schedule, unannounced
+            if self.clock.end_evaluation(args.get("cond")):  # a new run the clock took for the last one's continuation
+                if call.step == 0:  # it did start at the schedule's first sigma, after an interrupted run
+                    raise FPEError("FPE Self-Attn Inject lost track of the runs after an interrupted one (this "
+                                   "schedule repeats its first sigma): queue the prompt again")
                 self._reject_start(call)
             if self.clock.evaluation_run_start:
                 self._first_evaluation_checks(args)
@@ -99,7 +104,8 @@ class InjectPatch(Shared):
     def _first_evaluation_checks(self, args) -> None:
         source = self.source
         if not self._run.structure_checked:  # hosts without a run hook see the run's conditioning here
-            source.check_structure(structure_of(args.get("cond"), args.get("uncond"), latent_hw(source.latent_shape)))
+            source.check_structure(structure_of(args.get("cond"), args.get("uncond"), latent_hw(source.latent_shape)),
+                                   by_order=self.by_order)
             self._run.structure_checked = True
         if not source.inverted and not source.same_start(args["input"]):  # real sources: the DDIM guard's job
             self._defer("start", "the target starts from other noise than the source",
@@ -123,9 +129,11 @@ class InjectPatch(Shared):
         call = self.clock.locate(extra_options, n.shape[0])
         if call is not self._checked:  # once per UNet call: check what the host let us see
             if call.new_evaluation:
-                self._flush()
-                if call.run_start:
+                if call.run_start:  # an earlier run's unfinished evaluation warns nothing
+                    self._pending = []
                     self._run, self._next_run = self._next_run or RunState(), None
+                else:
+                    self._flush()  # the last evaluation's end was not reported (a guider without post-CFG)
             self._check_call(call, extra_options)
             self._checked = call
         first, stop = self.window
@@ -276,6 +284,7 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
     announced = add_run_hook(patched, patch.begin_run)
+    patch.by_order = not announced
     add_evaluation_end(patched, patch.end_evaluation)
     if source.inverted:  # a real image: the target must sample its inverted latent back with DDIM
         if not announced:  # no run hook to see a noise mask before sampling: catch it at its first use

@@ -171,7 +171,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     first, stop = step_window(int(sigmas.shape[0]) - 1, 0.0, settings.store_end)
     source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
                                   settings=settings, maker="FPE DDIM Invert", evaluations=stop - first,
-                                  rows=conditioning_rows(positive, negative, record_cfg, kinds))
+                                  rows=conditioning_rows(model, positive, negative, record_cfg, kinds))
     if negative is None:
         negative = positive
     elif not math.isclose(cfg, 1.0) and not same_conditioning(positive, negative):

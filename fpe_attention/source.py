@@ -183,9 +183,21 @@ class FPESource:
                 f"batch sizes do not pair: the target latent has {batch} images, the source {self.batch}. Use a source "
                 f"batch of 1 (shared by every target) or equal batch sizes (paired image by image)")
 
-    def check_structure(self, target: Structure) -> None:
-        """Raise unless the target's conditioning entries pair one by one with the source's."""
-        if self.structure is None or self.structure.pairs_with(target):
+    def check_structure(self, target: Structure, by_order: bool = False) -> None:
+        """Raise unless the target's conditioning entries pair one by one with the source's.
+
+        ``by_order``: the host gives entries no ids (ComfyUI of early 2024), so entries pair in the order
+        ComfyUI runs them, which must then be the same on both sides."""
+        if self.structure is None:
+            return
+        if by_order and self.structure.pairs_with(target) and not self.structure.runs_in_the_same_order(target):
+            raise FPEError(
+                "the target's conditioning entries would run in another order than the source's, so they would "
+                "not pair: this ComfyUI gives entries no ids and FPE pairs them in the order it runs them, which "
+                "follows which entries can share a batch (the same ControlNet, prompts of similar length). Give "
+                "every entry the same ControlNet setup on both sides and keep each prompt's length close to its "
+                "twin's, or use a current ComfyUI, which pairs entries by id")
+        if self.structure.pairs_with(target):
             return
         raise FPEError(
             f"the target's conditioning does not pair with the source's entry by entry: the target sampler has "

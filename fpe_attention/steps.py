@@ -56,11 +56,14 @@ class ScheduleIndex:
         return None
 
     def step(self, sigma: float) -> int | None:
-        """Index i of the step whose interval [values[i], values[i+1]) holds ``sigma`` (None: outside)."""
+        """Index i of the step whose interval [values[i], values[i+1]) holds ``sigma`` (None: outside).
+
+        A sigma strictly inside an interval belongs to it even when it lies within the tolerance of the
+        interval's lower end (an intermediate evaluation of step i, e.g. dpm_2_ancestral's)."""
         if len(self.values) < 2:
             return None
-        i = self._equal(sigma, len(self.values) - 1)
-        return i if i is not None else self._between(sigma)
+        i = self._between(sigma)
+        return i if i is not None else self._equal(sigma, len(self.values) - 1)
 
     def key(self, sigma: float) -> tuple | None:
         """("s", i) at schedule position i, ("m", i) strictly between positions i and i + 1, else None."""

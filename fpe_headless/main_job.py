@@ -175,7 +175,7 @@ def check_image(path: Path) -> Path:
         from PIL import Image
 
         with Image.open(path) as image:
-            image.verify()
+            image.load()  # decodes it all: a truncated download fails here, not inside ComfyUI
     except Exception:
         raise UserError(f"--image {path}: not an image Pillow can read (PNG, JPEG, WebP...)") from None
     return path.resolve()
@@ -215,6 +215,13 @@ def prepare(args: argparse.Namespace) -> Job:
             raise UserError(f"--image: {workflow.name} edits a generated image and loads no photo; use it with a "
                             "real-image workflow (e.g. --workflow fpe_real_image_edit)")
         job.image = check_image(args.image)
+    elif job.real:
+        shipped = {p.name for p in WORKFLOWS.glob("*.png")}
+        for node in data["nodes"]:
+            wanted = (node.get("widgets_values") or [None])[0] if node.get("type") == "LoadImage" else None
+            if wanted is not None and wanted not in shipped:
+                raise UserError(f"--workflow {workflow.name}: its Load Image wants {str(wanted)!r}, which only your "
+                                "ComfyUI's input folder has: pass the photo with --image")
     if args.invert_cfg is not None and not job.real:
         raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows")
     return job

@@ -92,6 +92,21 @@ def tiny_sdxl():
 
 
 @pytest.fixture(scope="session")
+def fpe_error():
+    """The pack's FPEError class, as the loaded pack defines it."""
+    return host_mod.pack_submodule("fpe_attention.errors").FPEError
+
+
+@pytest.fixture(scope="session")
+def small_source(tiny_sd15):
+    """A 3-step euler capture of the source prompt at 64x48 px (a 8x6 latent) on the tiny SD1.5 model."""
+    from fpe_harness.graphs import SRC, capture, latent
+
+    model, clip, _ = tiny_sd15
+    return capture(model, clip, SRC, latent_image=latent(64, 48), steps=3)[1]
+
+
+@pytest.fixture(scope="session")
 def executor():
     from fpe_harness.execute import Executor
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fpe_harness.execute import call_node
-from fpe_harness.graphs import capture_with, ksampler_with, latent, max_abs
+from fpe_harness.graphs import capture_with, inject, ksampler_with, latent, max_abs
 from fpe_harness.host import pack_submodule
 from fpe_harness.reference import encode, official_batch_edit
 
@@ -100,3 +100,61 @@ def test_area_conditioning_pairs_when_both_sides_have_the_same_areas(tiny_sd15, 
     assert max_abs(edited, same) > 1.0
     with pytest.raises(fpe_error, match=r"area 64x64 px at \(64, 0\).*area 64x64 px at \(0, 0\)"):
         ksampler_with(model, source, clip, regional(A2, B2, x=64), size, steps=STEPS)
+
+
+def test_a_controlnet_on_one_entry_only(tiny_sd15, fpe_error, comfy_host):
+    """Current ComfyUI pairs entries by id, so a ControlNet on one target entry changes nothing in the
+    pairing. ComfyUI of early 2024 gives no ids and runs such an entry in a batch of its own, before the
+    others: the order no longer pairs, which must be an error there, not a silent swap."""
+    from fpe_headless import tiny_models
+
+    model, clip, _ = tiny_sd15
+    path = comfy_host.workdir / "models" / "controlnet" / "tiny_cn.safetensors"
+    if not path.exists():
+        tiny_models.write_controlnet(tiny_models.SD15_TINY, path)
+    control = call_node("ControlNetLoader", control_net_name="tiny_cn.safetensors")[0]
+    hint = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    src, source = capture_with(model, clip, combined(clip, A, B), latent(64, 48), steps=STEPS)
+    faint = call_node("ControlNetApply", conditioning=encode(clip, A), control_net=control, image=hint,
+                      strength=1e-6)[0]  # present, but moves nothing
+    target = call_node("ConditioningCombine", conditioning_1=faint, conditioning_2=encode(clip, B))[0]
+    if comfy_host.is_current:
+        same = ksampler_with(model, source, clip, target, latent(64, 48), steps=STEPS)
+        assert max_abs(same, src["samples"]) <= 1e-3 * float(src["samples"].abs().max())
+    else:
+        with pytest.raises(fpe_error, match=r"entries would run in another order than the source's"):
+            ksampler_with(model, source, clip, target, latent(64, 48), steps=STEPS)
+
+
+def test_a_guider_with_its_own_order_pairs_by_role(tiny_sd15, comfy_host):
+    """DualCFGGuider (current ComfyUI) runs [negative, middle, positive]: only the positive entry's rows
+    may take the source's, whatever place it has in the call."""
+    if not comfy_host.is_current:
+        pytest.skip("DualCFGGuider is not in ComfyUI of early 2024")
+    model, clip, _ = tiny_sd15
+    _, source = capture_with(model, clip, encode(clip, A), latent(64, 48), steps=STEPS)
+    before, after = [], []
+
+    def recorder(calls):
+        def record(n, context, value, extra_options):
+            calls.append((list(extra_options["cond_or_uncond"]), n.clone()))
+            return n, context, value
+        return record
+
+    own = model.clone()
+    own.set_model_attn1_patch(recorder(before))  # before the Inject: each chunk's own layer input
+    patched = inject(own, source)
+    patched.set_model_attn1_patch(recorder(after))  # after it: what attention gets
+    guider = call_node("DualCFGGuider", model=patched, cond1=encode(clip, A2), cond2=encode(clip, B2),
+                       negative=encode(clip, ""), cfg_conds=5.0, cfg_cond2_negative=3.0, style="regular")[0]
+    sigmas = call_node("BasicScheduler", model=model, scheduler="normal", steps=STEPS, denoise=1.0)[0]
+    call_node("SamplerCustomAdvanced", noise=call_node("RandomNoise", noise_seed=42)[0], guider=guider,
+              sampler=call_node("KSamplerSelect", sampler_name="euler")[0], sigmas=sigmas,
+              latent_image=latent(64, 48))
+    replaced = set()
+    for (kinds, mine), (_, seen) in zip(before, after, strict=True):
+        rows = mine.shape[0] // len(kinds)
+        for j, kind in enumerate(kinds):
+            if not torch.equal(mine[j * rows:(j + 1) * rows], seen[j * rows:(j + 1) * rows]):
+                replaced.add(kind)
+    assert replaced == {2}  # the positive list is the third of DualCFG's

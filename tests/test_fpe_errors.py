@@ -9,21 +9,9 @@ import torch
 
 from fpe_harness.execute import call_node
 from fpe_harness.graphs import SRC, TGT, capture, inject, ksampler, latent
-from fpe_harness.host import pack_submodule
 
 W, H = 64, 48
 SAME_SCHEDULE = "give the target sampler the same steps, scheduler and denoise as FPE Source Capture"
-
-
-@pytest.fixture(scope="module")
-def FPEError():
-    return pack_submodule("fpe_attention.errors").FPEError
-
-
-@pytest.fixture(scope="module")
-def source(tiny_sd15):
-    model, clip, _ = tiny_sd15
-    return capture(model, clip, SRC, latent_image=latent(W, H), steps=3)[1]
 
 
 def _edit(tiny_sd15, source, **kwargs):
@@ -34,60 +22,60 @@ def _edit(tiny_sd15, source, **kwargs):
 
 @pytest.mark.parametrize("change", [{"steps": 4}, {"scheduler": "karras"}, {"denoise": 0.6}, {"sampler": "dpm_2"}],
                          ids=["steps", "scheduler", "denoise", "sampler"])
-def test_target_schedule_must_be_the_captures(tiny_sd15, source, FPEError, change):
-    with pytest.raises(FPEError, match=SAME_SCHEDULE):
-        _edit(tiny_sd15, source, **change)
+def test_target_schedule_must_be_the_captures(tiny_sd15, small_source, fpe_error, change):
+    with pytest.raises(fpe_error, match=SAME_SCHEDULE):
+        _edit(tiny_sd15, small_source, **change)
 
 
-def test_extra_evaluations_of_another_sampler_are_warned(tiny_sd15, source, caplog):
+def test_extra_evaluations_of_another_sampler_are_warned(tiny_sd15, small_source, caplog):
     # heun evaluates the capture's (euler) sigmas, some twice: runs, reusing the source's evaluation, and says so.
     with caplog.at_level("WARNING"):
-        _edit(tiny_sd15, source, sampler="heun")
+        _edit(tiny_sd15, small_source, sampler="heun")
     assert "the target evaluates the model more often than the source run did" in caplog.text
 
 
-def test_another_checkpoint_or_lora_is_warned(tiny_sd15, source, caplog):
+def test_another_checkpoint_or_lora_is_warned(tiny_sd15, small_source, caplog):
     lora = tiny_sd15[0].clone()
     key = "diffusion_model.out.2.weight"
     lora.add_patches({key: (torch.zeros_like(lora.model.state_dict()[key]),)}, 1.0)
     with caplog.at_level("WARNING"):
-        inject(lora, source)
+        inject(lora, small_source)
     assert "gets another checkpoint or other LoRAs than FPE Source Capture used" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        inject(tiny_sd15[0].clone(), source)
+        inject(tiny_sd15[0].clone(), small_source)
     assert "other LoRAs" not in caplog.text
 
 
-def test_target_sigmas_must_be_the_captures(tiny_sd15, FPEError):
+def test_target_sigmas_must_be_the_captures(tiny_sd15, fpe_error):
     model, clip, _ = tiny_sd15
     sigmas = call_node("FPEOfficialDDIMSigmas", model=model, steps=3)[0]
     _, official = capture(model, clip, SRC, latent_image=latent(W, H), sampler="ddim", sigmas=sigmas)
     assert official.schedule_origin == "sigmas input, 3 steps"
-    with pytest.raises(FPEError, match=SAME_SCHEDULE + r" \(or the same sigmas\)"):
+    with pytest.raises(fpe_error, match=SAME_SCHEDULE + r" \(or the same sigmas\)"):
         _edit(tiny_sd15, official, sampler="ddim", scheduler="ddim_uniform")
 
 
-def test_latent_size_and_batch_must_pair(tiny_sd15, source, FPEError):
-    with pytest.raises(FPEError, match=r"the target latent is 72x48 px \(9x6 latent\) but the source was captured at "
+def test_latent_size_and_batch_must_pair(tiny_sd15, small_source, fpe_error):
+    with pytest.raises(fpe_error, match=r"the target latent is 72x48 px \(9x6 latent\) but the source was captured at "
                                        r"64x48 px"):
-        _edit(tiny_sd15, source, latent_image=latent(72, 48))
+        _edit(tiny_sd15, small_source, latent_image=latent(72, 48))
     model, clip, _ = tiny_sd15
     _, source2 = capture(model, clip, SRC, latent_image=latent(W, H, 2), steps=3)
-    with pytest.raises(FPEError, match="batch sizes do not pair: the target latent has 3 images, the source 2. Use a "
+    with pytest.raises(fpe_error, match="batch sizes do not pair: the target latent has 3 images, the source 2. Use a "
                                        "source batch of 1"):
         _edit(tiny_sd15, source2, latent_image=latent(W, H, 3))
 
 
-def test_capture_from_another_architecture_is_refused(tiny_sd15, tiny_sdxl, source, FPEError):
-    with pytest.raises(FPEError, match=r"model: fpe_source was captured with BaseModel \(SD15 latents, 16 self-attention "
+def test_capture_from_another_architecture_is_refused(tiny_sd15, tiny_sdxl, small_source, fpe_error):
+    with pytest.raises(fpe_error, match=r"model: fpe_source was captured with BaseModel \(SD15 latents, 16 self-attention "
                                        r"layers\), but this model is SDXL \(SDXL latents, \d+ self-attention layers\)"):
-        inject(tiny_sdxl[0], source)
+        inject(tiny_sdxl[0], small_source)
 
 
-def test_unfinished_capture_is_refused(tiny_sd15, source, FPEError):
-    with pytest.raises(FPEError, match="fpe_source comes from a capture that did not finish"):
-        inject(tiny_sd15[0], dataclasses.replace(source, complete=False))
+def test_unfinished_capture_is_refused(tiny_sd15, small_source, fpe_error):
+    with pytest.raises(fpe_error, match="fpe_source comes from a capture that did not finish"):
+        inject(tiny_sd15[0], dataclasses.replace(small_source, complete=False))
 
 
 def test_interrupted_capture_returns_nothing(tiny_sd15):
@@ -114,37 +102,37 @@ def test_interrupted_capture_returns_nothing(tiny_sd15):
     ("custom", "foo3", r"layers: unknown block 'foo' in 'foo3': use in, mid or out"),
     ("custom", " ", r"layers: the custom layer list is empty"),
 ])
-def test_layer_lists_that_select_nothing_are_refused(tiny_sd15, source, FPEError, layers, custom, message):
-    with pytest.raises(FPEError, match=message):
-        inject(tiny_sd15[0], source, layers=layers, custom_layers=custom)
+def test_layer_lists_that_select_nothing_are_refused(tiny_sd15, small_source, fpe_error, layers, custom, message):
+    with pytest.raises(fpe_error, match=message):
+        inject(tiny_sd15[0], small_source, layers=layers, custom_layers=custom)
 
 
-def test_start_after_end_is_refused(tiny_sd15, source, FPEError):
-    with pytest.raises(FPEError, match=r"start \(0.6\) is after end \(0.4\): set start below end"):
-        inject(tiny_sd15[0], source, start=0.6, end=0.4)
+def test_start_after_end_is_refused(tiny_sd15, small_source, fpe_error):
+    with pytest.raises(fpe_error, match=r"start \(0.6\) is after end \(0.4\): set start below end"):
+        inject(tiny_sd15[0], small_source, start=0.6, end=0.4)
 
 
-def test_inject_cannot_ask_for_more_than_the_capture_stored(tiny_sd15, FPEError):
+def test_inject_cannot_ask_for_more_than_the_capture_stored(tiny_sd15, fpe_error):
     model, clip, _ = tiny_sd15
     _, narrow = capture(model, clip, SRC, latent_image=latent(W, H), steps=3, store_layers="custom",
                         store_custom_layers="in4,in5", store_end=0.5)
-    with pytest.raises(FPEError, match=r"layers 'official' include in1.0, in2.0, in7.0.*which FPE Source Capture did "
+    with pytest.raises(fpe_error, match=r"layers 'official' include in1.0, in2.0, in7.0.*which FPE Source Capture did "
                                        r"not store \(its store_layers: 'in4,in5'\)"):
         inject(model, narrow)
-    with pytest.raises(FPEError, match=r"end 0.8 edits steps 0..1 of 3, but FPE Source Capture stored steps 0..0 "
+    with pytest.raises(fpe_error, match=r"end 0.8 edits steps 0..1 of 3, but FPE Source Capture stored steps 0..0 "
                                        r"\(store_end 0.5\): raise the capture's store_end to at least 0.8"):
         inject(model, narrow, layers="custom", custom_layers="in4")
-    with pytest.raises(FPEError, match="branches 'cond \\+ uncond' needs the source's uncond rows: set FPE Source "
+    with pytest.raises(fpe_error, match="branches 'cond \\+ uncond' needs the source's uncond rows: set FPE Source "
                                        "Capture's store_rows to 'cond \\+ uncond'"):
         inject(model, narrow, layers="custom", custom_layers="in4", end=0.3, branches="cond + uncond")
     _, cfg1 = capture(model, clip, SRC, latent_image=latent(W, H), steps=3, cfg=1.0, store_rows="cond + uncond")
-    with pytest.raises(FPEError, match=r"the capture ran at cfg 1.0, where ComfyUI skips them"):
+    with pytest.raises(fpe_error, match=r"the capture ran at cfg 1.0, where ComfyUI skips them"):
         inject(model, cfg1, branches="cond + uncond")
 
 
-def test_capture_layer_list_errors_name_the_capture_input(tiny_sd15, FPEError):
+def test_capture_layer_list_errors_name_the_capture_input(tiny_sd15, fpe_error):
     model, clip, _ = tiny_sd15
-    with pytest.raises(FPEError, match="store_layers: layer item 'out1'"):
+    with pytest.raises(fpe_error, match="store_layers: layer item 'out1'"):
         capture(model, clip, SRC, latent_image=latent(W, H), steps=2, store_layers="custom", store_custom_layers="out1")
 
 
@@ -163,19 +151,19 @@ def test_capture_stores_only_what_was_asked(tiny_sd15):
     assert src.nbytes == 3 * per_step * 2 and src.bytes_per_step() == per_step * 2
 
 
-def test_different_seed_is_warned_on_every_host(tiny_sd15, source, caplog):
+def test_different_seed_is_warned_on_every_host(tiny_sd15, small_source, caplog):
     with caplog.at_level("WARNING"):
-        _edit(tiny_sd15, source, seed=43)
+        _edit(tiny_sd15, small_source, seed=43)
     assert "the target sampler starts from other noise than FPE Source Capture (a different seed" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        _edit(tiny_sd15, source)
+        _edit(tiny_sd15, small_source)
     assert "other noise" not in caplog.text
 
 
-def test_models_without_a_unet_are_refused_clearly(source, FPEError):
+def test_models_without_a_unet_are_refused_clearly(small_source, fpe_error):
     import types
 
     dit = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    with pytest.raises(FPEError, match="model: FPE edits the self-attention of UNet models .* backbone is Linear"):
-        inject(dit, source)
+    with pytest.raises(fpe_error, match="model: FPE edits the self-attention of UNet models .* backbone is Linear"):
+        inject(dit, small_source)

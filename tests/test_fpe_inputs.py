@@ -16,25 +16,14 @@ from fpe_harness.reference import encode
 W, H = 64, 48
 
 
-@pytest.fixture(scope="module")
-def fpe_error():
-    return pack_submodule("fpe_attention.errors").FPEError
-
-
-@pytest.fixture(scope="module")
-def source(tiny_sd15):
-    model, clip, _ = tiny_sd15
-    return capture(model, clip, SRC, latent_image=latent(W, H), steps=3)[1]
-
-
 CHAINED = r"model: this model already carries an FPE Self-Attn Inject edit.*Connect {node}'s model input to the model"
 
 
-def test_a_second_inject_on_an_injected_model_is_an_error(tiny_sd15, source, fpe_error):
+def test_a_second_inject_on_an_injected_model_is_an_error(tiny_sd15, small_source, fpe_error):
     model, clip, _ = tiny_sd15
-    once = inject(model, source)
+    once = inject(model, small_source)
     with pytest.raises(fpe_error, match=CHAINED.format(node="FPE Self-Attn Inject")):
-        inject(once, source)
+        inject(once, small_source)
     with pytest.raises(fpe_error, match=CHAINED.format(node="FPE Source Capture")):
         capture(once, clip, SRC, latent_image=latent(W, H), steps=3)
     with pytest.raises(fpe_error, match=CHAINED.format(node="FPE DDIM Invert")):
@@ -50,9 +39,9 @@ def test_non_finite_capture_settings_are_named(tiny_sd15, fpe_error, name, value
 
 
 @pytest.mark.parametrize("name", ["start", "end"])
-def test_non_finite_inject_settings_are_named(tiny_sd15, source, fpe_error, name):
+def test_non_finite_inject_settings_are_named(tiny_sd15, small_source, fpe_error, name):
     with pytest.raises(fpe_error, match=rf"^{name}: nan is not a finite number"):
-        inject(tiny_sd15[0], source, **{name: math.nan})
+        inject(tiny_sd15[0], small_source, **{name: math.nan})
 
 
 @pytest.mark.parametrize("name", ["cfg", "denoise", "store_end"])
@@ -71,11 +60,11 @@ def test_nan_in_a_workflow_file_stops_before_sampling_naming_the_input(tiny_sd15
     assert "8" not in result.executed  # nothing sampled after it
 
 
-def test_a_target_whose_prediction_turns_non_finite_stops_naming_the_cause(tiny_sd15, source, fpe_error):
+def test_a_target_whose_prediction_turns_non_finite_stops_naming_the_cause(tiny_sd15, small_source, fpe_error):
     model, clip, _ = tiny_sd15
     with pytest.raises(fpe_error, match=r"FPE Self-Attn Inject: the target sampler's model prediction is NaN or "
                                         r"infinite at step 0.*cfg or denoise is NaN"):
-        ksampler(inject(model, source), clip, TGT, latent_image=latent(W, H), steps=3, cfg=math.nan)
+        ksampler(inject(model, small_source), clip, TGT, latent_image=latent(W, H), steps=3, cfg=math.nan)
 
 
 def _broken(model):
@@ -153,7 +142,7 @@ def test_side_by_side_names_an_empty_or_odd_image(fpe_error):
         call_node("FPESideBySide", image_a=torch.rand(1, 8, 8, 5), image_b=torch.rand(1, 8, 8, 3))
 
 
-def test_an_empty_latent_batch_is_named(tiny_sd15, source, fpe_error):
+def test_an_empty_latent_batch_is_named(tiny_sd15, small_source, fpe_error):
     model, clip, _ = tiny_sd15
     empty = {"samples": torch.zeros(0, 4, H // 8, W // 8)}
     with pytest.raises(fpe_error, match=r"latent_image: the latent batch is empty"):
@@ -161,7 +150,7 @@ def test_an_empty_latent_batch_is_named(tiny_sd15, source, fpe_error):
     with pytest.raises(fpe_error, match=r"latent: the latent batch is empty"):
         invert(model, clip, empty, steps=2)
     with pytest.raises(fpe_error, match=r"the target latent batch is empty \(0 images\)"):
-        call_node("KSamplerAdvanced", model=inject(model, source), add_noise="enable", noise_seed=42, steps=3,
+        call_node("KSamplerAdvanced", model=inject(model, small_source), add_noise="enable", noise_seed=42, steps=3,
                   cfg=7.5, sampler_name="euler", scheduler="normal", positive=encode(clip, TGT),
                   negative=encode(clip, ""), latent_image=empty, start_at_step=0, end_at_step=10000,
                   return_with_leftover_noise="disable")

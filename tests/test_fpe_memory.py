@@ -67,3 +67,16 @@ def test_auto_storage_keeps_a_record_beside_the_model_only_when_it_fits(memory, 
     assert memory.choose_storage("FPE Source Capture", 1 * GB, "cpu", cuda, "test") == torch.device("cpu")
     with pytest.raises(fpe_error, match=r"would store about 17 GB \(test\), but the system RAM has 20 GB free"):
         memory.choose_storage("FPE Source Capture", 17 * GB, "auto", cuda, "test")
+
+
+def test_a_guidance_node_that_reruns_the_model_stays_within_the_plan(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    sag = call_node("SelfAttentionGuidance", model=model, scale=0.5, blur_sigma=2.0)[0]
+    _, source = capture(sag, clip, SRC, latent_image=latent(128, 128), steps=3, sampler="euler")
+    assert source.nbytes > 0 and source.planned_bytes >= source.nbytes
+
+
+def test_a_sampler_that_picks_its_own_steps_is_refused(tiny_sd15, fpe_error):
+    model, clip, _ = tiny_sd15
+    with pytest.raises(fpe_error, match=r"sampler_name: dpm_adaptive picks its own steps"):
+        capture(model, clip, SRC, latent_image=latent(64, 48), steps=3, sampler="dpm_adaptive")

@@ -144,3 +144,26 @@ def test_the_start_check_applies_to_sampler_custom_sigmas_too(tiny_sd15):
                   positive=encode(clip, TGT), negative=encode(clip, ""),
                   sampler=call_node("KSamplerSelect", sampler_name="euler")[0], sigmas=sigmas[1:],
                   latent_image=latent(64, 48))
+
+
+def test_a_schedule_that_repeats_its_first_sigma_pairs_and_restarts_cleanly(tiny_sd15):
+    """ComfyUI's `simple` scheduler past 1000 steps starts σ0, σ0, ...: the second evaluation there is the
+    same run's step 1 (not a new run), and the next run still starts clean."""
+    model, clip, _ = tiny_sd15
+    base = call_node("BasicScheduler", model=model, scheduler="normal", steps=4, denoise=1.0)[0]
+    sigmas = torch.cat([base[:1], base])  # σ0, σ0, σ1, σ2, σ3, 0
+    src, source = capture(model, clip, SRC, latent_image=latent(64, 48), sampler="euler", sigmas=sigmas)
+    assert source.top_evaluations() == 2
+    assert len([key for key in source.entries if key.sigma == ("s", 0)]) == 2  # step 1 did not overwrite step 0
+
+    def custom(text):
+        return call_node("SamplerCustom", model=patched, add_noise=True, noise_seed=42, cfg=7.5,
+                         positive=encode(clip, text), negative=encode(clip, ""),
+                         sampler=call_node("KSamplerSelect", sampler_name="euler")[0], sigmas=sigmas,
+                         latent_image=latent(64, 48))[0]["samples"]
+
+    patched = inject(model, source)
+    first = custom(SRC)
+    assert torch.equal(first, src["samples"])
+    edited = custom(TGT)
+    assert torch.equal(custom(SRC), first) and torch.equal(custom(TGT), edited)  # runs after runs

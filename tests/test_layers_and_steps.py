@@ -102,6 +102,16 @@ def test_step_index_comes_from_the_schedule_not_a_counter(tiny_sd15, steps_mod):
     assert steps_mod.step_index(sigmas[0].item() * 1.5, sigmas) is None
 
 
+def _linear_step(sigma, values):
+    """The step definition, one interval at a time: at its upper end, or strictly inside it."""
+    import math
+
+    for i in range(len(values) - 1):
+        if math.isclose(sigma, values[i], rel_tol=1e-5, abs_tol=1e-12) or values[i + 1] < sigma < values[i]:
+            return i
+    return None
+
+
 def _linear_key(sigma, values):
     """The definition, one position at a time: equal to a schedule value (first one), else between two."""
     import math
@@ -122,13 +132,12 @@ def test_the_fast_schedule_index_agrees_with_the_definition(tiny_sd15, steps_mod
                    schedule.official_ddim_sigmas(schedule.model_sampling_of(tiny_sd15[0]), 20)):  # ends σ(0), σ(0)
         values = [float(v) for v in values]
         index = steps_mod.ScheduleIndex(values)
-        probes = values + [v * (1 + 3e-6) for v in values] + [v * 1.5 for v in values[:3]] + [-1.0, 1e9]
+        near = [v * (1 + e) for v in values for e in (3e-6, -3e-6, 2e-5, -2e-5)]  # within/outside the tolerance
+        probes = values + near + [v * 1.5 for v in values[:3]] + [-1.0, 1e9]
         probes += [float(x) for x in torch.rand(200, generator=g) * values[0] * 1.1]
         for sigma in probes:
-            key = _linear_key(sigma, values)
-            assert index.key(sigma) == key, sigma
-            expected = None if key is None else (key[1] if key[1] < len(values) - 1 else None)
-            assert index.step(sigma) == expected, sigma
+            assert index.key(sigma) == _linear_key(sigma, values), sigma
+            assert index.step(sigma) == _linear_step(sigma, values), sigma
 
 
 def test_official_ddim_sigmas_match_the_notebook_schedule(tiny_sd15):

@@ -69,6 +69,22 @@ def _text_file(tmp_path, name):
     return path
 
 
+def _truncated_jpeg(tmp_path):
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(whole, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a download that stopped half way
+    return cut
+
+
+def _real_workflow_wanting(tmp_path, photo):
+    workflow = json.loads((REPO / "workflows" / "fpe_real_image_edit.json").read_text())
+    next(node for node in workflow["nodes"] if node["type"] == "LoadImage")["widgets_values"][0] = photo
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(workflow))
+    return path
+
+
 def _lora_file(tmp_path):
     path = tmp_path / "lora.safetensors"
     safetensors.torch.save_file({"lora_unet_down_blocks_0.alpha": torch.ones(1)}, str(path))
@@ -93,6 +109,11 @@ def _lora_file(tmp_path):
     (lambda t: ["--invert-cfg", 2], r"--invert-cfg: fpe_generated_edit.json has no FPE DDIM Invert"),
     (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _text_file(t, "photo.png")],
      r"--image .*photo.png: not an image Pillow can read"),
+    (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _truncated_jpeg(t)],
+     r"--image .*cut.jpg: not an image Pillow can read"),
+    (lambda t: ["--workflow", _real_workflow_wanting(t, "my_holiday.png")],
+     r"--workflow mine.json: its Load Image wants 'my_holiday.png', which only your ComfyUI's input folder has: "
+     r"pass the photo with --image"),
 ])
 def test_user_mistakes_are_one_line_with_the_fix_before_comfyui_starts(tmp_path, make_args, message):
     done = run_main(*make_args(tmp_path), cwd=tmp_path, timeout=60)

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 
 from conftest import HOST
-from fpe_harness.host import PACK_DIR_NAME, install_pack, pack_module
+from fpe_harness.host import PACK_DIR_NAME, install_pack, pack_module, pack_submodule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,3 +106,35 @@ def test_registry_archive_leaves_out_tests_and_dev_files():
     assert {"__init__.py", "nodes", "fpe_attention", "workflows", "pyproject.toml", "LICENSE",
             "README.md", "requirements.txt"} <= shipped
     assert not shipped & {"tests", "dev", ".ci", ".git"}
+
+
+def test_the_web_extension_is_served_from_the_pack():
+    import nodes
+
+    module = pack_module()
+    web_dir = (HOST.pack_dir / module.WEB_DIRECTORY).resolve()
+    assert (web_dir / "fpe_warnings.js").is_file()
+    registered = {Path(path).resolve() for path in nodes.EXTENSION_WEB_DIRS.values()}
+    assert web_dir in registered
+    script = (web_dir / "fpe_warnings.js").read_text()
+    assert '"free-prompt-editing.warning"' in script  # the message fpe_attention.notify sends
+    assert pack_submodule("fpe_attention.notify").MESSAGE == "free-prompt-editing.warning"
+
+
+def test_the_registry_icon_is_the_one_the_script_draws(tmp_path):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    icon = REPO / "docs" / "icon.png"
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert meta["tool"]["comfy"]["Icon"].endswith("/docs/icon.png") and icon.is_file()
+    spec = importlib.util.spec_from_file_location("make_icon", REPO / "dev" / "make_icon.py")
+    make_icon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_icon)
+    make_icon.OUT = tmp_path / "icon.png"
+    drawn = make_icon.main()
+    with Image.open(icon) as shipped, Image.open(drawn) as fresh:
+        assert shipped.size == (400, 400)
+        assert np.array_equal(np.asarray(shipped), np.asarray(fresh)), "run: python dev/make_icon.py"
