@@ -58,8 +58,15 @@ def find_comfyui(explicit: str | None = None) -> Path | None:
     chosen = explicit or os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH")
     if chosen:
         return Path(chosen).expanduser().resolve()
-    around = PACK_ROOT.parents[1]  # <ComfyUI>/custom_nodes/<this pack>
-    return around if PACK_ROOT.parent.name == "custom_nodes" and is_comfyui(around) else None
+    places = [PACK_ROOT]  # <ComfyUI>/custom_nodes/<this pack>; a linked pack is found where the shell stands
+    logical = os.environ.get("PWD")
+    if logical and Path(logical).resolve() == PACK_ROOT:
+        places.insert(0, Path(logical))
+    for place in places:
+        around = place.parents[1]
+        if place.parent.name == "custom_nodes" and is_comfyui(around):
+            return around
+    return None
 
 
 def detect_kind(path: Path) -> tuple[str, str]:

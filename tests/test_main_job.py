@@ -163,3 +163,21 @@ def test_cfg_sets_the_edit_and_invert_cfg_the_inversion(tmp_path, tiny_sd15_ckpt
     assert by_type["KSamplerAdvanced"]["cfg"] == 5.5 and by_type["FPEDDIMInvert"]["cfg"] == 2.0
     assert by_type["KSamplerAdvanced"]["steps"] == 9 == by_type["FPEDDIMInvert"]["steps"]
     assert isinstance(args, argparse.Namespace)
+
+
+def test_a_pack_inside_a_comfyui_runs_with_that_comfyui(tmp_path, monkeypatch):
+    from fpe_headless import host
+
+    fake = tmp_path / "ComfyUI"
+    (fake / "comfy").mkdir(parents=True)
+    (fake / "nodes.py").write_text("")
+    (fake / "custom_nodes").mkdir()
+    link = fake / "custom_nodes" / "free-prompt-editing"
+    link.symlink_to(REPO, target_is_directory=True)
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.delenv("FPE_COMFYUI_HOST", raising=False)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    assert host.find_comfyui() is None  # a pack outside any ComfyUI: run.sh or --comfyui must say which
+    monkeypatch.setenv("PWD", str(link))  # `cd ComfyUI/custom_nodes/free-prompt-editing`
+    assert host.find_comfyui() == fake
+    assert host.find_comfyui(str(tmp_path / "other")) == tmp_path / "other"
