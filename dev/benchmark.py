@@ -2,12 +2,15 @@
 
     bash dev/bench.sh                 # CPU: tiny model 256 px, full-size SD1.5 UNet 256 px, few steps
     bash dev/bench.sh --gpu           # GPU: full-size SD1.5 UNet (random weights), 512 px, 50 steps
+    bash dev/bench.sh --gpu --archs SD1.5,SDXL   # ... and SDXL at 1024 px, 30 steps
 
 Prints one table; every ratio is taken within one run against that run's plain generation, from
 the fastest of --repeats interleaved rounds ("plain spread": slowest / fastest plain round - 1).
 Weights are random (no download); the cost of attention patches does not depend on them.
 Goals (issue 3): capture + target <= 2.05x plain; re-edit <= 1.05x plain; capture <= 12 MiB per
-step at 512 px with the official layers. Goals (issue 4, real images): DDIM Invert + edit <= 2.0x
+step at 512 px with the official layers. Issue 12: re-edit <= 1.05x in every stored mode (auto, cpu);
+storage replay <= 1.45x per edit with no record. ``--archs SD1.5,SD2.x,SDXL`` times each
+full-size UNet (SDXL in bf16 on CPU); ``--layers`` prints the layer/bytes table per architecture. Goals (issue 4, real images): DDIM Invert + edit <= 2.0x
 plain; re-edit of the same image with a new target prompt <= 1.05x plain.
 """
 
@@ -32,29 +35,91 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _timed(fn, repeats):
+PEAK_VRAM: dict[str, float] = {}  # GPU runs: the highest allocation seen per kind of run, GiB
+
+
+def _timed(fn, repeats, kind=None):
+    import torch
+
     times = []
     out = None
     for _ in range(repeats):
         _sync()
+        if kind and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         out = fn()
         _sync()
         times.append(time.perf_counter() - t0)
+        if kind and torch.cuda.is_available():
+            PEAK_VRAM[kind] = max(PEAK_VRAM.get(kind, 0.0), torch.cuda.max_memory_allocated() / 2**30)
     return statistics.median(times), out
 
 
-def full_sd15_unet(dtype=None):
-    """SD1.5's UNet (model_channels 320, context 768) with seeded random weights, via ComfyUI's loader."""
+def full_unet(architecture="SD1.5", dtype=None):
+    """A real architecture's UNet with seeded random weights, through ComfyUI's UNet loader."""
     import comfy.sd
 
     from fpe_headless import tiny_models
 
-    config = dict(tiny_models.SD15_TINY.unet_config, model_channels=320, context_dim=768)
-    spec = tiny_models.TinySpec(name="sd15_random", unet_config=config, match_config={}, clip="sd1")
-    state = tiny_models._fill(tiny_models._unet_shapes(spec))
+    state = tiny_models.full_unet_state_dict(architecture, dtype)
     load = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
-    return load(state) if dtype is None else load(state, dtype=dtype)
+    if dtype is None:
+        return load(state)
+    try:
+        return load(state, dtype=dtype)
+    except TypeError:  # ComfyUI of early 2024 picks the dtype itself (fp32 on CPU)
+        return load(state)
+
+
+def random_conds(architecture, generator):
+    """Source, target, second target and negative conditioning with the architecture's widths."""
+    import torch
+
+    width = {"SD1.5": 768, "SD2.x": 1024, "SDXL": 2048}[architecture]
+
+    def extra():
+        return {"pooled_output": torch.randn(1, 1280, generator=generator)} if architecture == "SDXL" else {}
+
+    return [[[torch.randn(1, 77, width, generator=generator), extra()]] for _ in range(4)]
+
+
+def full_sd15_unet(dtype=None):
+    return full_unet("SD1.5", dtype)
+
+
+LAYER_TABLE_SIZES = {"SD1.5": [(512, 512), (768, 768)], "SD2.x": [(512, 512), (768, 768)],
+                     "SDXL": [(1024, 1024), (1536, 1536), (832, 1216)]}
+
+
+def layer_table(layers_mod):
+    """Per real architecture and size: layers each preset selects, and the capture's fp16 bytes per
+    stored step (one image, cond rows, one evaluation per step) for the two official presets."""
+    from fpe_headless import tiny_models
+
+    rows = []
+    for arch, sizes in LAYER_TABLE_SIZES.items():
+        layers = layers_mod.unet_attn1_layers(tiny_models.meta_unet(arch))
+        family = {"SD1.5": "SD1.x"}.get(arch, arch)
+        presets = {}
+        for name in ("official", "official relative", "all", "paper 4-14"):
+            try:
+                presets[name] = layers_mod.select_layers(name, "", layers, family)
+            except layers_mod.LayerSelectionError:
+                presets[name] = None
+        for width, height in sizes:
+            lh, lw = height // 8, width // 8
+            cells = [arch, f"{width}x{height}"]
+            for name in ("official", "official relative", "all", "paper 4-14"):
+                chosen = presets[name].resolve(layers, lh, lw) if presets[name] is not None else None
+                cells.append("-" if chosen is None else str(len(chosen)))
+            for name in ("official", "official relative", "all"):
+                chosen = presets[name].resolve(layers, lh, lw)
+                mib = sum(layer.tokens(lh, lw) * layer.channels for layer in chosen) * 2 / 2**20
+                cells.append(f"{mib:.1f}")
+            rows.append(cells)
+    _table(rows, ["model", "size", "official", "official relative", "all", "paper 4-14",
+                  "MiB/step official", "MiB/step relative", "MiB/step all"])
 
 
 def bench_model(label, model, conds, *, side, steps, repeats, call_node):
@@ -68,9 +133,9 @@ def bench_model(label, model, conds, *, side, steps, repeats, call_node):
     def plain():
         return call_node("KSampler", model=model, positive=tgt, **common)
 
-    def capture():
+    def capture(storage="auto"):
         return call_node("FPESourceCapture", model=model, positive=src, store_layers="official",
-                         store_custom_layers="", store_end=0.8, store_rows="cond", storage="auto",
+                         store_custom_layers="", store_end=0.8, store_rows="cond", storage=storage,
                          precision="exact", **common)
 
     def edit(source, prompt):
@@ -80,22 +145,31 @@ def bench_model(label, model, conds, *, side, steps, repeats, call_node):
 
     plain()  # warm-up: model load, kernels
     # Interleaved rounds, median per kind: slow drifts of a shared machine hit every kind alike.
-    times: dict[str, list[float]] = {"plain": [], "capture": [], "target": [], "reedit": []}
-    source = None
+    times: dict[str, list[float]] = {"plain": [], "capture": [], "target": [], "reedit": [], "reedit cpu": [],
+                                     "replay capture": [], "replay edit": []}
+    source = replayed = None
     for _ in range(repeats):
-        times["plain"].append(_timed(plain, 1)[0])
-        t, (_, source) = _timed(capture, 1)
+        times["plain"].append(_timed(plain, 1, f"{label}: plain")[0])
+        t, (_, source) = _timed(capture, 1, f"{label}: capture (auto)")
         times["capture"].append(t)
         times["target"].append(_timed(lambda s=source: edit(s, tgt), 1)[0])
-        times["reedit"].append(_timed(lambda s=source: edit(s, tgt2), 1)[0])
+        times["reedit"].append(_timed(lambda s=source: edit(s, tgt2), 1, f"{label}: re-edit (auto)")[0])
+        _, in_ram = capture("cpu")
+        times["reedit cpu"].append(_timed(lambda s=in_ram: edit(s, tgt2), 1, f"{label}: re-edit (cpu)")[0])
+        del in_ram
+        t, (_, replayed) = _timed(lambda: capture("replay"), 1, f"{label}: capture (replay)")
+        times["replay capture"].append(t)
+        times["replay edit"].append(_timed(lambda s=replayed: edit(s, tgt2), 1, f"{label}: edit (replay)")[0])
     # The fastest round of each kind: on a shared CPU, interference only ever adds time.
-    t_plain, t_capture, t_target, t_reedit = (min(times[k]) for k in times)
+    t_plain, t_capture, t_target, t_reedit, t_cpu, t_replay_capture, t_replay = (min(times[k]) for k in times)
     spread = max(times["plain"]) / min(times["plain"]) - 1
     mib = source.bytes_per_step() / 2**20
     dtype = next(iter(next(iter(source.entries.values())).values())).dtype
     return [label, f"{side}px/{steps}", f"{t_plain:.2f}", f"{t_capture:.2f} ({t_capture / t_plain:.2f}x)",
             f"{t_target:.2f} ({t_target / t_plain:.2f}x)", f"{(t_capture + t_target) / t_plain:.2f}x",
-            f"{t_reedit / t_plain:.2f}x", f"{mib:.2f} ({str(dtype).replace('torch.', '')})", f"{spread:.0%}"]
+            f"{t_reedit / t_plain:.2f}x", f"{t_cpu / t_plain:.2f}x", f"{mib:.2f} ({str(dtype).replace('torch.', '')})",
+            f"{t_replay / t_plain:.2f}x", f"{(t_replay_capture + t_replay) / t_plain:.2f}x",
+            f"{replayed.nbytes / 2**10:.0f}", f"{spread:.0%}"]
 
 
 def bench_real(label, model, conds, *, side, steps, repeats, call_node):
@@ -227,6 +301,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (fastest per kind)")
     parser.add_argument("--memory-only", action="store_true", help="only the capture sizes and the refusal")
+    parser.add_argument("--layers", action="store_true", help="only the table of layers and bytes per architecture")
+    parser.add_argument("--side", type=int, help="override the image size of the full-size UNets (px)")
+    parser.add_argument("--archs-only", action="store_true",
+                        help="only the full-size UNets' rows (no tiny model, schedule or memory report)")
+    parser.add_argument("--archs", default="SD1.5",
+                        help="comma-separated full-size UNets to time: SD1.5, SD2.x, SDXL (SDXL needs ~12 GB RAM; "
+                             "it runs in bf16 on CPU)")
     args = parser.parse_args(argv)
     host_path = os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH")
     if not host_path:
@@ -244,9 +325,11 @@ def main(argv=None) -> int:
     from fpe_harness.execute import call_node
 
     rows, real_rows = [], []
+    if args.layers:
+        return layer_table(host_mod.pack_submodule("fpe_attention.layers")) or 0
     if args.memory_only:
         return memory_report(host, call_node)
-    if not args.gpu:
+    if not args.gpu and not args.archs_only:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
         conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
@@ -258,24 +341,40 @@ def main(argv=None) -> int:
                                     repeats=args.repeats, call_node=call_node))
         closeness = schedule_closeness(model, conds, call_node)
     gen = torch.Generator().manual_seed(0)
-    big_conds = [[[torch.randn(1, 77, 768, generator=gen), {}]] for _ in range(4)]
-    unet = full_sd15_unet()
     side, steps = (512, 50) if args.gpu else (256, 4)
-    rows.append(bench_model("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
-                            repeats=args.repeats, call_node=call_node))
-    real_rows.append(bench_real("SD1.5 UNet (random)", unet, big_conds, side=side, steps=args.steps or steps,
-                                repeats=args.repeats, call_node=call_node))
+    side = args.side or side
+    unet = big_conds = None
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        dtype = torch.bfloat16 if arch == "SDXL" and not args.gpu else None  # fits a 24 GB machine
+        model = full_unet(arch, dtype)
+        conds = random_conds(arch, gen)
+        label = f"{arch} UNet (random, {str(model.model.get_dtype()).replace('torch.', '')})"
+        arch_side = 1024 if arch == "SDXL" and args.gpu and not args.side else side
+        arch_steps = args.steps or (30 if arch == "SDXL" and args.gpu else steps)
+        rows.append(bench_model(label, model, conds, side=arch_side, steps=arch_steps, repeats=args.repeats,
+                                call_node=call_node))
+        real_rows.append(bench_real(label, model, conds, side=arch_side, steps=arch_steps, repeats=args.repeats,
+                                    call_node=call_node))
+        if arch == "SD1.5":
+            unet, big_conds = model, conds
+        del model
     print(f"\n{host.label}, torch {torch.__version__}, "
           f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
     _table(rows, ["model", "size/steps", "plain s", "capture s", "inject+target s", "capture+target", "re-edit",
-                  "capture MiB/step", "plain spread"])
+                  "re-edit (cpu)", "record MiB/step", "replay edit", "replay capture+edit", "replay KiB",
+                  "plain spread"])
     print("\nReal images (DDIM Invert at cfg 1, record to 0.8, edit at cfg 7.5; check = reconstruction check "
           "without VAE decode):")
     _table(real_rows, ["model", "size/steps", "plain s", "invert s", "inject+target s", "invert+edit",
                        "invert+check+edit", "re-edit", "plain spread"])
-    if not args.gpu:
+    if not args.gpu and not args.archs_only:
         print(f"official DDIM schedule vs ddim_uniform: {closeness}")
-    memory_report(host, call_node, unet, big_conds)
+    if PEAK_VRAM:
+        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
+        for kind, gib in PEAK_VRAM.items():
+            print(f"  {kind}: {gib:.2f}")
+    if not args.archs_only:
+        memory_report(host, call_node, unet, big_conds)
     return 0
 
 

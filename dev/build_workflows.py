@@ -10,6 +10,7 @@ The test suite converts and runs every shipped file through ComfyUI's executor.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,6 +18,40 @@ OFFICIAL_LAYERS = "in4,in5,in7,in8,mid0,out3-8"
 SOURCE_PROMPT = "a photo of green ducks walking on street"
 TARGET_PROMPT = "a photo of rubber ducks walking on street"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+
+
+@dataclass(frozen=True)
+class Base:
+    """What differs between the SD1.5 workflows and their SDXL versions."""
+
+    checkpoint: str
+    encoder: str  # the prompt node: CLIPTextEncode, or CLIPTextEncodeSDXL (text_g = text_l = the prompt)
+    side: int  # the image size (the generated latent; a photo is scaled to side x side)
+    steps: int
+    cfg: float
+    sampler: str  # of the generated edit (the real-image edit samples with ddim, as DDIM Invert inverts)
+    scheduler: str
+    custom_layers: str  # the store/inject 'custom' text, shown but unused under preset 'official'
+    precision: str  # of the capture's record
+    save_prefix: str  # SaveImage names: FPE/<save_prefix>side_by_side, ...
+    prompt_size: tuple[int, int] = (400, 130)
+
+
+SD15 = Base(CHECKPOINT, "CLIPTextEncode", 512, 50, 7.5, "ddim", "ddim_uniform", OFFICIAL_LAYERS, "exact", "")
+# SDXL base at its native 1024 px: the 'official' rule (<= 32x32 tokens) keeps the 32x32 level, i.e. SDXL's
+# in7, in8, mid0 and out0-2 (60 transformer layers), the paper's level; the custom text names the same blocks.
+SDXL = Base("sd_xl_base_1.0.safetensors", "CLIPTextEncodeSDXL", 1024, 30, 7.0, "euler", "normal",
+            "in7,in8,mid0,out0-2", "fp16", "sdxl_", prompt_size=(400, 300))
+
+
+def prompt_node(g: Graph, base: Base, node_id: int, pos, text: str, title: str) -> int:
+    """A prompt encoder; CLIPTextEncodeSDXL gets the size conditioning of an uncropped side x side image."""
+    if base.encoder == "CLIPTextEncodeSDXL":
+        widgets = [base.side, base.side, 0, 0, base.side, base.side, text, text]
+    else:
+        widgets = [text]
+    return g.node(node_id, base.encoder, pos, inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                  widgets=widgets, title=title, size=base.prompt_size)
 
 
 class Graph:
@@ -72,29 +107,30 @@ class Graph:
 FPE_COLOR = ("#233", "#355")
 
 
-def generated_edit(official_schedule: bool = False) -> dict:
+def generated_edit(official_schedule: bool = False, base: Base = SD15) -> dict:
     """The official example edit; with ``official_schedule`` over the authors' exact DDIM timesteps
-    (980 ... 20, 0) through FPE Official DDIM Sigmas and SamplerCustom."""
+    (980 ... 20, 0) through FPE Official DDIM Sigmas and SamplerCustom; ``base`` picks the model's
+    settings (SD1.5, or SDXL with its own prompt encoder, size and sampler)."""
     g = Graph()
+    step = base.prompt_size[1] + 50  # vertical spacing of the prompt column
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
     g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[CHECKPOINT], size=(315, 100))
-    g.node(2, "CLIPTextEncode", (380, 40), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[SOURCE_PROMPT], title="Source prompt", size=(400, 130))
-    g.node(3, "CLIPTextEncode", (380, 220), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 130))
-    g.node(4, "CLIPTextEncode", (380, 400), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Negative prompt", size=(400, 130))
-    g.node(5, "EmptyLatentImage", (380, 580), outputs=[("LATENT", "LATENT")], widgets=[512, 512, 1], size=(315, 106))
+           widgets=[base.checkpoint], size=(315, 100))
+    prompt_node(g, base, 2, (380, 40), SOURCE_PROMPT, "Source prompt")
+    prompt_node(g, base, 3, (380, 40 + step), TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
+    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
+           widgets=[base.side, base.side, 1], size=(315, 106))
     capture_title = "FPE Source Capture (sigmas)" if official_schedule else None
     g.node(6, "FPESourceCapture", (830, 40),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
            outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
-           widgets=[42, "fixed", 50, 7.5, "ddim", "ddim_uniform", 1.0, "official", OFFICIAL_LAYERS, 0.8, "cond",
-                    "auto", "exact"],
+           widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                    base.precision],
            title=capture_title, size=(340, 430), color=FPE_COLOR)
     g.node(7, "FPESelfAttnInject", (830, 510), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL")], widgets=["official", OFFICIAL_LAYERS, 0.0, 0.8, "cond only"],
+           outputs=[("model", "MODEL")], widgets=["official", base.custom_layers, 0.0, 0.8, "cond only"],
            size=(340, 190), color=FPE_COLOR)
     if official_schedule:
         g.node(16, "FPEOfficialDDIMSigmas", (380, 720), inputs=[("model", "MODEL")], outputs=[("sigmas", "SIGMAS")],
@@ -109,7 +145,7 @@ def generated_edit(official_schedule: bool = False) -> dict:
         g.node(8, "KSampler", (1220, 460),
                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                        ("latent_image", "LATENT")],
-               outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", 50, 7.5, "ddim", "ddim_uniform", 1.0],
+               outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
                title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
     g.node(9, "VAEDecode", (1220, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
            title="Decode source", size=(210, 50))
@@ -117,14 +153,17 @@ def generated_edit(official_schedule: bool = False) -> dict:
            outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
     g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/side_by_side"],
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}side_by_side"],
            title="Save source | edit", size=(420, 300))
-    g.node(13, "SaveImage", (1220, 140), inputs=[("images", "IMAGE")], widgets=["FPE/source"],
+    g.node(13, "SaveImage", (1220, 140), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}source"],
            title="Save source", size=(380, 270))
-    g.node(14, "SaveImage", (1980, 460), inputs=[("images", "IMAGE")], widgets=["FPE/edit"],
+    g.node(14, "SaveImage", (1980, 460), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}edit"],
            title="Save edit", size=(320, 280))
-    note = NOTE_OFFICIAL_SCHEDULE if official_schedule else NOTE_GENERATED
-    g.node(15, "Note", (20, 480), widgets=[note], size=(330, 300))
+    if base is SDXL:
+        g.node(15, "Note", (20, 480), widgets=[NOTE_SDXL_GENERATED], size=(330, 560))
+    else:
+        g.node(15, "Note", (20, 480), widgets=[NOTE_OFFICIAL_SCHEDULE if official_schedule else NOTE_GENERATED],
+               size=(330, 300))
     g.link(1, 0, 6, "model")
     g.link(1, 0, 7, "model")
     for clip_user in (2, 3, 4):
@@ -169,55 +208,88 @@ NOTE_OFFICIAL_SCHEDULE = (
     "FPE Official DDIM Sigmas feeds the same sigmas to the capture and to SamplerCustom; keep the sampler "
     "'ddim' and the same seed on both.")
 
+NOTE_SDXL_GENERATED = (
+    "SDXL version of the generated edit (Free-Prompt-Editing, Liu et al., CVPR 2024): the source prompt makes "
+    "an image, the target prompt edits it while the layout stays. Pick your SDXL base checkpoint in Load "
+    "Checkpoint.\n\n"
+    "1024x1024, SDXL's own size; each prompt goes to both text_g and text_l, with the sizes of a 1024x1024 "
+    "image. Euler / normal, 30 steps, cfg 7: usual SDXL settings (the SD1.5 example: ddim, 50 steps, 7.5). Keep "
+    "seed, steps, sampler and scheduler (and denoise) the SAME on the capture and the KSampler.\n\n"
+    "Layers 'official' (at most 32x32 tokens) keeps SDXL's 32x32 level at 1024 px (in7, in8, mid, out0-2: 60 "
+    "transformer layers), the level the paper edits. The capture stores fp16: the record is ~3.5 GB at these "
+    "settings.\n\n"
+    "Change only the target prompt and queue again: the source is cached. Stronger change of shape: lower the "
+    "Inject's end (0.4-0.6); closer to the source: raise it.")
+NOTE_SDXL_REAL = (
+    "SDXL version of the real-image edit (the authors' edit_real): FPE DDIM Invert turns the photo into noise "
+    "with an empty prompt and records its self-attention; the target prompt samples that noise back while FPE "
+    "Self-Attn Inject keeps the photo's layout. Pick your SDXL base checkpoint in Load Checkpoint.\n\n"
+    "The photo is scaled and center-cropped to 1024x1024, SDXL's own size (change Image Scale for another "
+    "size or aspect; keep the prompts' sizes in step). The KSamplerAdvanced must keep add_noise 'disable', "
+    "sampler 'ddim' and the SAME steps (30) and scheduler as DDIM Invert. Layers 'official' keeps SDXL's 32x32 "
+    "level at 1024 px; the record is stored in fp16 (~3.5 GB).\n\n"
+    "DDIM Invert's preview shows the photo beside its reconstruction: above ~30 dB PSNR edits keep the "
+    "details; below ~20 dB use more steps or a source prompt that describes the photo.\n\n"
+    "Change only the target prompt and queue again: the inversion is cached.")
+
 
 EXAMPLE_IMAGE = "fpe_example_apple.png"  # drawn by dev/make_example_image.py; copy it to ComfyUI/input
 REAL_TARGET_PROMPT = "a photo of a green apple on a wooden table"
 
 
-def real_image_edit() -> dict:
-    """The official edit_real flow: invert a photo with an empty prompt, edit it with the target prompt."""
+def real_image_edit(base: Base = SD15) -> dict:
+    """The official edit_real flow: invert a photo with an empty prompt, edit it with the target prompt.
+    For SDXL the photo is first scaled (center crop) to the model's side x side."""
     g = Graph()
+    step = base.prompt_size[1] + 50
     g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[CHECKPOINT], size=(315, 100))
+           widgets=[base.checkpoint], size=(315, 100))
     g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
            title="Load the photo to edit", size=(315, 360))
-    g.node(3, "FPEVAEEncodeMean", (380, 580), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
            outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
-    g.node(4, "CLIPTextEncode", (380, 40), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Source prompt (empty, as the official code)", size=(400, 130))
-    g.node(5, "CLIPTextEncode", (380, 220), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[REAL_TARGET_PROMPT], title="Target prompt (the edit)", size=(400, 130))
-    g.node(6, "CLIPTextEncode", (380, 400), inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-           widgets=[""], title="Negative prompt", size=(400, 130))
+    prompt_node(g, base, 4, (380, 40), "", "Source prompt (empty, as the official code)")
+    prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Negative prompt")
     g.node(7, "FPEDDIMInvert", (830, 40),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                    ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
            outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
-           widgets=[50, "ddim_uniform", 1.0, 1.0, "official", OFFICIAL_LAYERS, 0.8, "cond", "auto", "exact", True],
+           widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                    base.precision, True],
            size=(360, 700), color=FPE_COLOR)
     g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL")], widgets=["official", OFFICIAL_LAYERS, 0.0, 0.8, "cond only"],
+           outputs=[("model", "MODEL")], widgets=["official", base.custom_layers, 0.0, 0.8, "cond only"],
            size=(340, 190), color=FPE_COLOR)
     g.node(9, "KSamplerAdvanced", (1230, 290),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT")],
            outputs=[("LATENT", "LATENT")],
-           widgets=["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000, "disable"],
+           widgets=["disable", 0, "fixed", base.steps, base.cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
            title="KSamplerAdvanced (target: ddim, no noise)", size=(380, 340))
     g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
            outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
     g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_side_by_side"],
-           title="Save photo | edit", size=(420, 300))
-    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_edit"],
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")],
+           widgets=[f"FPE/{base.save_prefix}real_side_by_side"], title="Save photo | edit", size=(420, 300))
+    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}real_edit"],
            title="Save edit", size=(320, 300))
-    g.node(14, "Note", (380, 720), widgets=[NOTE_REAL], size=(400, 330))
+    photo = 2  # what the edit starts from and is shown beside: the loaded photo, or its scaled copy
+    if base is SDXL:
+        g.node(14, "Note", (1230, 690), widgets=[NOTE_SDXL_REAL], size=(380, 480))
+        g.node(15, "ImageScale", (20, 880), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
+               widgets=["lanczos", base.side, base.side, "center"], title=f"Scale to {base.side}x{base.side} (SDXL)",
+               size=(315, 130))
+        g.link(2, 0, 15, "image")
+        photo = 15
+    else:
+        g.node(14, "Note", (380, 720), widgets=[NOTE_REAL], size=(400, 330))
     g.link(1, 0, 7, "model")
     g.link(1, 0, 8, "model")
     for clip_user in (4, 5, 6):
         g.link(1, 1, clip_user, "clip")
-    g.link(2, 0, 3, "pixels")
+    g.link(photo, 0, 3, "pixels")
     g.link(1, 2, 3, "vae")
     g.link(3, 0, 7, "latent")
     g.link(4, 0, 7, "positive")
@@ -229,7 +301,7 @@ def real_image_edit() -> dict:
     g.link(7, 0, 9, "latent_image")
     g.link(9, 0, 10, "samples")
     g.link(1, 2, 10, "vae")
-    g.link(2, 0, 11, "image_a")
+    g.link(photo, 0, 11, "image_a")
     g.link(10, 0, 11, "image_b")
     g.link(11, 0, 12, "images")
     g.link(10, 0, 13, "images")
@@ -253,6 +325,8 @@ WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
     "fpe_real_image_edit.json": real_image_edit,
+    "fpe_sdxl_generated_edit.json": lambda: generated_edit(base=SDXL),
+    "fpe_sdxl_real_image_edit.json": lambda: real_image_edit(base=SDXL),
 }
 
 

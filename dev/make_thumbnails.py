@@ -1,6 +1,7 @@
 """Write workflows/<name>.jpg, the template browser's picture of each shipped workflow.
 
-    COMFYUI_PATH=/path/to/current/ComfyUI bash dev/thumbnails.sh
+    COMFYUI_PATH=/path/to/current/ComfyUI bash dev/thumbnails.sh            # every workflow
+    COMFYUI_PATH=/path/to/current/ComfyUI bash dev/thumbnails.sh fpe_sdxl_generated_edit ...  # these only
 
 Each picture is the graph as current ComfyUI's frontend draws it (a real server and headless
 Chromium, as in the browser test; focus mode, no minimap), scaled to THUMBNAIL_SIZE, stamped with
@@ -39,6 +40,12 @@ def main() -> int:
     if not (host / "nodes.py").is_file() or detect_kind(host)[0] != "current":
         sys.exit("make_thumbnails: set COMFYUI_PATH to a current ComfyUI (the template browser is its frontend's)")
     workflows = sorted((REPO / "workflows").glob("*.json"))
+    if len(sys.argv) > 1:  # only the named ones (a name with or without .json)
+        wanted = {Path(arg).name.removesuffix(".json") for arg in sys.argv[1:]}
+        unknown = sorted(wanted - {w.stem for w in workflows})
+        if unknown:
+            sys.exit(f"make_thumbnails: no workflows/<name>.json for {', '.join(unknown)}")
+        workflows = [w for w in workflows if w.stem in wanted]
     with tempfile.TemporaryDirectory(prefix="fpe-thumbnails-") as tmp, \
             ComfyServer(host, Path(tmp), None) as server, WebUI(server.url) as ui:
         ui.viewport = {"width": 1920, "height": 1080}  # big enough for the frontend to draw node text

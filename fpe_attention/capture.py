@@ -18,15 +18,16 @@ from .conditioning import entry_ids, sampler_conds, structure_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
-from .layers import LayerSelection, layer_key, unet_attn1_layers
+from .layers import LayerSelection, layer_key, model_attn1_layers
 from .memory import choose_storage, stored_evaluations
+from .replay import InputRecorder, reject_per_call_conditioning
 from .sampling import sample_over_sigmas
 from .source import FPESource, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
 from .validate import check_latent
 
 ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
-STORAGE = ("auto", "cpu")
+STORAGE = ("auto", "cpu", "replay")
 PRECISION = ("exact", "fp16", "bf16")
 
 
@@ -36,7 +37,7 @@ class CaptureSettings:
     layer_setting: str  # as the user wrote it, for messages
     store_end: float = 0.8
     rows: str = "cond"
-    storage: str = "auto"  # auto: where the model runs; cpu: keep the capture in system RAM
+    storage: str = "auto"  # auto: where it fits; cpu: system RAM; replay: no record, the source's inputs only
     precision: str = "exact"  # exact: the dtype the model computes in; fp16/bf16: half the bytes of fp32
 
 
@@ -58,17 +59,19 @@ class CaptureRecorder(Shared):
                 source.evaluations.setdefault(chunk.key, call.step)
             self._logged = call
         first, stop = source.stored_window
-        if call.step is None or not first <= call.step < stop:
-            return n, context, value
+        if source.replay is not None or call.step is None or not first <= call.step < stop:
+            return n, context, value  # replay: the UNet wrapper keeps the call's inputs instead
         layer = layer_key(extra_options)
         if layer not in source.stored_layers:
             return n, context, value
         for chunk in call.chunks:
             if chunk.kind in source.stored_kinds:
-                rows = n[chunk.rows].detach()
-                stored = rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
+                stored = self._keep(n[chunk.rows].detach())
                 source.entries.setdefault(chunk.key, {})[layer] = stored
         return n, context, value
+
+    def _keep(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
 
     def begin_run(self, guider, noise, latent, sigmas, denoise_mask) -> None:
         """Current ComfyUI, before sampling: entry ids, and the conditioning's structure."""
@@ -93,6 +96,9 @@ def attach_recorder(model, recorder: CaptureRecorder):
     """A clone of ``model`` that records with ``recorder``."""
     patched = model.clone()
     patched.set_model_attn1_patch(recorder)
+    if recorder.source.replay is not None:
+        previous = patched.model_options.get("model_function_wrapper")
+        patched.set_model_unet_function_wrapper(InputRecorder(recorder, previous))
     add_run_hook(patched, recorder.begin_run)
     add_evaluation_end(patched, recorder.end_evaluation)
     return patched
@@ -121,14 +127,14 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     """
     signature = model_signature(model)
     reject_chained_inject(model, maker)
-    layers = unet_attn1_layers(model.model.diffusion_model)
+    layers = model_attn1_layers(model)
     check_latent(samples, "latent" if maker == "FPE DDIM Invert" else "latent_image")
     height, width = samples.shape[-2:]
     stored = settings.selection.resolve(layers, height, width)
     if not stored:
         raise FPEError(
             f"store layers '{settings.layer_setting}' select no self-attention layer at {width * 8}x{height * 8} px: "
-            f"choose 'all' or a custom list")
+            f"choose 'official relative' (every level but the finest, at any size), 'all' or a custom list")
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
         raise FPEError("sigmas: the schedule needs at least 2 values (1 step)")
     if not all_finite(sigmas):
@@ -149,8 +155,17 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     estimate = per_evaluation * evaluations * item
     what = (f"{len(stored)} layers, {evaluations} evaluations in {window[1] - window[0]} steps, {rows} row{'s' if rows != 1 else ''} per "
             f"image, {str(dtype or _compute_dtype(model)).replace('torch.', '')}")
-    device = choose_storage(maker, estimate, settings.storage, getattr(model, "load_device", None), what)
-    source.storage_device = "cpu" if device is not None else "auto"
+    if settings.storage not in STORAGE:
+        raise FPEError(f"storage: unknown value {settings.storage!r}; choose one of {', '.join(STORAGE)}")
+    plan = choose_storage(maker, estimate, settings.storage, getattr(model, "load_device", None), what)
+    source.storage_device = plan.mode
+    source.auto_replay = settings.storage == "auto" and plan.mode == "replay"  # for the messages
+    if plan.mode == "replay":  # no layer record: any layer can be edited, the source rows are re-run
+        source.replay = {}
+        source.stored_layers = frozenset(layer.key for layer in layers)
+        source.layer_setting = "all (storage replay)"
+        estimate = evaluations * rows * source.batch * math.prod(samples.shape[1:]) * 4
+    device = plan.device
     source.planned_bytes = estimate
     source.weights = weights_fingerprint(model)
     return source, CaptureRecorder(source, device, dtype)
@@ -173,6 +188,8 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
     source, recorder = new_source(model, samples=latent["samples"], sigmas=sigmas, schedule_origin=schedule_origin,
                                   cfg=cfg, settings=settings, evaluations=evaluations,
                                   rows=conditioning_rows(model, positive, negative, cfg, ROWS[settings.rows]))
+    if source.replay is not None:
+        reject_per_call_conditioning((positive, negative), source.maker, source.auto_replay)
     out, _ = sample_over_sigmas(attach_recorder(model, recorder), seed=seed, cfg=cfg, sampler_name=sampler_name,
                                 scheduler=scheduler, positive=positive, negative=negative, latent=latent,
                                 sigmas=sigmas, denoise=denoise)

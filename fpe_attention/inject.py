@@ -24,6 +24,7 @@ from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, layer_key
+from .replay import ChainedWrapper, ReplayCall, extended_batch, run_unet, unet_call_view
 from .source import FPESource, describe_signature, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
 from .validate import check_number
@@ -56,6 +57,8 @@ class InjectPatch(Shared):
         self._pending: list[tuple[str, str, str]] = []  # warnings of the evaluation in progress
         self._warned_context = False
         self.by_order = True  # entries pair in ComfyUI's order, unless a run hook gives their ids
+        self.previous_wrapper = None  # storage replay: a UNet wrapper another pack set before ours
+        self._replay: ReplayCall | None = None  # storage replay: the extended UNet call in progress
 
     # --- run hooks ---------------------------------------------------------------------------
 
@@ -122,41 +125,110 @@ class InjectPatch(Shared):
             self._close()
             raise
 
+    # --- storage replay: the source rows run in the target's UNet call ----------------------
+
+    def unet_call(self, apply_model, args):
+        """UNet wrapper (replay sources): in edited steps, put the source's rows in front of the batch."""
+        try:
+            x = args["input"]
+            call = self.clock.locate(unet_call_view(args["c"].get("transformer_options", {}), x), x.shape[0])
+            self._enter(call, args["c"].get("transformer_options", {}))
+            if not self._edits(call):
+                return run_unet(self.previous_wrapper, apply_model, args)
+            inputs = []
+            for chunk in call.chunks:
+                if chunk.kind in self.kinds:
+                    key = self._source_key(chunk, call)
+                    inputs.append((chunk, self.source.source_input(key, call.step)))
+            if not inputs:  # e.g. an uncond-only call (split batches, SAG) with branches 'cond only'
+                return run_unet(self.previous_wrapper, apply_model, args)
+            extended, replay = extended_batch(args, call, inputs, self.source.maker)
+            self._replay = replay
+            try:
+                out = run_unet(self.previous_wrapper, apply_model, extended)
+            finally:
+                self._replay = None
+            return out[replay.source_rows:]
+        except BaseException:
+            self._close()
+            raise
+
+    def _edit_replayed(self, n, context, value, extra_options, replay: ReplayCall):
+        """attn1 in an extended call: the target rows (after the source's) take the source rows' input."""
+        if layer_key(extra_options) not in self.layers:
+            return n, context, value
+        edited = n.clone()
+        skip = replay.source_rows
+        targets = [slice(skip + rows.start, skip + rows.stop) for rows, _ in replay.pairs]
+        for target, (_, source) in zip(targets, replay.pairs, strict=True):
+            edited[target] = n[source]
+        if context is n:
+            return edited, edited, value
+        if context.shape == n.shape:  # another patch's keys: the edited rows still take the source's
+            keys = context.clone()
+            for target in targets:
+                keys[target] = edited[target]
+            return edited, keys, value
+        return edited, context, value
+
+    # --- attn1 patch -------------------------------------------------------------------------
+
+    def _enter(self, call, extra_options) -> None:
+        """Once per UNet call: run boundaries and the checks of what the host let us see."""
+        if call is self._checked:
+            return
+        if call.new_evaluation:
+            if call.run_start:  # an earlier run's unfinished evaluation warns nothing
+                self._pending = []
+                self._run, self._next_run = self._next_run or RunState(), None
+            else:
+                self._flush()  # the last evaluation's end was not reported (a guider without post-CFG)
+        self._check_call(call, extra_options)
+        self._checked = call
+
+    def _edits(self, call) -> bool:
+        """Whether the edit acts in this call's step (an error for a sigma the schedule lacks)."""
+        first, stop = self.window
+        if first >= stop:
+            return False
+        if call.step is None:
+            self.source.reject_sigma(call.sigma)
+        return first <= call.step < stop
+
+    def _source_key(self, chunk, call):
+        key, stand_in = self.source.resolve(chunk.key, call.step)
+        if stand_in:
+            self._defer("stand-in", "extra model evaluations reuse the source's",
+                        f"the target evaluates the model more often than the source run did (sigma {call.sigma:.6g}, "
+                        f"step {call.step}): another sampler, or a guidance node (SAG, PAG, ...) on one side only? "
+                        "Those evaluations reuse the source's latest one there; for an exact edit give both sides "
+                        "the same sampler and model patches")
+        return key
+
     def _edit(self, n, context, value, extra_options):
         if n.shape[0] == 0:
             raise FPEError("the target latent batch is empty (0 images): give the target sampler a latent with at "
                            "least one image")
+        replay = self._replay
+        if replay is not None and n.shape[0] == replay.source_rows + replay.call.rows:
+            return self._edit_replayed(n, context, value, extra_options, replay)
         call = self.clock.locate(extra_options, n.shape[0])
-        if call is not self._checked:  # once per UNet call: check what the host let us see
-            if call.new_evaluation:
-                if call.run_start:  # an earlier run's unfinished evaluation warns nothing
-                    self._pending = []
-                    self._run, self._next_run = self._next_run or RunState(), None
-                else:
-                    self._flush()  # the last evaluation's end was not reported (a guider without post-CFG)
-            self._check_call(call, extra_options)
-            self._checked = call
-        first, stop = self.window
-        if first >= stop:
-            return n, context, value
-        if call.step is None:
-            self.source.reject_sigma(call.sigma)
-        if not first <= call.step < stop:
+        self._enter(call, extra_options)
+        if not self._edits(call):
             return n, context, value
         layer = layer_key(extra_options)
         if layer not in self.layers:
             return n, context, value
+        if self.source.replay is not None and any(chunk.kind in self.kinds for chunk in call.chunks):
+            raise FPEError(
+                "FPE Self-Attn Inject's UNet wrapper did not run (a node applied after the Inject replaced the model's "
+                "function wrapper, e.g. tiled diffusion), so the replayed source rows are missing: apply that node "
+                "before FPE Self-Attn Inject, or capture with storage 'auto' or 'cpu'")
         edited = None
         for chunk in call.chunks:
             if chunk.kind not in self.kinds:
                 continue
-            key, stand_in = self.source.resolve(chunk.key, call.step)
-            if stand_in:
-                self._defer("stand-in", "extra model evaluations reuse the source's",
-                            f"the target evaluates the model more often than the source run did (sigma {call.sigma:.6g}, "
-                            f"step {call.step}): another sampler, or a guidance node (SAG, PAG, ...) on one side only? "
-                            "Those evaluations reuse the source's latest one there; for an exact edit give both sides "
-                            "the same sampler and model patches")
+            key = self._source_key(chunk, call)
             src = self.source.stored(key, layer, call.step)
             target_rows = chunk.rows.stop - chunk.rows.start
             if src.shape[1:] != n.shape[1:]:
@@ -230,6 +302,18 @@ class InjectPatch(Shared):
         self._checked = None
 
 
+class ReplayWrapper(ChainedWrapper):
+    """The Inject's ``model_function_wrapper`` for replay sources (see ``InjectPatch.unet_call``)."""
+
+    def __init__(self, patch: InjectPatch, previous=None):
+        super().__init__(previous)
+        patch.previous_wrapper = previous
+        self.patch = patch
+
+    def __call__(self, apply_model, args):
+        return self.patch.unet_call(apply_model, args)
+
+
 def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_setting: str, start: float,
                  end: float, branches: str = "cond only"):
     """A clone of ``model`` that edits its samples with ``source``; checks everything it can first."""
@@ -243,8 +327,9 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
             f"model: fpe_source was captured with {describe_signature(source.signature)}, but this model is "
             f"{describe_signature(signature)}: give FPE Self-Attn Inject the model the capture used")
     if source.weights and weights_fingerprint(model) != source.weights:
+        replayed = " (with storage replay the source rows are re-run with this model)" if source.replay is not None else ""
         notify.warn("another model than the capture's",
-                    f"FPE Self-Attn Inject gets another checkpoint or other LoRAs than {source.maker} used; "
+                    f"FPE Self-Attn Inject gets another checkpoint or other LoRAs than {source.maker} used{replayed}; "
                     "give both the same model unless that is what you want")
     start, end = check_number("start", start, 0.0, 1.0), check_number("end", end, 0.0, 1.0)
     if start > end:
@@ -263,7 +348,8 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
     if not layers:
         raise FPEError(f"layers '{layer_setting}' select no self-attention layer at the capture's size "
-                       f"({width * 8}x{height * 8} px): choose 'all' or a custom list")
+                       f"({width * 8}x{height * 8} px): choose 'official relative' (every level but the finest, at any size), 'all' "
+                       f"or a custom list")
     missing = sorted(layers - source.stored_layers)
     if missing:
         names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
@@ -283,6 +369,8 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     patch = InjectPatch(source, layers, window, kinds)
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
+    if source.replay is not None:  # no record: the source rows run beside the target's in the stored steps
+        patched.set_model_unet_function_wrapper(ReplayWrapper(patch, patched.model_options.get("model_function_wrapper")))
     announced = add_run_hook(patched, patch.begin_run)
     patch.by_order = not announced
     add_evaluation_end(patched, patch.end_evaluation)

@@ -32,6 +32,7 @@ from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, 
 from .errors import FPEError
 from .evaluations import UNCOND
 from .hooks import all_finite
+from .replay import reject_per_call_conditioning
 from .steps import step_window
 
 log = logging.getLogger("free-prompt-editing")
@@ -172,6 +173,8 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
                                   settings=settings, maker="FPE DDIM Invert", evaluations=stop - first,
                                   rows=conditioning_rows(model, positive, negative, record_cfg, kinds))
+    if source.replay is not None:
+        reject_per_call_conditioning((positive, negative), source.maker, source.auto_replay)
     if negative is None:
         negative = positive
     elif not math.isclose(cfg, 1.0) and not same_conditioning(positive, negative):

@@ -7,9 +7,13 @@ SpatialTransformer (always 0 in SD1.5, 0..9 in SDXL's deep blocks).
 Selections:
 
 * ``official``: every attn1 layer whose query token count is <= 32x32 at the current resolution,
-  the rule in the authors' code (it depends on the image size: 11 of 16 SD1.5 layers at 512 px).
+  the rule in the authors' code (it depends on the image size: 11 of 16 SD1.5 layers at 512 px;
+  at SDXL 1024 px the 32x32 level only; at SD2 768 px the 24x24 and 12x12 levels only).
+* ``official relative``: the levels the official rule keeps for SD1.5 at 512 px, whatever the
+  size and model: every attention level but the highest-resolution one (not the authors' code;
+  it keeps the paper's setting at 768 px SD2 or 1536 px SDXL, where the absolute rule keeps less).
 * ``paper 4-14``: attn1 layers 4..14 of SD1.5's 16, numbered 1..16 in forward order
-  (down -> mid -> up), as the paper words it.
+  (down -> mid -> up), as the paper words it (SD1.x only).
 * ``all``: every attn1 layer.
 * ``custom``: a block list such as ``in4,in5,mid0,out3-8``, ``in7.0-4`` (transformer layers 0..4
   of input block 7) or ``#4-14`` (forward-order layer numbers, 1-based), validated against the model.
@@ -20,11 +24,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .architecture import unet_of
 from .errors import FPEError
 
 LayerKey = tuple[str, int, int]
 
-PRESETS = ("official", "paper 4-14", "all", "custom")
+PRESETS = ("official", "official relative", "paper 4-14", "all", "custom")
 OFFICIAL_MAX_TOKENS = 32 * 32
 
 _BLOCK_ALIASES = {"in": "input", "input": "input", "down": "input", "mid": "middle", "middle": "middle",
@@ -50,6 +55,11 @@ class Attn1Layer:
     def name(self) -> str:
         block, block_id, index = self.key
         return f"{_SHORT[block]}{block_id}.{index}"
+
+
+def model_attn1_layers(model) -> list[Attn1Layer]:
+    """The attn1 layers of a ComfyUI MODEL (an FPEError naming the model if it is no UNet)."""
+    return unet_attn1_layers(unet_of(model))
 
 
 def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
@@ -125,8 +135,19 @@ def _span(item: str, lo: str | None, hi: str | None, what: str, last: int) -> ra
 
 
 def parse_block_list(text: str, layers: list[Attn1Layer]) -> set[LayerKey]:
-    """Resolve a custom block list against the model's layers; every item must select something."""
+    """Resolve a custom block list against the model's layers; every item must select something.
+    Every error ends with the model's attention blocks, so the fix is in the message."""
     available = ", ".join(_available_blocks(layers))
+    try:
+        return _parse_block_list(text, layers, available)
+    except LayerSelectionError as exc:
+        if "attention blocks are" in str(exc):
+            raise
+        raise LayerSelectionError(f"{exc}; this model's attention blocks are: {available} "
+                                  f"(#1-#{len(layers)} in forward order)") from None
+
+
+def _parse_block_list(text: str, layers: list[Attn1Layer], available: str) -> set[LayerKey]:
     if len(text) > MAX_LIST_CHARS:
         raise LayerSelectionError(f"the custom layer list is {len(text)} characters long (at most {MAX_LIST_CHARS}): "
                                   f"name blocks such as 'in4,in5,mid0,out3-8'")
@@ -187,18 +208,28 @@ class LayerSelection:
         return [layer for layer in layers if self.includes(layer.key, layer.tokens(latent_h, latent_w))]
 
 
-def select_layers(preset: str, custom: str, layers: list[Attn1Layer]) -> LayerSelection:
+def select_layers(preset: str, custom: str, layers: list[Attn1Layer], family: str = "SD1.x") -> LayerSelection:
+    """The layers ``preset`` picks from a model's ``layers``; ``family`` (``architecture.family``)
+    gates the SD1.5-only numbering."""
     if not layers:
         raise LayerSelectionError("this model has no self-attention (attn1) layers that FPE can edit")
     if preset == "official":
         return LayerSelection(preset, None, OFFICIAL_MAX_TOKENS)
+    if preset == "official relative":
+        finest = min(layer.level for layer in layers)
+        kept = frozenset(layer.key for layer in layers if layer.level > finest)
+        if not kept:
+            raise LayerSelectionError("'official relative' keeps every attention level but the highest-resolution "
+                                      "one, and this model has a single level: use 'all' or a custom list")
+        return LayerSelection(preset, kept)
     if preset == "all":
         return LayerSelection(preset, frozenset(layer.key for layer in layers))
     if preset == "paper 4-14":
-        if len(layers) != 16:
+        if family != "SD1.x" or len(layers) != 16:
             raise LayerSelectionError(
-                f"the 'paper 4-14' preset numbers SD1.5's 16 attn1 layers; this model has {len(layers)}: "
-                f"use 'official' or a custom list")
+                f"the 'paper 4-14' preset numbers SD1.5's 16 self-attention layers as the paper does; this model is "
+                f"{family} with {len(layers)}: use 'official' (the authors' code), 'official relative' (the same "
+                f"levels at any size) or a custom list such as '#4-14'")
         return LayerSelection(preset, frozenset(parse_block_list("#4-14", layers)))
     if preset == "custom":
         return LayerSelection(preset, frozenset(parse_block_list(custom, layers)))

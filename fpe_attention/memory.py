@@ -5,16 +5,18 @@ stand-in model (a zero tensor per call, no UNet), which gives exactly the evalua
 (heun and dpm_2 evaluate about twice per step). Each evaluation inside the stored steps keeps, per
 stored layer, tokens x channels values for every stored row: latent batch x conditioning entries.
 
-Where: ``cpu`` keeps the record in system RAM; ``auto`` keeps it beside the model (VRAM) unless it
-would take more than ``AUTO_VRAM_SHARE`` of the free VRAM, then in system RAM. System RAM is never
-planned past ``RAM_SHARE`` of what is free. A record that cannot fit stops the node with the size,
-what is free, and the fixes, before any step runs.
+Where: ``cpu`` keeps the record in system RAM; ``replay`` keeps no record, only the source's model
+inputs (``replay``); ``auto`` keeps it beside the model (VRAM) unless it would take more than
+``AUTO_VRAM_SHARE`` of the free VRAM, then in system RAM, and where that cannot hold it either,
+replays. System RAM is never planned past ``RAM_SHARE`` of what is free. A ``cpu`` record that
+cannot fit stops the node with the size, what is free, and the fixes, before any step runs.
 """
 
 from __future__ import annotations
 
 import logging
 import types
+from dataclasses import dataclass
 
 import torch
 
@@ -95,24 +97,42 @@ def _fmt(nbytes: float) -> str:
     return f"{int(nbytes)} bytes"
 
 
-def choose_storage(maker: str, estimate: int, storage: str, load_device, what: str) -> torch.device | None:
-    """Where a record of ``estimate`` bytes lives (``None``: beside the model), or an FPEError if nowhere.
+@dataclass(frozen=True)
+class StoragePlan:
+    mode: str  # "model" (beside the model), "cpu" (system RAM) or "replay" (no record)
+    device: torch.device | None  # where stored rows are copied to (None: where the model computes them)
+
+
+def choose_storage(maker: str, estimate: int, storage: str, load_device, what: str) -> StoragePlan:
+    """Where a record of ``estimate`` bytes lives, or an FPEError if ``storage`` cannot hold it.
 
     ``what`` describes the record for the message (layers, steps, rows, dtype).
     """
+    if storage == "replay":
+        log.info("%s: storage replay: keeping the source's model inputs only (a stored record would take about %s); "
+                 "each edit re-runs the source rows beside the target's in the stored steps", maker, _fmt(estimate))
+        return StoragePlan("replay", None)
     device = torch.device(load_device) if load_device is not None else torch.device("cpu")
     if storage == "auto" and device.type != "cpu":
         vram = free_vram(device)
         if estimate <= AUTO_VRAM_SHARE * vram:
             log.info("%s: storing about %s (%s) beside the model on %s", maker, _fmt(estimate), what, device)
-            return None
+            return StoragePlan("model", None)
         log.info("%s: the record (about %s) exceeds %d%% of the free VRAM (%s): keeping it in system RAM",
                  maker, _fmt(estimate), round(AUTO_VRAM_SHARE * 100), _fmt(vram))
     ram = free_ram()
     if estimate > RAM_SHARE * ram:
+        if storage == "auto":
+            log.info("%s: auto storage: the record (about %s, %s) exceeds %d%% of the free system RAM (%s): replaying "
+                     "the source instead (no record; each edit re-runs the source rows, about 1.4x a plain "
+                     "generation)", maker, _fmt(estimate), what, round(RAM_SHARE * 100), _fmt(ram))
+            return StoragePlan("replay", None)
         raise FPEError(
             f"{maker} would store about {_fmt(estimate)} ({what}), but the system RAM has {_fmt(ram)} free. "
-            f"Store less: lower store_end, choose fewer store_layers (e.g. 'official' instead of 'all'), "
+            f"Set storage to 'replay' (no record; each edit re-runs the source, about 1.4x a plain generation), or "
+            f"store less: lower store_end, choose fewer store_layers (e.g. 'official' instead of 'all'), "
             f"precision fp16, fewer steps or a smaller image or batch")
     log.info("%s: storing about %s (%s) in system RAM", maker, _fmt(estimate), what)
-    return torch.device("cpu") if storage == "cpu" or device.type != "cpu" else None
+    if storage == "cpu" or device.type != "cpu":
+        return StoragePlan("cpu", torch.device("cpu"))
+    return StoragePlan("model", None)

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .architecture import unet_of
 from .conditioning import Structure
 from .errors import FPEError
 from .evaluations import EvalKey, kind_name
 from .layers import Attn1Layer, LayerKey, unet_attn1_layers
+from .replay import SourceInput
 from .steps import SIGMA_RTOL
 
 _FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise as {maker} "
@@ -29,13 +31,8 @@ _FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise 
 
 def model_signature(model) -> tuple:
     """What must agree between the capture's and the inject's model for the pairing to hold."""
-    inner = getattr(model, "model", None)
-    diffusion_model = getattr(inner, "diffusion_model", None)
-    if not hasattr(diffusion_model, "input_blocks"):
-        raise FPEError(
-            f"model: FPE edits the self-attention of UNet models (SD1.x, SD2.x, SDXL); this model is "
-            f"{type(inner).__name__} with a {type(diffusion_model).__name__} backbone")
-    layers = unet_attn1_layers(diffusion_model)
+    inner = model.model
+    layers = unet_attn1_layers(unet_of(model))
     return (type(inner).__name__, type(inner.latent_format).__name__,
             tuple((layer.key, layer.channels, layer.heads) for layer in layers))
 
@@ -87,6 +84,9 @@ class FPESource:
     # Real-image sources: the DDIM-inverted latents in sampler space, forward order (entry i sits at
     # schedule[i]); the target must start from entry 0 and take DDIM steps.
     trajectory: list[torch.Tensor] | None = None
+    # storage replay: no layer record; each stored evaluation chunk's UNet inputs, re-run in the edit
+    replay: dict[EvalKey, SourceInput] | None = None
+    auto_replay: bool = False  # storage auto chose replay, as no record fit
     complete: bool = False
 
     @property
@@ -113,10 +113,19 @@ class FPESource:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the record holds (replay: the model inputs, conditioning shared between steps counted once)."""
+        if self.replay is not None:
+            seen, total = set(), 0
+            for item in self.replay.values():
+                for t in (item.x, *item.cond.values()):
+                    if id(t) not in seen:
+                        seen.add(id(t))
+                        total += t.numel() * t.element_size()
+            return total
         return sum(t.numel() * t.element_size() for layer_map in self.entries.values() for t in layer_map.values())
 
     def bytes_per_step(self) -> float:
-        steps = {self.evaluations[k] for k in self.entries}
+        steps = {self.evaluations[k] for k in (self.replay if self.replay is not None else self.entries)}
         return self.nbytes / max(1, len(steps))
 
     def top_evaluations(self) -> int:
@@ -241,6 +250,15 @@ class FPESource:
         raise FPEError(
             f"the target sampler evaluates the model ({kind_name(key.kind)} rows, step {step}) {where}, where the "
             f"source run never did. Fix: {self.fix_schedule}.")
+
+    def source_input(self, key: EvalKey, step: int) -> SourceInput:
+        """storage replay: the UNet inputs of the source evaluation chunk ``key``."""
+        item = self.replay.get(key)
+        if item is not None:
+            return item
+        raise FPEError(
+            f"fpe_source holds no replay input for step {step}: raise {self.maker}'s store_end "
+            f"({self.store_end}) to cover the inject's end")
 
     def stored(self, key: EvalKey, layer: LayerKey, step: int) -> torch.Tensor:
         layer_map = self.entries.get(key)

@@ -31,6 +31,8 @@ TINY_STEPS, TINY_SIZE = 8, 256
 MAX_STEPS, MAX_SEED = 10000, 0xFFFFFFFFFFFFFFFF
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
 SAMPLER_NODES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
+PROMPT_NODES = ("CLIPTextEncode", "CLIPTextEncodeSDXL")  # the SDXL one: the prompt in text_g and text_l
+PROMPT_INPUTS = ("text", "text_g", "text_l")
 SEED_INPUTS = ("seed", "noise_seed")
 
 
@@ -60,14 +62,15 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--negative", metavar="TEXT", help="negative prompt of both sides; default: the workflow's")
     p.add_argument("--seed", type=int, metavar="N", help="seed of both sides; default: the workflow's (42)")
     p.add_argument("--steps", type=int, metavar="N",
-                   help=f"steps of both sides; default: the workflow's (50), {TINY_STEPS} for the tiny demo")
+                   help=f"steps of both sides; default: the workflow's (50, SDXL 30), {TINY_STEPS} for the tiny demo")
     p.add_argument("--cfg", type=float, metavar="X",
-                   help="guidance of the edit (and of a generated source); default: the workflow's (7.5)")
+                   help="guidance of the edit (and of a generated source); default: the workflow's (7.5, SDXL 7)")
     p.add_argument("--invert-cfg", type=float, metavar="X",
                    help="guidance of FPE DDIM Invert (real-image workflows); default: the workflow's (1.0)")
     p.add_argument("--size", type=int, metavar="PX",
                    help="generated images: width and height; real photos: the short side (aspect kept, then a "
-                        f"center crop to multiples of 8); default: the workflow's (512) or the photo's own, "
+                        "center crop to multiples of 8), and an Image Scale's width and height (the SDXL real-image "
+                        f"workflow: size x size); default: the workflow's (512, SDXL 1024) or the photo's own, "
                         f"{TINY_SIZE} for the tiny demo")
     p.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
                    help="where the images go (created if missing)")
@@ -90,6 +93,11 @@ class Job:
     @property
     def real(self) -> bool:
         return any(node.get("type") == "LoadImage" for node in self.workflow_data.get("nodes", []))
+
+    @property
+    def sdxl(self) -> bool:
+        """Its prompts need SDXL's two text encoders (the tiny demo then runs the tiny SDXL model)."""
+        return any(node.get("type") == "CLIPTextEncodeSDXL" for node in self.workflow_data.get("nodes", []))
 
 
 # --- checks made before ComfyUI starts --------------------------------------------------------
@@ -236,8 +244,10 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
     texts = prompt_roles(prompt)
     for role, value in (("source", args.source_prompt), ("target", args.target_prompt), ("negative", args.negative)):
         for node_id in texts.get(role, ()):
-            if value is not None:
-                prompt[node_id]["inputs"]["text"] = value
+            inputs = prompt[node_id]["inputs"]
+            for name in PROMPT_INPUTS:
+                if value is not None and name in inputs and not isinstance(inputs[name], list):
+                    inputs[name] = value
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
 
@@ -254,7 +264,7 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
             put("cfg", args.cfg)
         if kind == "FPEDDIMInvert":
             put("cfg", args.invert_cfg)
-        if kind == "EmptyLatentImage":
+        if kind in ("EmptyLatentImage", "ImageScale"):
             put("width", args.size)
             put("height", args.size)
         if kind == "LoadImage":
@@ -282,11 +292,12 @@ def sized_photo(photo: Path, input_dir: Path, size: int | None) -> str:
 
 
 def prompt_roles(prompt: dict) -> dict[str, list[str]]:
-    """Which CLIPTextEncode nodes are the source, target and negative prompts, read from the links."""
+    """Which prompt nodes (CLIPTextEncode, CLIPTextEncodeSDXL) are the source, target and negative prompts,
+    read from the links."""
     roles: dict[str, list[str]] = {}
 
     def text_node(link):
-        if isinstance(link, list) and prompt.get(link[0], {}).get("class_type") == "CLIPTextEncode":
+        if isinstance(link, list) and prompt.get(link[0], {}).get("class_type") in PROMPT_NODES:
             return link[0]
         return None
 
@@ -345,13 +356,15 @@ def run(job: Job, say=print) -> list[Path]:
             (workdir / "models" / "checkpoints" / job.checkpoint.name).symlink_to(job.checkpoint)
             checkpoint_name = job.checkpoint.name
         else:
-            say("No --checkpoint given: put an SD1.5 checkpoint anywhere and pass its path, e.g.\n"
-                "  bash run.sh --checkpoint ~/ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors\n"
+            family, example = ("SDXL", "sd_xl_base_1.0") if job.sdxl else ("SD1.5", "v1-5-pruned-emaonly")
+            say(f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
+                f"  bash run.sh --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n"
                 "Running a smoke demo on a tiny randomly initialised model instead: "
                 "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
             tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
-            tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny_sd15.safetensors")
-            checkpoint_name = "tiny_sd15.safetensors"
+            spec = tiny_models.SDXL_TINY if job.sdxl else tiny_models.SD15_TINY
+            checkpoint_name = f"{spec.name}.safetensors"
+            tiny_models.write_checkpoint(spec, workdir / "models" / "checkpoints" / checkpoint_name)
             job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
             job.args.size = job.args.size or TINY_SIZE
         for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ..fpe_attention.architecture import family
 from ..fpe_attention.inject import BRANCHES, inject_model
-from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
+from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
 from . import CATEGORY, as_fpe_error
 from .store import OFFICIAL_CUSTOM
 
@@ -29,8 +30,11 @@ class FPESelfAttnInject:
                 "layers": (list(PRESETS), {
                     "default": "official",
                     "tooltip": "Self-attention layers to edit. 'official': layers with at most 32x32 tokens (the "
-                               "authors' code; 11 of SD1.5's 16 at 512 px). 'paper 4-14': SD1.5 layers 4-14 as the "
-                               "paper words it. 'all': every layer (stronger structure lock). 'custom': custom_layers."}),
+                               "authors' code; 11 of SD1.5's 16 at 512 px, SDXL's 32x32 level at 1024 px). 'official "
+                               "relative': every attention level but the finest, which is what 'official' keeps for "
+                               "SD1.5 at 512 px, at any size and on any model. 'paper 4-14': SD1.5 layers 4-14 as the "
+                               "paper words it (SD1.x only). 'all': every layer (stronger structure lock). 'custom': "
+                               "custom_layers."}),
                 "custom_layers": ("STRING", {
                     "default": OFFICIAL_CUSTOM, "multiline": False,
                     "tooltip": "Block list used when layers is 'custom': in4,in5,mid0,out3-8 · in7.0-4 (transformer "
@@ -50,8 +54,9 @@ class FPESelfAttnInject:
         }
 
     def inject(self, model, fpe_source, layers, custom_layers, start, end, branches):
+        available = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
         with as_fpe_error("layers"):
-            selection = select_layers(layers, custom_layers, unet_attn1_layers(model.model.diffusion_model))
+            selection = select_layers(layers, custom_layers, available, family(model))
         setting = custom_layers if layers == "custom" else layers
         return (inject_model(model, fpe_source, selection=selection, layer_setting=setting, start=start, end=end,
                              branches=branches),)

@@ -6,9 +6,10 @@ saved workflows keep their values) and take either stock sampler settings or a S
 
 from __future__ import annotations
 
+from ..fpe_attention.architecture import family
 from ..fpe_attention.capture import PRECISION, ROWS, STORAGE, CaptureSettings
 from ..fpe_attention.errors import FPEError
-from ..fpe_attention.layers import PRESETS, select_layers, unet_attn1_layers
+from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
 from ..fpe_attention.schedule import sampler_sigmas
 from ..fpe_attention.validate import check_number
 from . import as_fpe_error
@@ -21,8 +22,9 @@ def store_inputs(step_cost: str) -> dict:
     return {
         "store_layers": (list(PRESETS), {
             "default": "official",
-            "tooltip": "Self-attention layers whose inputs are stored for the edits. 'official' (layers with at "
-                       "most 32x32 tokens, the authors' rule) is enough for the Inject's default; widen it if the "
+            "tooltip": "Self-attention layers whose inputs are stored for the edits: at least the Inject's layers. "
+                       "'official' (at most 32x32 tokens, the authors' rule) serves the Inject's default; 'official "
+                       "relative' every level but the finest (the paper's setting at any size); widen it if the "
                        "Inject asks for more layers."}),
         "store_custom_layers": ("STRING", {
             "default": OFFICIAL_CUSTOM, "multiline": False,
@@ -37,8 +39,10 @@ def store_inputs(step_cost: str) -> dict:
                        "'cond + uncond' (twice the memory)."}),
         "storage": (list(STORAGE), {
             "default": "auto",
-            "tooltip": "Where the record lives: 'auto' keeps it beside the model (GPU) unless it is large, 'cpu' in "
-                       "system RAM (frees VRAM, costs a small copy per edited layer)."}),
+            "tooltip": "Where the record lives: 'auto' beside the model (GPU) unless it is large, then system RAM, "
+                       "then replay if RAM is short too; 'cpu' in system RAM (frees VRAM, a small copy per edited "
+                       "layer); 'replay' keeps no record, only the source's model inputs (kilobytes): each edit "
+                       "re-runs the source rows beside the target's (about 1.4x a plain generation)."}),
         "precision": (list(PRECISION), {
             "default": "exact",
             "tooltip": "'exact' stores in the model's own dtype (lossless). fp16/bf16 halve an fp32 model's record "
@@ -49,8 +53,9 @@ def store_inputs(step_cost: str) -> dict:
 def store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
                    precision) -> CaptureSettings:
     store_end = check_number("store_end", store_end, 0.0, 1.0)
+    layers = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
     with as_fpe_error("store_layers"):
-        selection = select_layers(store_layers, store_custom_layers, unet_attn1_layers(model.model.diffusion_model))
+        selection = select_layers(store_layers, store_custom_layers, layers, family(model))
     setting = store_custom_layers if store_layers == "custom" else store_layers
     return CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
                            storage=storage, precision=precision)

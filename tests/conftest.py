@@ -69,6 +69,21 @@ def tiny_sdxl_ckpt():
     return tiny_checkpoint("tiny_sdxl")
 
 
+# The checkpoint each shipped workflow loads -> the tiny test model of the same architecture.
+SHIPPED_CHECKPOINTS = {"v1-5-pruned-emaonly.safetensors": "tiny_sd15", "sd_xl_base_1.0.safetensors": "tiny_sdxl"}
+
+
+@pytest.fixture(scope="session")
+def tiny_for_shipped():
+    """``tiny(ckpt_name)``: the tiny checkpoint (built on first use) that stands in for a shipped workflow's."""
+    def tiny(ckpt_name: str) -> str:
+        assert ckpt_name in SHIPPED_CHECKPOINTS, (
+            f"a shipped workflow loads {ckpt_name!r}: name its tiny stand-in in SHIPPED_CHECKPOINTS (tests/conftest.py)")
+        return tiny_checkpoint(SHIPPED_CHECKPOINTS[ckpt_name])
+
+    return tiny
+
+
 _LOADED: dict[str, tuple] = {}
 
 
@@ -89,6 +104,25 @@ def tiny_sd15():
 @pytest.fixture(scope="session")
 def tiny_sdxl():
     return load_tiny("tiny_sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2():
+    return load_tiny("tiny_sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_v():
+    return load_tiny("tiny_sd2_v")
+
+
+ARCHITECTURES = ("tiny_sd15", "tiny_sd2", "tiny_sd2_v", "tiny_sdxl")
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def tiny_arch(request):
+    """(name, (MODEL, CLIP, VAE)) of every tiny architecture in turn: SD1.5, SD2 ε, SD2 v, SDXL."""
+    return request.param, load_tiny(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,9 @@
 
 For each file in ``workflows/``: the page loads it from a drop on the canvas, every node must be
 known and every widget value valid (see ``ui_graph_check``); the checkpoint widget is switched to
-the tiny test model and, to keep CPU time small, the image size (Empty Latent Image, the photo in
-Load Image) to 64 px, while steps, seeds, samplers and the FPE settings stay as shipped; Ctrl+Enter
+the tiny test model of the same architecture (SD1.5 or SDXL) and, to keep CPU time small, the image
+size (Empty Latent Image, Image Scale, the photo in Load Image) to 64 px, while steps, seeds,
+samplers, the FPE settings and the SDXL prompts' size conditioning stay as shipped; Ctrl+Enter
 queues it; the run must succeed and its images appear on their nodes. Screenshots of each graph,
 as loaded and after the run, the output images and the server log go to the artefact folder
 (``FPE_TEST_ARTIFACTS``, default ``test-artifacts/``), under ``browser/<host>/``.
@@ -52,9 +53,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(chromium, comfy_host, tiny_sd15_ckpt, tmp_path_factory, artifacts):
-    checkpoint = comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt
-    comfy = ComfyServer(comfy_host.path, tmp_path_factory.mktemp("user-comfyui"), checkpoint,
+def server(chromium, comfy_host, tiny_sd15_ckpt, tiny_sdxl_ckpt, tmp_path_factory, artifacts):
+    checkpoints = [comfy_host.workdir / "models" / "checkpoints" / name for name in (tiny_sd15_ckpt, tiny_sdxl_ckpt)]
+    comfy = ComfyServer(comfy_host.path, tmp_path_factory.mktemp("user-comfyui"), checkpoints,
                         small_photo_side=SIDE)
     try:
         with comfy:
@@ -90,12 +91,14 @@ def load_and_check(ui: WebUI, path: Path, object_info: dict, text: str | None = 
     return nodes
 
 
-def prepare_for_cpu(ui: WebUI, nodes: list[dict], server: ComfyServer, checkpoint: str) -> None:
-    """What a tester changes in the widgets: the model, and the image size (steps etc. stay)."""
+def prepare_for_cpu(ui: WebUI, nodes: list[dict], server: ComfyServer, tiny_for_shipped) -> None:
+    """What a tester changes in the widgets: the model (the tiny one of the shipped checkpoint's
+    architecture), and the image size (steps etc. stay)."""
     for node in nodes:
         if node["type"] == "CheckpointLoaderSimple":
-            ui.set_widget(node["id"], "ckpt_name", checkpoint)
-        elif node["type"] == "EmptyLatentImage":
+            shipped = next(w["value"] for w in node["widgets"] if w["name"] == "ckpt_name")
+            ui.set_widget(node["id"], "ckpt_name", tiny_for_shipped(shipped))
+        elif node["type"] in ("EmptyLatentImage", "ImageScale"):
             ui.set_widget(node["id"], "width", SIDE)
             ui.set_widget(node["id"], "height", SIDE)
         elif node["type"] == "LoadImage":
@@ -145,11 +148,11 @@ def queue_and_wait(ui: WebUI, server: ComfyServer, workflow: str, nodes: list[di
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_workflow_loads_queues_and_shows_its_images(path, browser, server, object_info, artifacts,
-                                                           tiny_sd15_ckpt):
+                                                           tiny_for_shipped):
     nodes = load_and_check(browser, path, object_info)
     browser.screenshot(artifacts / f"{path.stem}.loaded.png")
 
-    prepare_for_cpu(browser, nodes, server, tiny_sd15_ckpt)
+    prepare_for_cpu(browser, nodes, server, tiny_for_shipped)
     entry = queue_and_wait(browser, server, path.name, nodes)
 
     shown = {str(n["id"]): n for n in nodes}
@@ -215,26 +218,26 @@ def test_a_broken_workflow_fails_naming_the_workflow_and_the_node(path, break_it
 
 
 def test_a_swap_of_two_valid_numbers_fails_at_run_time_naming_the_node(browser, server, object_info,
-                                                                       tiny_sd15_ckpt):
+                                                                       tiny_for_shipped):
     """seed and steps of the target KSampler swapped: both are valid integers, so the page loads
     it; FPE's schedule check then stops the run (capture 50 steps, target 42) and names the node
     (current ComfyUI: before the first step, from the whole schedule; 2024: at the first step)."""
     text = _broken(GENERATED, lambda n: _swap(n[8]["widgets_values"], 0, 2))
     nodes = load_and_check(browser, GENERATED, object_info, text=text)
-    prepare_for_cpu(browser, nodes, server, tiny_sd15_ckpt)
+    prepare_for_cpu(browser, nodes, server, tiny_for_shipped)
     with pytest.raises(pytest.fail.Exception,
                        match=r"fpe_generated_edit\.json: node 8 'KSampler \(target.*\(KSampler\): FPEError: the target "
                              r"sampler.*give the target sampler the same steps"):
         queue_and_wait(browser, server, GENERATED.name, nodes)
 
 
-def test_a_warning_that_changes_the_picture_appears_on_the_page(browser, server, object_info, tiny_sd15_ckpt,
+def test_a_warning_that_changes_the_picture_appears_on_the_page(browser, server, object_info, tiny_for_shipped,
                                                                  artifacts):
     """The target KSampler's seed differs from the capture's: the run succeeds, and FPE's warning is
     shown on the page (a toast on current ComfyUI, the pack's own box in the 2024 UI), not only in
     the server's console."""
     nodes = load_and_check(browser, GENERATED, object_info)
-    prepare_for_cpu(browser, nodes, server, tiny_sd15_ckpt)
+    prepare_for_cpu(browser, nodes, server, tiny_for_shipped)
     target = next(n for n in nodes if n["type"] == "KSampler")
     browser.set_widget(target["id"], "seed", 43)
     queue_and_wait(browser, server, GENERATED.name, nodes)

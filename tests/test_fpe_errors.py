@@ -159,11 +159,3 @@ def test_different_seed_is_warned_on_every_host(tiny_sd15, small_source, caplog)
     with caplog.at_level("WARNING"):
         _edit(tiny_sd15, small_source)
     assert "other noise" not in caplog.text
-
-
-def test_models_without_a_unet_are_refused_clearly(small_source, fpe_error):
-    import types
-
-    dit = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    with pytest.raises(fpe_error, match="model: FPE edits the self-attention of UNet models .* backbone is Linear"):
-        inject(dit, small_source)

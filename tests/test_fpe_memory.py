@@ -49,12 +49,12 @@ def test_a_capture_that_cannot_fit_stops_before_sampling(tiny_sd15, memory, fpe_
     counted = model.clone()
     counted.set_model_attn1_patch(lambda n, c, v, extra: (calls.append(1), (n, c, v))[1])
     with pytest.raises(fpe_error, match=r"FPE Source Capture would store about 16 GB \(11 layers, 8000 "
-                                        r"evaluations in 8000 steps.*but the system RAM has 4 GB free\. Store less: "
-                                        r"lower store_end.*precision fp16"):
-        capture(counted, clip, SRC, latent_image=latent(512, 512), steps=10000, sampler="euler")
+                                        r"evaluations in 8000 steps.*but the system RAM has 4 GB free\. Set storage "
+                                        r"to 'replay' \(no record.*or store less: lower store_end.*precision fp16"):
+        capture(counted, clip, SRC, latent_image=latent(512, 512), steps=10000, sampler="euler", storage="cpu")
     assert calls == []  # not one step ran
     with pytest.raises(fpe_error, match=r"FPE DDIM Invert would store about"):
-        invert(counted, clip, encoded_photo(512, 512), steps=10000)
+        invert(counted, clip, encoded_photo(512, 512), steps=10000, storage="cpu")
     assert calls == []
 
 
@@ -62,11 +62,21 @@ def test_auto_storage_keeps_a_record_beside_the_model_only_when_it_fits(memory, 
     monkeypatch.setattr(memory, "free_vram", lambda device: 8 * GB)
     monkeypatch.setattr(memory, "free_ram", lambda: 20 * GB)
     cuda = torch.device("cuda", 0)
-    assert memory.choose_storage("FPE Source Capture", 1 * GB, "auto", cuda, "test") is None  # beside the model
-    assert memory.choose_storage("FPE Source Capture", 3 * GB, "auto", cuda, "test") == torch.device("cpu")
-    assert memory.choose_storage("FPE Source Capture", 1 * GB, "cpu", cuda, "test") == torch.device("cpu")
-    with pytest.raises(fpe_error, match=r"would store about 17 GB \(test\), but the system RAM has 20 GB free"):
-        memory.choose_storage("FPE Source Capture", 17 * GB, "auto", cuda, "test")
+
+    def plan(size, storage, device=cuda):
+        chosen = memory.choose_storage("FPE Source Capture", size, storage, device, "test")
+        return chosen.mode, chosen.device
+
+    assert plan(1 * GB, "auto") == ("model", None)  # beside the model: at most a quarter of the free VRAM
+    assert plan(3 * GB, "auto") == ("cpu", torch.device("cpu"))
+    assert plan(1 * GB, "cpu") == ("cpu", torch.device("cpu"))
+    assert plan(17 * GB, "auto") == ("replay", None)  # past 80% of the free RAM: no record at all
+    assert plan(17 * GB, "auto", "cpu") == ("replay", None)
+    assert plan(17 * GB, "replay") == ("replay", None)
+    assert plan(1 * GB, "replay") == ("replay", None)  # asked for: always
+    with pytest.raises(fpe_error, match=r"would store about 17 GB \(test\), but the system RAM has 20 GB free\. "
+                                        r"Set storage to 'replay'"):
+        plan(17 * GB, "cpu")
 
 
 def test_a_guidance_node_that_reruns_the_model_stays_within_the_plan(tiny_sd15):

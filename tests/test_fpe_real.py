@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import load_tiny
 from fpe_harness.execute import call_node
-from fpe_harness.graphs import TGT, encoded_photo, inject, invert, max_abs, sample_back, toy_model
+from fpe_harness.graphs import TGT, edit_size, encoded_photo, inject, invert, max_abs, sample_back, toy_model
+from fpe_harness.host import pack_submodule
 from fpe_harness.reference import encode, official_inversion, official_real_edit
 
 STEPS = 6
@@ -19,13 +21,13 @@ def _once(key, make):
     return _RUNS[key]
 
 
-def _photo():
-    return _once("photo", encoded_photo)
+def _photo(arch="tiny_sd15"):
+    return _once(("photo", edit_size(arch)), lambda: encoded_photo(*edit_size(arch)))
 
 
-def _inverted(model, clip, **kw):
+def _inverted(model, clip, arch="tiny_sd15", **kw):
     key = ("invert", id(model), tuple(sorted(kw.items())))
-    return _once(key, lambda: invert(model, clip, _photo(), steps=STEPS, **kw))
+    return _once(key, lambda: invert(model, clip, _photo(arch), steps=STEPS, **kw))
 
 
 def _sigmas(model, steps=STEPS, scheduler="normal"):
@@ -94,21 +96,23 @@ def test_source_rows_are_the_inverted_latents_of_each_step(tiny_sd15):
     assert not [key for key in source.entries if key.sigma[1] >= stop]  # nothing past store_end
 
 
-@pytest.mark.parametrize("window", [(0.0, 0.8), (0.2, 0.6)])
-def test_real_edit_matches_official_map_replacement(tiny_sd15, window):
-    model, clip, _ = tiny_sd15
+@pytest.mark.parametrize("arch, window", [("tiny_sd15", (0.0, 0.8)), ("tiny_sd15", (0.2, 0.6)),
+                                          ("tiny_sd2", (0.0, 0.8)), ("tiny_sd2_v", (0.0, 0.8)),
+                                          ("tiny_sdxl", (0.0, 0.8))])
+def test_real_edit_matches_official_map_replacement(arch, window):
+    model, clip, _ = load_tiny(arch)
     start, end = window
-    inverted, source, _ = _inverted(model, clip)
-    plain = _once("plain-target", lambda: sample_back(model, clip, inverted, steps=STEPS))
+    inverted, source, _ = _inverted(model, clip, arch)
+    plain = _once((arch, "plain-target"), lambda: sample_back(model, clip, inverted, steps=STEPS))
     edited = sample_back(inject(model, source, start=start, end=end), clip, inverted, steps=STEPS)
     reference = official_real_edit(model, clip, trajectory=source.trajectory, target=TGT, steps=STEPS, cfg=7.5,
                                    start=start, end=end)
-    recon = _once("recon", lambda: sample_back(model, clip, inverted, text="", cfg=1.0, steps=STEPS))
+    recon = _once((arch, "recon"), lambda: sample_back(model, clip, inverted, text="", cfg=1.0, steps=STEPS))
     floor = max_abs(plain[0], sample_back(model, clip, {"samples": inverted["samples"].repeat(2, 1, 1, 1)},
                                           steps=STEPS)[1])
     err = max_abs(edited[0], reference[1])
     effect = max_abs(plain[0], reference[1])
-    print(f"window {window}: |edit - reference| {err:.3g}, batch floor {floor:.3g}, edit effect {effect:.3g}, "
+    print(f"{arch} window {window}: |edit - reference| {err:.3g}, batch floor {floor:.3g}, edit effect {effect:.3g}, "
           f"latent scale {float(reference.abs().max()):.3g}; reference source row vs reconstruction "
           f"{max_abs(reference[0], recon[0]):.3g}")
     assert err <= 2 * floor + 2e-5 * float(reference.abs().max())
@@ -119,11 +123,13 @@ def _report_rmse(report: str) -> float:
     return float(report.split("latent RMSE ")[1].split("%")[0]) / 100
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v_prediction"])
-def test_reconstruction_error_falls_with_steps(tiny_sd15, prediction):
-    model, clip, _ = tiny_sd15
-    if prediction != "eps":
+@pytest.mark.parametrize("arch, prediction", [("tiny_sd15", "eps"), ("tiny_sd15", "v_prediction"),
+                                              ("tiny_sd2_v", "v_prediction")])
+def test_reconstruction_error_falls_with_steps(arch, prediction):
+    model, clip, _ = load_tiny(arch)
+    if arch == "tiny_sd15" and prediction != "eps":  # an ε model told to predict v (ModelSamplingDiscrete)
         model = call_node("ModelSamplingDiscrete", model=model, sampling=prediction, zsnr=False)[0]
+    assert pack_submodule("fpe_attention.architecture").prediction(model) == prediction
     photo = encoded_photo(64, 64, seed=4)
     errors = []
     for steps in (10, 50, 100):
@@ -132,7 +138,7 @@ def test_reconstruction_error_falls_with_steps(tiny_sd15, prediction):
         measured = _rel(back, photo["samples"])
         assert abs(_report_rmse(report) - measured) <= 1e-4 + 0.01 * measured  # the node reports what we see
         errors.append(measured)
-    print(f"{prediction}: reconstruction relative RMSE at 10/50/100 steps:", [f"{e:.3%}" for e in errors])
+    print(f"{arch} {prediction}: reconstruction relative RMSE at 10/50/100 steps:", [f"{e:.3%}" for e in errors])
     # DDIM inversion is first order: ~1/n. 5x and 2x more steps must cut the error by well over 2x and 1.4x,
     # and 100 steps must land within 1.5x of the 1/n extrapolation from 10 steps.
     assert errors[1] < errors[0] / 2.5 and errors[2] < errors[1] / 1.4
@@ -154,7 +160,7 @@ def test_constant_noise_model_round_trip_is_exact_through_the_nodes(tiny_sd15):
 def test_real_edit_with_the_source_prompt_reproduces_the_reconstruction(tiny_sd15):
     model, clip, _ = tiny_sd15
     inverted, source, _ = _inverted(model, clip)
-    recon = _once("recon", lambda: sample_back(model, clip, inverted, text="", cfg=1.0, steps=STEPS))
+    recon = _once(("tiny_sd15", "recon"), lambda: sample_back(model, clip, inverted, text="", cfg=1.0, steps=STEPS))
     same = sample_back(inject(model, source), clip, inverted, text="", cfg=1.0, steps=STEPS)
     other = sample_back(inject(model, source), clip, inverted, text=TGT, cfg=1.0, steps=STEPS)
     drift = max_abs(recon, source.trajectory[-1] / model.model.latent_format.scale_factor)

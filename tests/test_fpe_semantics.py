@@ -19,8 +19,8 @@ def small(batch=1):
     return latent(W, H, batch)
 
 
-def test_same_prompt_reproduces_the_source_and_empty_window_is_plain(tiny_sd15):
-    model, clip, _ = tiny_sd15
+def test_same_prompt_reproduces_the_source_and_empty_window_is_plain(tiny_arch):
+    _, (model, clip, _) = tiny_arch
     src_latent, source = capture(model, clip, SRC, latent_image=small())
     same = ksampler(inject(model, source), clip, SRC, latent_image=small())
     assert torch.equal(same, src_latent["samples"])
@@ -28,7 +28,7 @@ def test_same_prompt_reproduces_the_source_and_empty_window_is_plain(tiny_sd15):
     off = ksampler(inject(model, source, start=0.5, end=0.5), clip, TGT, latent_image=small())
     assert torch.equal(off, plain)
     edited = ksampler(inject(model, source), clip, TGT, latent_image=small())
-    assert max_abs(edited, plain) > 1.0
+    assert max_abs(edited, plain) > 3e-3 * float(plain.abs().max())
 
 
 def _record_attn1_inputs(model):

@@ -25,21 +25,53 @@ def sd15_layers(tiny_sd15, layers_mod):
     return layers_mod.unet_attn1_layers(tiny_sd15[0].model.diffusion_model)
 
 
-def test_layers_read_from_modules_match_a_traced_forward_pass(tiny_sd15, tiny_sdxl, layers_mod):
-    for model, clip in ((tiny_sd15[0], tiny_sd15[1]), (tiny_sdxl[0], tiny_sdxl[1])):
-        layers = layers_mod.unet_attn1_layers(model.model.diffusion_model)
-        # A non-square latent with odd sides exercises the ceil rule of the stride-2 downsampling.
-        latent = {"samples": torch.zeros(1, 4, 13, 22)}
-        cond = call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
-        calls = trace_attn1(model, lambda m, cond=cond, latent=latent: call_node(
-            "KSampler", model=m, seed=1, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
-            positive=cond, negative=cond, latent_image=latent, denoise=1.0))
-        assert [layer.key for layer in layers] == layer_keys(calls)
-        traced = {(c["block"][0], c["block"][1], c["block_index"]): c["tokens"] for c in calls}
-        assert {layer.key: layer.tokens(13, 22) for layer in layers} == traced
-        assert [layer.number for layer in layers] == list(range(1, len(layers) + 1))
+def test_layers_read_from_modules_match_a_traced_forward_pass(tiny_arch, layers_mod):
+    _, (model, clip, _) = tiny_arch
+    layers = layers_mod.model_attn1_layers(model)
+    # A non-square latent with odd sides exercises the ceil rule of the stride-2 downsampling.
+    latent = {"samples": torch.zeros(1, 4, 13, 22)}
+    cond = call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
+    calls = trace_attn1(model, lambda m: call_node(
+        "KSampler", model=m, seed=1, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
+        positive=cond, negative=cond, latent_image=latent, denoise=1.0))
+    assert [layer.key for layer in layers] == layer_keys(calls)
+    traced = {(c["block"][0], c["block"][1], c["block_index"]): c["tokens"] for c in calls}
+    assert {layer.key: layer.tokens(13, 22) for layer in layers} == traced
+    assert [layer.number for layer in layers] == list(range(1, len(layers) + 1))
 
 
+@pytest.mark.parametrize("name, family, prediction", [
+    ("tiny_sd15", "SD1.x", "eps"), ("tiny_sd2", "SD2.x", "eps"), ("tiny_sd2_v", "SD2.x", "v_prediction"),
+    ("tiny_sdxl", "SDXL", "eps")])
+def test_family_and_prediction_come_from_the_hosts_model_classes(name, family, prediction):
+    from conftest import load_tiny
+
+    architecture = pack_submodule("fpe_attention.architecture")
+    model = load_tiny(name)[0]
+    assert (architecture.family(model), architecture.prediction(model)) == (family, prediction)
+    # ModelSamplingDiscrete on top changes what the model predicts, and the pack reads that.
+    switched = call_node("ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=False)[0]
+    assert architecture.prediction(switched) == "v_prediction"
+    edm = call_node("ModelSamplingContinuousEDM", model=model, sampling="edm_playground_v2.5", sigma_max=120.0,
+                    sigma_min=0.002)[0]
+    assert architecture.prediction(edm) == "edm"  # ComfyUI's EDM is a subclass of V_PREDICTION
+
+
+def test_relative_preset_keeps_every_level_but_the_finest(tiny_arch, layers_mod):
+    name, (model, _, _) = tiny_arch
+    layers = layers_mod.model_attn1_layers(model)
+    family = pack_submodule("fpe_attention.architecture").family(model)
+    relative = layers_mod.select_layers("official relative", "", layers, family)
+    finest = min(layer.level for layer in layers)
+    assert relative.keys == {layer.key for layer in layers if layer.level != finest}
+    # It is what the official rule keeps at the architecture's own base size (SD1.5's 512 px rule, SDXL's
+    # 1024 px), and it does not change with the size, where the official rule does.
+    side = 128 if name == "tiny_sdxl" else 64
+    official = layers_mod.select_layers("official", "", layers)
+    assert {layer.key for layer in official.resolve(layers, side, side)} == relative.keys
+    for other in (side // 2, 3 * side // 2, 2 * side):
+        assert {layer.key for layer in relative.resolve(layers, other, other)} == relative.keys
+    assert {layer.key for layer in official.resolve(layers, 2 * side, 2 * side)} < relative.keys
 def test_official_rule_follows_resolution_as_in_the_code(sd15_layers, layers_mod):
     official = layers_mod.select_layers("official", "", sd15_layers)
     numbers = {side: [layer.number for layer in official.resolve(sd15_layers, side, side)] for side in (32, 64, 128)}
@@ -66,13 +98,24 @@ def test_sdxl_transformer_layers_can_be_picked_one_by_one(tiny_sdxl, layers_mod)
     assert layers_mod.parse_block_list("in7.1,mid.0-1", layers) == {
         ("input", 7, 1), ("middle", 0, 0), ("middle", 0, 1)}
     assert len(layers_mod.parse_block_list("out0-2", layers)) == 6
-    with pytest.raises(layers_mod.LayerSelectionError, match="numbers SD1.5's 16 attn1 layers; this model has 22"):
-        layers_mod.select_layers("paper 4-14", "", layers)
+    with pytest.raises(layers_mod.LayerSelectionError, match="SD1.5's 16 self-attention layers as the paper does; "
+                                                             "this model is SDXL with 22"):
+        layers_mod.select_layers("paper 4-14", "", layers, "SDXL")
+
+
+def test_paper_preset_is_sd15_only_even_where_the_count_matches(tiny_sd2, layers_mod):
+    layers = layers_mod.model_attn1_layers(tiny_sd2[0])
+    assert len(layers) == 16  # SD2 has SD1.5's layer layout, but the paper's numbering is SD1.5's
+    with pytest.raises(layers_mod.LayerSelectionError, match="this model is SD2.x with 16: use 'official'"):
+        layers_mod.select_layers("paper 4-14", "", layers, "SD2.x")
+    assert len(layers_mod.select_layers("custom", "#4-14", layers, "SD2.x").keys) == 11  # the numbers still work
 
 
 @pytest.mark.parametrize("text, message", [
     ("in3", r"'in3' selects no self-attention layer of this model; its attention blocks are: in1, in2, in4"),
-    ("side4", r"unknown block 'side'"),
+    ("side4", r"unknown block 'side' in 'side4': use in, mid or out; this model's attention blocks are: in1, in2, "
+              r"in4, in5, in7, in8, mid0, out3, .*out11 \(#1-#16 in forward order\)"),
+    ("in20", r"in block numbers go up to 8 in this model; this model's attention blocks are: in1, "),
     ("#0-17", r"this model has attn1 layers #1-#16 only"),
     ("out8-3", r"range 8-3 runs backwards"),
     ("in4+", r"cannot read layer item 'in4\+'"),

@@ -32,17 +32,21 @@ def run_main(*args, cwd=None, tmpdir=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_headless_fpe_edit_writes_source_edit_and_side_by_side_where_the_user_stands(tmp_path):
+@pytest.mark.parametrize(("workflow", "prefix"), [("fpe_generated_edit", ""), ("fpe_sdxl_generated_edit", "sdxl_")],
+                         ids=["sd15", "sdxl"])
+def test_headless_fpe_edit_writes_source_edit_and_side_by_side_where_the_user_stands(tmp_path, workflow, prefix):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    done = run_main("--steps", 2, "--size", 64, "--target-prompt", "a photo of wooden ducks walking on street",
-                    cwd=tmp_path, tmpdir=scratch)
+    workflow_args = ("--workflow", workflow) if workflow != main_job.DEFAULT_WORKFLOW else ()
+    done = run_main(*workflow_args, "--steps", 2, "--size", 64,
+                    "--target-prompt", "a photo of wooden ducks walking on street", cwd=tmp_path, tmpdir=scratch)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pictures are MEANINGLESS" in done.stdout
-    assert "ran 14 nodes of fpe_generated_edit.json" in done.stdout
+    assert f"ran 14 nodes of {workflow}.json" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr  # no import noise of unrelated ComfyUI nodes
     out = tmp_path / "output"  # ./output of where the command ran
-    source, edit, both = (np.asarray(Image.open(out / f"{name}.png")) for name in ("source", "edit", "side_by_side"))
+    source, edit, both = (np.asarray(Image.open(out / f"{prefix}{name}.png"))
+                          for name in ("source", "edit", "side_by_side"))
     assert source.shape == edit.shape == (64, 64, 3) and both.shape == (64, 128, 3)
     assert np.array_equal(both, np.concatenate([source, edit], axis=1))
     assert not np.array_equal(source, edit)
@@ -61,6 +65,29 @@ def test_headless_real_image_edit_keeps_the_photo_aspect(tmp_path):
     # 72x61 with its short side at 48: 57x48, center-cropped to multiples of 8: 56x48 (not squashed to 48x48).
     assert edit.shape == (48, 56, 3)
     assert both.shape == (48, 112, 3) and check.shape[1] == 2 * 56
+
+
+def test_headless_sdxl_real_image_edit_scales_the_photo_to_size_and_sets_both_prompt_texts(tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((61, 72, 3)) * 255).astype(np.uint8)).save(photo)
+    data = json.loads((REPO / "workflows" / "fpe_sdxl_real_image_edit.json").read_text())
+    job = argparse.Namespace(**{**vars(main_job.parser("x").parse_args([])), "size": 48,
+                                "target_prompt": "a photo of a golden apple"})
+    prompt = to_api(data)
+    main_job.apply_settings(prompt, main_job.Job(REPO, Path("w.json"), data, None, photo, tmp_path, job), "x.safetensors",
+                            tmp_path)
+    target = next(n["inputs"] for n in prompt.values() if n["_meta"]["title"].startswith("Target prompt"))
+    assert target["text_g"] == target["text_l"] == "a photo of a golden apple"
+    scale = next(n["inputs"] for n in prompt.values() if n["class_type"] == "ImageScale")
+    assert (scale["width"], scale["height"]) == (48, 48)
+
+    done = run_main("--workflow", "fpe_sdxl_real_image_edit", "--image", photo, "--steps", 3, "--size", 48,
+                    "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "put an SDXL checkpoint" in done.stdout and "dB" in done.stdout
+    edit, both = (np.asarray(Image.open(tmp_path / "out" / f"{name}.png")) for name in ("sdxl_real_edit",
+                                                                                        "sdxl_real_side_by_side"))
+    assert edit.shape == (48, 48, 3) and both.shape == (48, 96, 3)  # the workflow's Image Scale: size x size
 
 
 def _text_file(tmp_path, name):

@@ -40,6 +40,14 @@ def shrink(api: dict, steps: int = 3, side: int = 64) -> dict:
     return api
 
 
+def use_tiny_checkpoints(wf: dict, tiny_for_shipped) -> dict:
+    """Point every checkpoint loader of a UI-format workflow at the tiny model of its architecture."""
+    for node in wf["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"][0] = tiny_for_shipped(node["widgets_values"][0])
+    return wf
+
+
 def _node(wf, node_id):
     return next(n for n in wf["nodes"] if n["id"] == node_id)
 
@@ -115,11 +123,8 @@ def test_api_format_input_is_rejected_clearly():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_workflow_runs_through_the_executor(path, executor, tiny_sd15_ckpt):
-    wf = load_workflow(path)
-    for node in wf["nodes"]:  # point every checkpoint loader at the tiny model
-        if node["type"] == "CheckpointLoaderSimple":
-            node["widgets_values"][0] = tiny_sd15_ckpt
+def test_shipped_workflow_runs_through_the_executor(path, executor, tiny_for_shipped):
+    wf = use_tiny_checkpoints(load_workflow(path), tiny_for_shipped)
     result = executor.run(shrink(to_api(wf)))
     assert result.success and result.outputs
 

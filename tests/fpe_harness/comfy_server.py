@@ -3,7 +3,7 @@
 :class:`ComfyServer` makes a private copy of the host (its code and web UI; the copy is what a user
 has after installing ComfyUI), installs the pack into its ``custom_nodes`` from the registry
 archive's file list (what ComfyUI-Manager unpacks: git's files minus ``.comfyignore``) and runs
-``pip install -r requirements.txt`` as the Manager does, puts the tiny checkpoint in
+``pip install -r requirements.txt`` as the Manager does, puts the tiny checkpoints in
 ``models/checkpoints`` and the example photos in ``input/``, then starts ``main.py --cpu`` on
 127.0.0.1 and waits until it answers. Everything is bounded by time limits and stopped on exit.
 
@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from .host import REPO_ROOT, install_pack
@@ -90,13 +91,20 @@ def _free_port() -> int:  # another process could take it first: the start then 
 
 
 class ComfyServer:
-    """``with ComfyServer(host_path, root, checkpoint) as server: server.url ...``"""
+    """``with ComfyServer(host_path, root, checkpoints) as server: server.url ...``
 
-    def __init__(self, host_path: Path, root: Path, checkpoint: Path | None, *,
+    ``checkpoints``: a checkpoint file, several, or None; each is copied to ``models/checkpoints``.
+    """
+
+    def __init__(self, host_path: Path, root: Path, checkpoints: Path | Sequence[Path] | None, *,
                  small_photo_side: int = 64, start_timeout: float = 240.0):
         self.host_path = Path(host_path)
         self.root = Path(root)
-        self.checkpoint = Path(checkpoint) if checkpoint else None
+        if checkpoints is None:
+            checkpoints = []
+        elif isinstance(checkpoints, (str, os.PathLike)):
+            checkpoints = [checkpoints]
+        self.checkpoints = [Path(c) for c in checkpoints]
         self.small_photo_side = small_photo_side
         self.start_timeout = start_timeout
         self.comfy_dir = self.root / "ComfyUI"
@@ -134,8 +142,8 @@ class ComfyServer:
         if (self.host_path / "models" / "configs").is_dir():  # model configs ship with ComfyUI
             shutil.copytree(self.host_path / "models" / "configs", self.comfy_dir / "models" / "configs",
                             dirs_exist_ok=True)
-        if self.checkpoint is not None:
-            shutil.copy2(self.checkpoint, self.comfy_dir / "models" / "checkpoints" / self.checkpoint.name)
+        for checkpoint in self.checkpoints:
+            shutil.copy2(checkpoint, self.comfy_dir / "models" / "checkpoints" / checkpoint.name)
         for image in (REPO_ROOT / "workflows").glob("*.png"):  # the examples' inputs, as the README says
             shutil.copy2(image, self.input_dir / image.name)
             self._small_copy(image)

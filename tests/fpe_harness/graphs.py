@@ -10,6 +10,15 @@ TGT = "a photo of rubber ducks walking on street"
 # 240x288 px -> a 30x36 latent: level-0 layers see 1080 tokens (> 32x32, not edited by the official
 # rule), the deeper levels 270 / 72 / 20 (edited): the rule cuts through this model.
 W, H = 240, 288
+# The tiny SDXL layout has attention at levels 1 and 2 only (as SDXL): at 720x384 px (a 90x48 latent)
+# level 1 sees 1080 tokens (dropped by the official rule) and level 2 276 (kept).
+EDIT_SIZES = {"tiny_sdxl": (720, 384)}
+
+
+def edit_size(architecture: str) -> tuple[int, int]:
+    """(width, height) in px where the official rule keeps some attention levels of ``architecture``
+    and drops others."""
+    return EDIT_SIZES.get(architecture, (W, H))
 
 
 def latent(width=W, height=H, batch=1):

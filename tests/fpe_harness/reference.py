@@ -34,30 +34,33 @@ def encode(clip, text):
 
 
 def stack_conditioning(first, second):
-    """One conditioning entry whose cond tensor holds ``first`` then ``second`` along the batch."""
+    """One conditioning entry whose cond tensor holds ``first`` then ``second`` along the batch; the
+    pooled output is stacked too, and plain settings both share (SDXL's size conditioning) kept."""
     (c1, d1), (c2, d2) = first[0], second[0]
-    extra = {}
+    extra = {key: value for key, value in d1.items() if not torch.is_tensor(value) and d2.get(key) == value}
     if d1.get("pooled_output") is not None:
         extra["pooled_output"] = torch.cat([d1["pooled_output"], d2["pooled_output"]])
     return [[torch.cat([c1, c2]), extra]]
 
 
-def _stacked_entries(clip, source, target):
+def _stacked_entries(clip, source, target, encoder=None):
+    encoder = encoder or encode
     sources = [source] if isinstance(source, str) else list(source)
     targets = [target] if isinstance(target, str) else list(target)
     assert len(sources) == len(targets)
     return [entry for s, t in zip(sources, targets, strict=True)
-            for entry in stack_conditioning(encode(clip, s), encode(clip, t))]
+            for entry in stack_conditioning(encoder(clip, s), encoder(clip, t))]
 
 
 def official_batch_edit(model, clip, *, source, target, negative="", width, height, seed, steps, cfg,
                         sampler="euler", scheduler="normal", start=0.0, end=0.8, edit_uncond=False,
-                        max_tokens=OFFICIAL_MAX_TOKENS):
+                        max_tokens=OFFICIAL_MAX_TOKENS, encoder=None):
     """Sample [source, target] as the official notebook does; returns the [2, C, H, W] latent.
 
     ``source`` and ``target`` may be lists of prompts: a combined conditioning (one entry per prompt,
     as Conditioning (Combine) makes), where every entry is its own [source_i, target_i] chunk and the
-    target row takes the source row's maps entry by entry.
+    target row takes the source row's maps entry by entry. ``encoder(clip, text)`` encodes the prompts
+    (default CLIPTextEncode; the negative always uses it).
     """
     first, stop = int(steps * start), int(steps * end)
     state = {"calls": 0}
@@ -95,7 +98,7 @@ def official_batch_edit(model, clip, *, source, target, negative="", width, heig
     patched.set_model_unet_function_wrapper(counting_wrapper)
     latent = {"samples": torch.zeros(2, 4, height // 8, width // 8), "batch_index": [0, 0]}
     out = call_node("KSampler", model=patched, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                    scheduler=scheduler, positive=_stacked_entries(clip, source, target),
+                    scheduler=scheduler, positive=_stacked_entries(clip, source, target, encoder),
                     negative=encode(clip, negative), latent_image=latent, denoise=1.0)[0]["samples"]
     assert state["calls"] == steps, f"expected one UNet call per step, got {state['calls']} for {steps} steps"
     return out
