@@ -158,19 +158,8 @@ SDXL_TINY = TinySpec(
 
 # SD2.x layout: SD1.5's levels and layer keys with linear projections in the transformers,
 # a wider text context (OpenCLIP-H in the real model) and a fixed head width (64 there, 8 here).
-_SD2_UNET = _base_unet(
-    adm_in_channels=None,
-    model_channels=32,
-    num_res_blocks=[2, 2, 2, 2],
-    channel_mult=[1, 2, 4, 4],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    transformer_depth_middle=1,
-    use_linear_in_transformer=True,
-    context_dim=CLIP_H_TINY["hidden_size"],
-    num_heads=-1,
-    num_head_channels=8,
-)
+_SD2_UNET = dict(SD15_TINY.unet_config, use_linear_in_transformer=True, context_dim=CLIP_H_TINY["hidden_size"],
+                 num_heads=-1, num_head_channels=8)
 _SD2_MATCH = {
     "context_dim": CLIP_H_TINY["hidden_size"],
     "model_channels": 32,

@@ -112,7 +112,9 @@ def test_block_lists_that_say_something_else_are_refused(tiny_sd15, fpe_error, t
     model, clip, _ = tiny_sd15
     with pytest.raises(fpe_error, match=message) as raised:
         capture(model, clip, SRC, latent_image=latent(W, H), steps=2, store_layers="custom", store_custom_layers=text)
-    assert len(str(raised.value)) < 300  # short, whatever the input's length
+    # Short whatever the input's length: the item is cut to 24 characters, and the model's block list that
+    # ends every message is bounded by the model (SD1.5: 16 blocks, about 130 characters).
+    assert len(str(raised.value)) < 450
 
 
 def test_a_noise_mask_on_a_real_image_edit_is_named(tiny_sd15, fpe_error):

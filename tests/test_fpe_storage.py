@@ -116,15 +116,20 @@ def test_auto_storage_replays_when_the_record_cannot_fit_and_says_why(tiny_sd15,
     assert torch.equal(edited, ksampler(inject(model, stored), clip, latent_image=latent(64, 48), steps=4))
 
 
-def test_replay_refuses_a_controlnet_source_before_sampling(tiny_sd15, fpe_error, monkeypatch):
-    model, clip, _ = tiny_sd15
+def _controlled(clip, text):
+    """``text`` with the tiny SD1.5 ControlNet applied (a 64x48 random hint)."""
     path = HOST.workdir / "models" / "controlnet" / "tiny_cn.safetensors"
     if not path.exists():
         tiny_models.write_controlnet(tiny_models.SD15_TINY, path)
     control = call_node("ControlNetLoader", control_net_name="tiny_cn.safetensors")[0]
     hint = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0))
-    positive = call_node("ControlNetApply", conditioning=encode(clip, SRC), control_net=control, image=hint,
-                         strength=1.0)[0]
+    return call_node("ControlNetApply", conditioning=encode(clip, text), control_net=control, image=hint,
+                     strength=1.0)[0]
+
+
+def test_replay_refuses_a_controlnet_source_before_sampling(tiny_sd15, fpe_error, monkeypatch):
+    model, clip, _ = tiny_sd15
+    positive = _controlled(clip, SRC)
     calls = []
     counted = model.clone()
     counted.set_model_attn1_patch(lambda n, c, v, extra: (calls.append(1), (n, c, v))[1])
@@ -220,13 +225,7 @@ def test_replay_source_of_one_image_serves_a_target_batch(tiny_sd15):
 
 def test_replay_with_a_controlnet_on_the_target_only(tiny_sd15):
     model, clip, _ = tiny_sd15
-    path = HOST.workdir / "models" / "controlnet" / "tiny_cn.safetensors"
-    if not path.exists():
-        tiny_models.write_controlnet(tiny_models.SD15_TINY, path)
-    control = call_node("ControlNetLoader", control_net_name="tiny_cn.safetensors")[0]
-    hint = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0))
-    controlled = call_node("ControlNetApply", conditioning=encode(clip, TGT), control_net=control, image=hint,
-                           strength=1.0)[0]
+    controlled = _controlled(clip, TGT)
     sources = _stored_and_replayed(model, clip, encode(clip, SRC), latent(64, 48))
     # The source rows get zero ControlNet residuals (their source had none): the same edit as stored.
     _edits_agree(model, clip, sources, controlled, latent(64, 48))
