@@ -124,12 +124,12 @@ def choose_storage(maker: str, estimate: int, storage: str, load_device, what: s
     if estimate > RAM_SHARE * ram:
         if storage == "auto":
             log.info("%s: auto storage: the record (about %s, %s) exceeds %d%% of the free system RAM (%s): replaying "
-                     "the source instead (no record; each edit re-runs the source rows, about 1.4x a plain "
+                     "the source instead (no record; each edit re-runs the source rows, about 1.2-1.4x a plain "
                      "generation)", maker, _fmt(estimate), what, round(RAM_SHARE * 100), _fmt(ram))
             return StoragePlan("replay", None)
         raise FPEError(
             f"{maker} would store about {_fmt(estimate)} ({what}), but the system RAM has {_fmt(ram)} free. "
-            f"Set storage to 'replay' (no record; each edit re-runs the source, about 1.4x a plain generation), or "
+            f"Set storage to 'replay' (no record; each edit re-runs the source, about 1.2-1.4x a plain generation), or "
             f"store less: lower store_end, choose fewer store_layers (e.g. 'official' instead of 'all'), "
             f"precision fp16, fewer steps or a smaller image or batch")
     log.info("%s: storing about %s (%s) in system RAM", maker, _fmt(estimate), what)

@@ -9,7 +9,7 @@ for the stored steps only) and hands the source rows' layer inputs to the target
 
 The source rows see the same model, inputs and patches as in the capture, so their layer inputs
 are the stored ones up to the rounding a different batch layout gives (the tests bound it). The
-price is the extra rows: about 1.4x a plain generation per edit at cfg > 1 (three rows instead of
+price is the extra rows: at most about 1.4x a plain generation per edit at cfg > 1 (three rows instead of
 two for 80% of the steps), against no record at all.
 
 ComfyUI runs every UNet call through its ``model_function_wrapper`` slot with the batched inputs;

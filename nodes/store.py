@@ -42,7 +42,7 @@ def store_inputs(step_cost: str) -> dict:
             "tooltip": "Where the record lives: 'auto' beside the model (GPU) unless it is large, then system RAM, "
                        "then replay if RAM is short too; 'cpu' in system RAM (frees VRAM, a small copy per edited "
                        "layer); 'replay' keeps no record, only the source's model inputs (kilobytes): each edit "
-                       "re-runs the source rows beside the target's (about 1.4x a plain generation)."}),
+                       "re-runs the source rows beside the target's (about 1.2-1.4x a plain generation)."}),
         "precision": (list(PRECISION), {
             "default": "exact",
             "tooltip": "'exact' stores in the model's own dtype (lossless). fp16/bf16 halve an fp32 model's record "
