@@ -215,6 +215,55 @@ def bench_real(label, model, conds, *, side, steps, repeats, call_node):
             f"{(t_check + t_edit) / t_plain:.2f}x", f"{t_reedit / t_plain:.2f}x", f"{spread:.0%}"]
 
 
+def bench_nulltext(label, model, conds, *, side, steps, repeats, call_node, inner_steps=10):
+    """FPE Null-Text Invert (official settings) vs FPE DDIM Invert and one plain generation; the edit after it."""
+    import torch
+
+    src, tgt, _, neg = conds
+    gen = torch.Generator().manual_seed(3)
+    photo = {"samples": torch.randn(1, 4, side // 8, side // 8, generator=gen) * 5}
+    empty = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+    store = {"store_layers": "official", "store_custom_layers": "", "store_end": 0.8, "store_rows": "cond",
+             "storage": "auto", "precision": "exact"}
+
+    def plain():
+        return call_node("KSampler", model=model, seed=42, steps=steps, cfg=7.5, sampler_name="ddim",
+                         scheduler="ddim_uniform", positive=tgt, negative=neg, latent_image=empty, denoise=1.0)
+
+    def ddim():
+        return call_node("FPEDDIMInvert", model=model, positive=neg, latent=photo, steps=steps,
+                         scheduler="ddim_uniform", cfg=1.0, denoise=1.0, reconstruction_check=False, **store)
+
+    def nulltext():
+        return call_node("FPENullTextInvert", model=model, positive=src, negative=neg, latent=photo, steps=steps,
+                         scheduler="ddim_uniform", cfg=7.5, inner_steps=inner_steps, early_stop=1e-5,
+                         learning_rate=0.01, **store)
+
+    def edit(inverted, source, null_negative):
+        patched = call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="official",
+                            custom_layers="", start=0.0, end=0.8, branches="cond only")[0]
+        return call_node("KSamplerAdvanced", model=patched, add_noise="disable", noise_seed=0, steps=steps, cfg=7.5,
+                         sampler_name="ddim", scheduler="ddim_uniform", positive=tgt, negative=null_negative,
+                         latent_image=inverted, start_at_step=0, end_at_step=10000,
+                         return_with_leftover_noise="disable")
+
+    plain()
+    times: dict[str, list[float]] = {"plain": [], "ddim": [], "nulltext": [], "edit": []}
+    passes = 0
+    for _ in range(repeats):
+        times["plain"].append(_timed(plain, 1, "plain generation")[0])
+        times["ddim"].append(_timed(ddim, 1, "DDIM Invert")[0])
+        t, (inverted, source, null_negative, report) = _timed(nulltext, 1, "Null-Text Invert")
+        times["nulltext"].append(t)
+        passes = int(report.split(" optimisation passes")[0].rsplit(" ", 1)[1])
+        times["edit"].append(_timed(lambda i=inverted, s=source, n=null_negative: edit(i, s, n), 1,
+                                    "null-text edit")[0])
+    t_plain, t_ddim, t_null, t_edit = (min(times[k]) for k in times)
+    return [label, f"{side}px/{steps}", f"{t_plain:.2f}", f"{t_ddim:.2f} ({t_ddim / t_plain:.2f}x)",
+            f"{t_null:.2f} ({t_null / t_plain:.1f}x)", f"{t_null / t_ddim:.1f}x", str(passes),
+            f"{t_edit / t_plain:.2f}x"]
+
+
 def _table(rows, headers):
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
     for r in [headers, ["-" * w for w in widths]] + rows:
@@ -305,6 +354,9 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, help="override the image size of the full-size UNets (px)")
     parser.add_argument("--archs-only", action="store_true",
                         help="only the full-size UNets' rows (no tiny model, schedule or memory report)")
+    parser.add_argument("--nulltext", action="store_true",
+                        help="only FPE Null-Text Invert vs DDIM Invert vs a plain generation (tiny model and the "
+                             "--archs UNets)")
     parser.add_argument("--archs", default="SD1.5",
                         help="comma-separated full-size UNets to time: SD1.5, SD2.x, SDXL (SDXL needs ~12 GB RAM; "
                              "it runs in bf16 on CPU)")
@@ -329,6 +381,8 @@ def main(argv=None) -> int:
         return layer_table(host_mod.pack_submodule("fpe_attention.layers")) or 0
     if args.memory_only:
         return memory_report(host, call_node)
+    if args.nulltext:
+        return nulltext_report(args, host, call_node)
     if not args.gpu and not args.archs_only:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -375,6 +429,43 @@ def main(argv=None) -> int:
             print(f"  {kind}: {gib:.2f}")
     if not args.archs_only:
         memory_report(host, call_node, unet, big_conds)
+    return 0
+
+
+def nulltext_report(args, host, call_node) -> int:
+    import torch
+
+    from fpe_headless import tiny_models
+
+    rows = []
+    if not args.gpu:
+        tiny_models.write_checkpoint(tiny_models.SD15_TINY, host.workdir / "models" / "checkpoints" / "tiny.safetensors")
+        model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
+        conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
+                 ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street",
+                  "a photo of wooden ducks walking on street", "")]
+        rows.append(bench_nulltext("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
+                                   repeats=args.repeats, call_node=call_node))
+    gen = torch.Generator().manual_seed(0)
+    side, steps = (512, 50) if args.gpu else (256, 3)
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        dtype = torch.bfloat16 if arch == "SDXL" and not args.gpu else None
+        model = full_unet(arch, dtype)
+        label = f"{arch} UNet (random, {str(model.model.get_dtype()).replace('torch.', '')})"
+        arch_side = args.side or (1024 if arch == "SDXL" and args.gpu else side)
+        rows.append(bench_nulltext(label, model, random_conds(arch, gen), side=arch_side, steps=args.steps or steps,
+                                   repeats=args.repeats, call_node=call_node))
+        del model
+    print(f"\n{host.label}, torch {torch.__version__}, "
+          f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
+    print("Null-text inversion (official: cfg 7.5, up to 10 Adam iterations per step, early stop 1e-5 + i*2e-5) "
+          "vs FPE DDIM Invert (cfg 1, recording to 0.8) and a plain generation (cfg 7.5):")
+    _table(rows, ["model", "size/steps", "plain s", "DDIM Invert s", "Null-Text Invert s", "vs DDIM Invert",
+                  "optimisation passes", "edit after it"])
+    if PEAK_VRAM:
+        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
+        for kind, gib in PEAK_VRAM.items():
+            print(f"  {kind}: {gib:.2f}")
     return 0
 
 

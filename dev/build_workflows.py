@@ -127,10 +127,11 @@ def generated_edit(official_schedule: bool = False, base: Base = SD15) -> dict:
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
            outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
            widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
-                    base.precision],
+                    base.precision, "off"],
            title=capture_title, size=(340, 430), color=FPE_COLOR)
     g.node(7, "FPESelfAttnInject", (830, 510), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL")], widgets=["official", base.custom_layers, 0.0, 0.8, "cond only"],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
            size=(340, 190), color=FPE_COLOR)
     if official_schedule:
         g.node(16, "FPEOfficialDDIMSigmas", (380, 720), inputs=[("model", "MODEL")], outputs=[("sigmas", "SIGMAS")],
@@ -256,10 +257,11 @@ def real_image_edit(base: Base = SD15) -> dict:
                    ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
            outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
            widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
-                    base.precision, True],
+                    base.precision, True, "off"],
            size=(360, 700), color=FPE_COLOR)
     g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL")], widgets=["official", base.custom_layers, 0.0, 0.8, "cond only"],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
            size=(340, 190), color=FPE_COLOR)
     g.node(9, "KSamplerAdvanced", (1230, 290),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -321,12 +323,171 @@ NOTE_REAL = (
     "Change only the target prompt and queue again: the inversion is cached, a re-edit costs one generation.")
 
 
+REAL_SOURCE_PROMPT = "a photo of a red apple on a wooden table"
+
+
+def real_image_edit_nulltext() -> dict:
+    """Supplement Algorithm 3: null-text inversion with the source prompt, the edit at cfg 7.5 with the
+    per-step null embeddings as the negative of the target sampler."""
+    g = Graph()
+    base = SD15
+    step = base.prompt_size[1] + 50
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[base.checkpoint], size=(315, 100))
+    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
+           title="Load the photo to edit", size=(315, 360))
+    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+    prompt_node(g, base, 4, (380, 40), REAL_SOURCE_PROMPT, "Source prompt (describes the photo)")
+    prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Null text start (empty, as the official code)")
+    g.node(7, "FPENullTextInvert", (830, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent", "LATENT"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+           outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("null_negative", "CONDITIONING"),
+                    ("report", "STRING")],
+           widgets=[base.steps, "ddim_uniform", 7.5, 10, 1e-5, 0.01, "official", base.custom_layers, 0.8, "cond",
+                    "auto", base.precision, "off"],
+           size=(360, 760), color=FPE_COLOR)
+    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
+           size=(340, 190), color=FPE_COLOR)
+    g.node(9, "KSamplerAdvanced", (1230, 290),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")],
+           widgets=["disable", 0, "fixed", base.steps, 7.5, "ddim", "ddim_uniform", 0, 10000, "disable"],
+           title="KSamplerAdvanced (target: ddim, no noise, null_negative)", size=(380, 340))
+    g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
+    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/nulltext_side_by_side"],
+           title="Save photo | edit", size=(420, 300))
+    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/nulltext_edit"],
+           title="Save edit", size=(320, 300))
+    g.node(14, "Note", (1230, 690), widgets=[NOTE_NULLTEXT], size=(380, 400))
+    g.link(1, 0, 7, "model")
+    g.link(1, 0, 8, "model")
+    for clip_user in (4, 5, 6):
+        g.link(1, 1, clip_user, "clip")
+    g.link(2, 0, 3, "pixels")
+    g.link(1, 2, 3, "vae")
+    g.link(3, 0, 7, "latent")
+    g.link(4, 0, 7, "positive")
+    g.link(6, 0, 7, "negative")
+    g.link(1, 2, 7, "vae")
+    g.link(7, 1, 8, "fpe_source")
+    g.link(8, 0, 9, "model")
+    g.link(5, 0, 9, "positive")
+    g.link(7, 2, 9, "negative")
+    g.link(7, 0, 9, "latent_image")
+    g.link(9, 0, 10, "samples")
+    g.link(1, 2, 10, "vae")
+    g.link(2, 0, 11, "image_a")
+    g.link(10, 0, 11, "image_b")
+    g.link(11, 0, 12, "images")
+    g.link(10, 0, 13, "images")
+    return g.workflow()
+
+
+NOTE_NULLTEXT = (
+    "Null-text inversion + FPE (the paper's supplement, Algorithm 3): the photo is inverted with a source prompt "
+    "that describes it, then the negative embedding is tuned step by step so that sampling at cfg 7.5 gives the "
+    "photo back. Fine detail (faces, text, texture) survives better than with FPE DDIM Invert at cfg 7.5.\n\n"
+    "Connect null_negative to the target sampler's NEGATIVE, and keep the sampler's add_noise 'disable', sampler "
+    "'ddim', and the SAME steps, scheduler and cfg as the inversion node.\n\n"
+    "It costs about 10 inversions (up to 10 forward + backward passes per step) once per photo; change only the "
+    "target prompt and queue again: the inversion is cached, a re-edit costs one generation.")
+
+
+SWEEP = "layers=official,all; end=0.2,0.4,0.6,0.8"  # grid rows: layers, columns: the replace ratio
+
+
+def settings_sweep() -> dict:
+    """One source, 8 edits in one batched run (layers x replace ratio), laid out as a titled grid."""
+    g = Graph()
+    base = SD15
+    step = base.prompt_size[1] + 50
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[base.checkpoint], size=(315, 100))
+    prompt_node(g, base, 2, (380, 40), SOURCE_PROMPT, "Source prompt")
+    prompt_node(g, base, 3, (380, 40 + step), TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
+    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
+           widgets=[base.side, base.side, 1], size=(315, 106))
+    g.node(6, "FPESourceCapture", (830, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
+           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
+           widgets=[42, "fixed", *sampling, 1.0, "all", base.custom_layers, 0.8, "cond", "auto", base.precision,
+                    "off"],
+           title="FPE Source Capture (store_layers all)", size=(340, 470), color=FPE_COLOR)
+    g.node(7, "FPESelfAttnInject", (830, 600), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", SWEEP], size=(340, 220), color=FPE_COLOR)
+    g.node(8, "FPESweepLatent", (830, 880), inputs=[("latent", "LATENT"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           outputs=[("latent", "LATENT")], size=(340, 60), color=FPE_COLOR)
+    g.node(9, "KSampler", (1220, 560),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
+           title="KSampler (target: 8 edits in one batch)", size=(380, 270))
+    g.node(10, "VAEDecode", (1260, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
+           title="Decode source", size=(210, 50))
+    g.node(11, "VAEDecode", (1680, 560), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode edits", size=(210, 50))
+    g.node(12, "FPESweepGrid", (1680, 40), inputs=[("images", "IMAGE"), ("sweep_labels", "FPE_SWEEP_LABELS"),
+                                                   ("source", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 80), color=FPE_COLOR)
+    g.node(13, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/sweep_grid"],
+           title="Save the grid", size=(640, 420))
+    g.node(14, "Note", (20, 480), widgets=[NOTE_SWEEP], size=(330, 420))
+    g.link(1, 0, 6, "model")
+    g.link(1, 0, 7, "model")
+    for clip_user in (2, 3, 4):
+        g.link(1, 1, clip_user, "clip")
+    g.link(2, 0, 6, "positive")
+    g.link(4, 0, 6, "negative")
+    g.link(5, 0, 6, "latent_image")
+    g.link(6, 1, 7, "fpe_source")
+    g.link(5, 0, 8, "latent")
+    g.link(7, 1, 8, "sweep_labels")
+    g.link(7, 0, 9, "model")
+    g.link(3, 0, 9, "positive")
+    g.link(4, 0, 9, "negative")
+    g.link(8, 0, 9, "latent_image")
+    g.link(6, 0, 10, "samples")
+    g.link(1, 2, 10, "vae")
+    g.link(9, 0, 11, "samples")
+    g.link(1, 2, 11, "vae")
+    g.link(11, 0, 12, "images")
+    g.link(7, 1, 12, "sweep_labels")
+    g.link(10, 0, 12, "source")
+    g.link(12, 0, 13, "images")
+    return g.workflow()
+
+
+NOTE_SWEEP = (
+    "Settings sweep: which replace ratio (end) and which layers suit this edit? One "
+    "source, and every combination of the Inject's sweep as one image of ONE batched target run.\n\n"
+    "sweep 'layers=official,all; end=0.2,0.4,0.6,0.8': 2 x 4 = 8 images; the first setting named gives the grid's "
+    "rows, the last its columns. Settings: start, end, layers (presets, or quoted block lists: layers=\"in4,in5\","
+    "all). The capture must store what the sweep uses (here store_layers 'all', store_end 0.8).\n\n"
+    "FPE Sweep Latent repeats the source's latent once per setting with the source's noise, so image k is exactly "
+    "the edit with setting k. Keep seed, steps, sampler and scheduler the SAME on the capture and the KSampler.")
+
+
 WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
     "fpe_real_image_edit.json": real_image_edit,
     "fpe_sdxl_generated_edit.json": lambda: generated_edit(base=SDXL),
     "fpe_sdxl_real_image_edit.json": lambda: real_image_edit(base=SDXL),
+    "fpe_settings_sweep.json": settings_sweep,
+    "fpe_real_image_edit_nulltext.json": real_image_edit_nulltext,
 }
 
 

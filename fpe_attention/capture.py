@@ -29,6 +29,8 @@ from .validate import check_latent
 ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
 STORAGE = ("auto", "cpu", "replay")
 PRECISION = ("exact", "fp16", "bf16")
+# store_cross: also record the cross-attention (attn2) inputs and text contexts, for FPE Attention Replace
+CROSS = {"off": None, "on": "store layers", "all layers": "all"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class CaptureSettings:
     rows: str = "cond"
     storage: str = "auto"  # auto: where it fits; cpu: system RAM; replay: no record, the source's inputs only
     precision: str = "exact"  # exact: the dtype the model computes in; fp16/bf16: half the bytes of fp32
+    cross: str = "off"  # store_cross: off, on (the store layers' attn2), all layers
 
 
 class CaptureRecorder(Shared):
@@ -50,6 +53,7 @@ class CaptureRecorder(Shared):
         self.dtype = dtype
         self.clock = EvaluationClock(source.schedule, top_evaluations=None)  # one run: the capture's
         self._logged = None
+        self._contexts: dict = {}  # (kind, entry) -> the last text context stored for it
 
     def __call__(self, n, context, value, extra_options):
         call = self.clock.locate(extra_options, n.shape[0])
@@ -68,6 +72,29 @@ class CaptureRecorder(Shared):
             if chunk.kind in source.stored_kinds:
                 stored = self._keep(n[chunk.rows].detach())
                 source.entries.setdefault(chunk.key, {})[layer] = stored
+        return n, context, value
+
+    def record_cross(self, n, context, value, extra_options):
+        """attn2 patch: the stored rows' cross-attention input and their text context (store_cross)."""
+        source = self.source
+        if not source.cross_layers or source.replay is not None:
+            return n, context, value
+        call = self.clock.locate(extra_options, n.shape[0])  # attn1 of this block located the call already
+        first, stop = source.stored_window
+        layer = layer_key(extra_options)
+        if call.step is None or not first <= call.step < stop or layer not in source.cross_layers:
+            return n, context, value
+        for chunk in call.chunks:
+            if chunk.kind not in source.stored_kinds:
+                continue
+            source.cross_entries.setdefault(chunk.key, {})[layer] = self._keep(n[chunk.rows].detach())
+            if chunk.key not in source.cross_context:
+                text = context[chunk.rows].detach()
+                last = self._contexts.get((chunk.key.kind, chunk.key.entry))
+                if last is None or last.shape != text.shape or not torch.equal(last, text.to(last.device, last.dtype)):
+                    last = self._keep(text)
+                    self._contexts[(chunk.key.kind, chunk.key.entry)] = last
+                source.cross_context[chunk.key] = last  # one tensor per entry while its prompt stays the same
         return n, context, value
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
@@ -92,10 +119,22 @@ class CaptureRecorder(Shared):
         return args["denoised"]
 
 
+class CrossRecorder(Shared):
+    """The capture's attn2 patch (store_cross): hands every call to its ``CaptureRecorder``."""
+
+    def __init__(self, recorder: CaptureRecorder):
+        self.recorder = recorder
+
+    def __call__(self, n, context, value, extra_options):
+        return self.recorder.record_cross(n, context, value, extra_options)
+
+
 def attach_recorder(model, recorder: CaptureRecorder):
     """A clone of ``model`` that records with ``recorder``."""
     patched = model.clone()
     patched.set_model_attn1_patch(recorder)
+    if recorder.source.cross_layers:
+        patched.set_model_attn2_patch(CrossRecorder(recorder))
     if recorder.source.replay is not None:
         previous = patched.model_options.get("model_function_wrapper")
         patched.set_model_unet_function_wrapper(InputRecorder(recorder, previous))
@@ -117,18 +156,30 @@ def conditioning_rows(model, positive, negative, cfg: float, kinds) -> int:
     return max(rows, 1)
 
 
+def context_shapes(positive, negative, cfg: float, kinds, model=None) -> list[tuple[int, int]]:
+    """(tokens, channels) of every text context a store_cross capture keeps once: one per stored entry."""
+    options = getattr(model, "model_options", {}) or {}
+    lists = [positive] if COND in kinds else []
+    if UNCOND in kinds and (not math.isclose(cfg, 1.0) or options.get("disable_cfg1_optimization")):
+        lists.append(negative)
+    return [(int(entry[0].shape[-2]), int(entry[0].shape[-1])) for items in lists for entry in (items or [])
+            if torch.is_tensor(entry[0]) and entry[0].ndim == 3]
+
+
 def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_origin: str, cfg: float,
                settings: CaptureSettings, evaluations: int, rows: int,
-               maker: str = "FPE Source Capture") -> tuple[FPESource, CaptureRecorder]:
+               maker: str = "FPE Source Capture",
+               contexts: list[tuple[int, int]] = ()) -> tuple[FPESource, CaptureRecorder]:
     """An empty ``FPESource`` for a run over ``sigmas`` and the attn1 recorder that fills it.
 
     ``evaluations``: model evaluations inside the stored steps; ``rows``: stored rows per latent
     image and evaluation. Both size the record, which is checked against free memory here.
+    ``contexts``: (tokens, channels) of the text contexts a store_cross record keeps (``context_shapes``).
     """
     signature = model_signature(model)
     reject_chained_inject(model, maker)
     layers = model_attn1_layers(model)
-    check_latent(samples, "latent" if maker == "FPE DDIM Invert" else "latent_image")
+    check_latent(samples, "latent_image" if maker == "FPE Source Capture" else "latent")
     height, width = samples.shape[-2:]
     stored = settings.selection.resolve(layers, height, width)
     if not stored:
@@ -152,9 +203,24 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
     item = torch.empty((), dtype=dtype or _compute_dtype(model)).element_size()
     per_evaluation = sum(layer.tokens(height, width) * layer.channels for layer in stored) * source.batch * rows
+    if settings.cross not in CROSS:
+        raise FPEError(f"store_cross: unknown value {settings.cross!r}; choose one of {', '.join(CROSS)}")
+    if CROSS[settings.cross] is not None:
+        if settings.storage == "replay":
+            raise FPEError("store_cross needs a record, which storage 'replay' does not keep: set storage to 'auto' "
+                           "or 'cpu', or store_cross to 'off'")
+        crossed = stored if CROSS[settings.cross] == "store layers" else layers
+        source.cross_setting = settings.cross
+        source.cross_layers = frozenset(layer.key for layer in crossed)
+        # the attn2 input has the width of the attn1 input (the block's inner width)
+        per_evaluation += sum(layer.tokens(height, width) * layer.channels for layer in crossed) * source.batch * rows
     estimate = per_evaluation * evaluations * item
+    if source.cross_layers and evaluations:
+        estimate += sum(tokens * channels for tokens, channels in contexts) * source.batch * item
     what = (f"{len(stored)} layers, {evaluations} evaluations in {window[1] - window[0]} steps, {rows} row{'s' if rows != 1 else ''} per "
             f"image, {str(dtype or _compute_dtype(model)).replace('torch.', '')}")
+    if source.cross_layers:
+        what += f"; store_cross: {len(source.cross_layers)} cross-attention layers and the text contexts"
     if settings.storage not in STORAGE:
         raise FPEError(f"storage: unknown value {settings.storage!r}; choose one of {', '.join(STORAGE)}")
     plan = choose_storage(maker, estimate, settings.storage, getattr(model, "load_device", None), what)
@@ -163,6 +229,7 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     if plan.mode == "replay":  # no layer record: any layer can be edited, the source rows are re-run
         source.replay = {}
         source.stored_layers = frozenset(layer.key for layer in layers)
+        source.cross_layers = frozenset()  # storage auto fell back to replay: no cross record (the node says so)
         source.layer_setting = "all (storage replay)"
         estimate = evaluations * rows * source.batch * math.prod(samples.shape[1:]) * 4
     device = plan.device
@@ -187,7 +254,8 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
     evaluations = stored_evaluations(sampler_name, sigmas, window, model)
     source, recorder = new_source(model, samples=latent["samples"], sigmas=sigmas, schedule_origin=schedule_origin,
                                   cfg=cfg, settings=settings, evaluations=evaluations,
-                                  rows=conditioning_rows(model, positive, negative, cfg, ROWS[settings.rows]))
+                                  rows=conditioning_rows(model, positive, negative, cfg, ROWS[settings.rows]),
+                                  contexts=context_shapes(positive, negative, cfg, ROWS[settings.rows], model))
     if source.replay is not None:
         reject_per_call_conditioning((positive, negative), source.maker, source.auto_replay)
     out, _ = sample_over_sigmas(attach_recorder(model, recorder), seed=seed, cfg=cfg, sampler_name=sampler_name,

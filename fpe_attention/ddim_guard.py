@@ -72,6 +72,7 @@ class DDIMGuard(Shared):
         if self.index.key(sigma) == ("s", 0):  # a (new) run starts
             self._previous = None
             self._check_start(x)
+            self._check_cfg(args)
         elif self._previous is not None:
             self._check_step(x, sigma)
         functions = args.get("model_options", {}).get("sampler_post_cfg_function", [])
@@ -85,8 +86,30 @@ class DDIMGuard(Shared):
             start = start.expand_as(x)
         if start.shape != x.shape or not _close(x, start):
             raise FPEError(
-                "the target sampler does not start from FPE DDIM Invert's latent (noise added, or another latent "
-                f"connected): {FIX_START}")
+                f"the target sampler does not start from {self.source.maker}'s latent (noise added, or another latent "
+                f"connected): {FIX_START.replace('FPE DDIM Invert', self.source.maker)}")
+
+    def _check_cfg(self, args) -> None:
+        """Null-text sources: the embeddings are tuned for one cfg; another one drifts off the photo."""
+        tuned = self.source.tuned_cfg
+        if tuned is None:
+            return
+        scale = args.get("cond_scale")  # current ComfyUI; the 2024 host: read it off the guided result
+        if scale is None:
+            cond, uncond = args.get("cond_denoised"), args.get("uncond_denoised")
+            if cond is None or uncond is None:
+                return
+            gap = (cond - uncond).float()
+            norm = float(gap.pow(2).sum())
+            if norm == 0.0:
+                return
+            scale = float(((args["denoised"] - uncond).float() * gap).sum()) / norm
+        if abs(float(scale) - tuned) > 1e-3 * max(1.0, tuned):
+            from . import notify
+
+            notify.warn("the target's cfg is not the null text's",
+                        f"{self.source.maker} tuned null_negative for cfg {tuned:g}, the target sampler runs at cfg "
+                        f"{float(scale):.4g}: the edit drifts away from the photo. Give the target sampler cfg {tuned:g}")
 
     def _check_step(self, x: torch.Tensor, sigma: float) -> None:
         x_prev, sigma_prev, denoised_prev = self._previous

@@ -32,6 +32,15 @@ from .validate import check_number
 BRANCHES = {"cond only": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
 
 
+@dataclass(frozen=True)
+class RowEdit:
+    """One image's edit in a settings sweep (image k of every conditioning chunk takes row edit k)."""
+
+    window: tuple[int, int]
+    layers: frozenset
+    label: str
+
+
 @dataclass
 class RunState:
     """What the inject knows about the sampling run in progress."""
@@ -45,11 +54,13 @@ class InjectPatch(Shared):
 
     fpe_inject = True  # marks an FPE edit on a model (a second FPE node on it is refused)
 
-    def __init__(self, source: FPESource, layers: frozenset, window: tuple[int, int], kinds: frozenset[int]):
+    def __init__(self, source: FPESource, layers: frozenset, window: tuple[int, int], kinds: frozenset[int],
+                 rows: tuple[RowEdit, ...] | None = None):
         self.source = source
-        self.layers = layers
+        self.layers = layers  # a sweep: the union of its rows' layers
         self.window = window
         self.kinds = kinds
+        self.rows = rows  # a settings sweep (2+ settings), else None: every image gets the same edit
         self.clock = EvaluationClock(source.schedule, source.top_evaluations())
         self._checked = None
         self._run = RunState()
@@ -67,6 +78,7 @@ class InjectPatch(Shared):
         try:
             if getattr(latent, "ndim", 0) == 4:
                 self.source.check_latent(latent.shape)
+                self._check_sweep_rows(latent.shape[0])
             self.source.check_schedule(sigmas.detach().cpu())
             if self.source.inverted and denoise_mask is not None:
                 MaskGuard.reject(self.source)
@@ -115,6 +127,11 @@ class InjectPatch(Shared):
                         f"the target sampler starts from other noise than {source.maker} (a different seed, or "
                         "another latent or denoise?): give both the same seed and latent, or the edit will not keep "
                         "the source's layout")
+        elif self.rows is not None and source.batch == 1 and not source.same_start(args["input"], every_row=True):
+            self._defer("sweep start", "the sweep's images start from other noise than the source",
+                        "images 2 and later of the settings sweep start from other noise than the source (an Empty "
+                        "Latent Image batch gives each image its own), so image k is not the edit with setting k: "
+                        "connect the target's latent through FPE Sweep Latent (with the Inject's sweep_labels)")
 
     # --- attn1 patch -------------------------------------------------------------------------
 
@@ -155,12 +172,20 @@ class InjectPatch(Shared):
 
     def _edit_replayed(self, n, context, value, extra_options, replay: ReplayCall):
         """attn1 in an extended call: the target rows (after the source's) take the source rows' input."""
-        if layer_key(extra_options) not in self.layers:
+        layer = layer_key(extra_options)
+        if layer not in self.layers:
+            return n, context, value
+        picked = self._rows_at(replay.call.step, layer)
+        if picked is not None and not picked:
             return n, context, value
         edited = n.clone()
         skip = replay.source_rows
         targets = [slice(skip + rows.start, skip + rows.stop) for rows, _ in replay.pairs]
-        for target, (_, source) in zip(targets, replay.pairs, strict=True):
+        sources = [source for _, source in replay.pairs]
+        if picked is not None:  # a sweep: only the images whose setting edits this step and layer
+            targets = [[t.start + r for r in picked] for t in targets]
+            sources = [[s.start + r for r in picked] for s in sources]
+        for target, source in zip(targets, sources, strict=True):
             edited[target] = n[source]
         if context is n:
             return edited, edited, value
@@ -188,12 +213,36 @@ class InjectPatch(Shared):
 
     def _edits(self, call) -> bool:
         """Whether the edit acts in this call's step (an error for a sigma the schedule lacks)."""
+        if self.rows is not None:
+            return self._row_edits(call)
         first, stop = self.window
         if first >= stop:
             return False
         if call.step is None:
             self.source.reject_sigma(call.sigma)
         return first <= call.step < stop
+
+    def _row_edits(self, call) -> bool:
+        """A sweep: whether any image's setting edits this call's step."""
+        if all(first >= stop for first, stop in (row.window for row in self.rows)):
+            return False
+        if call.step is None:
+            self.source.reject_sigma(call.sigma)
+        return any(row.window[0] <= call.step < row.window[1] for row in self.rows)
+
+    def _rows_at(self, step: int, layer) -> list[int] | None:
+        """A sweep: the images (within a chunk) whose setting edits ``step`` at ``layer``; None: no sweep."""
+        if self.rows is None:
+            return None
+        return [k for k, row in enumerate(self.rows) if row.window[0] <= step < row.window[1] and layer in row.layers]
+
+    def _check_sweep_rows(self, images: int) -> None:
+        if self.rows is not None and images != len(self.rows):
+            raise FPEError(
+                f"sweep: FPE Self-Attn Inject's sweep has {len(self.rows)} settings, but the target sampler's latent "
+                f"has {images} image{'s' if images != 1 else ''}: each image takes one setting. Connect the target "
+                f"latent through FPE Sweep Latent (it repeats the source's latent {len(self.rows)} times, each with "
+                f"the source's noise), or set the Empty Latent Image batch_size to {len(self.rows)}")
 
     def _source_key(self, chunk, call):
         key, stand_in = self.source.resolve(chunk.key, call.step)
@@ -219,12 +268,16 @@ class InjectPatch(Shared):
         layer = layer_key(extra_options)
         if layer not in self.layers:
             return n, context, value
+        picked = self._rows_at(call.step, layer)
+        if picked is not None and not picked:
+            return n, context, value
         if self.source.replay is not None and any(chunk.kind in self.kinds for chunk in call.chunks):
             raise FPEError(
                 "FPE Self-Attn Inject's UNet wrapper did not run (a node applied after the Inject replaced the model's "
                 "function wrapper, e.g. tiled diffusion), so the replayed source rows are missing: apply that node "
                 "before FPE Self-Attn Inject, or capture with storage 'auto' or 'cpu'")
         edited = None
+        targets = []  # the edited rows of each edited chunk
         for chunk in call.chunks:
             if chunk.kind not in self.kinds:
                 continue
@@ -244,7 +297,12 @@ class InjectPatch(Shared):
                 self.source.check_latent((target_rows, 0) + tuple(self.source.latent_shape[2:]))
             if edited is None:
                 edited = n.clone()
-            edited[chunk.rows] = src.to(device=n.device, dtype=n.dtype)
+            if picked is None:
+                targets.append(chunk.rows)
+                edited[chunk.rows] = src.to(device=n.device, dtype=n.dtype)
+            else:  # a sweep: image k of the chunk takes the source only where setting k edits
+                targets.append([chunk.rows.start + r for r in picked])
+                edited[targets[-1]] = src[picked].to(device=n.device, dtype=n.dtype)
         if edited is None:
             return n, context, value
         # Keys come from the source too (the map is the source's); values stay the target's own.
@@ -252,9 +310,8 @@ class InjectPatch(Shared):
             context = edited
         elif context.shape == n.shape:
             context = context.clone()
-            for chunk in call.chunks:
-                if chunk.kind in self.kinds:
-                    context[chunk.rows] = edited[chunk.rows]
+            for rows in targets:
+                context[rows] = edited[rows]
         elif not self._warned_context:
             notify.warn("another attn1 patch changes self-attention's keys",
                         f"it gives layer {layer} its own keys ({context.shape[1]} tokens); FPE replaces the queries only")
@@ -267,6 +324,7 @@ class InjectPatch(Shared):
             if sample_sigmas is not None:
                 self.source.check_schedule(sample_sigmas.cpu())
             self._reject_start(call)
+        self._check_sweep_rows(call.rows // len(call.chunks))
         shape = call.original_shape
         if shape is not None and len(shape) == 4:
             rows, channels, height, width = shape
@@ -314,9 +372,23 @@ class ReplayWrapper(ChainedWrapper):
         return self.patch.unet_call(apply_model, args)
 
 
+@dataclass(frozen=True)
+class SweepSetting:
+    """One image's setting of a sweep, as the node resolved it (``label`` names it in messages)."""
+
+    start: float
+    end: float
+    selection: LayerSelection
+    layer_setting: str
+    label: str
+
+
 def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_setting: str, start: float,
-                 end: float, branches: str = "cond only"):
-    """A clone of ``model`` that edits its samples with ``source``; checks everything it can first."""
+                 end: float, branches: str = "cond only", sweep: list[SweepSetting] | None = None):
+    """A clone of ``model`` that edits its samples with ``source``; checks everything it can first.
+
+    ``sweep``: one setting per target image (a batch of len(sweep) images); a sweep of one setting is
+    the plain edit with that setting."""
     if not isinstance(source, FPESource):
         raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture or FPE DDIM Invert")
     source.require_complete()
@@ -344,29 +416,17 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
         if UNCOND not in source.evaluated_kinds:
             raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows, but the capture ran at cfg "
                            f"{source.cfg}, where ComfyUI skips them: capture at cfg > 1 or use branches 'cond only'")
-    _, _, height, width = source.latent_shape
-    layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
-    if not layers:
-        raise FPEError(f"layers '{layer_setting}' select no self-attention layer at the capture's size "
-                       f"({width * 8}x{height * 8} px): choose 'official relative' (every level but the finest, at any size), 'all' "
-                       f"or a custom list")
-    missing = sorted(layers - source.stored_layers)
-    if missing:
-        names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
-        raise FPEError(
-            f"layers '{layer_setting}' include {names}, which {source.maker} did not store (its store_layers: "
-            f"'{source.layer_setting}'): widen the capture's store_layers or narrow the inject's layers")
-    window = step_window(source.steps, start, end)
-    stored_first, stored_stop = source.stored_window
-    if window[0] < window[1] and not (stored_first <= window[0] and window[1] <= stored_stop):
-        raise FPEError(
-            f"end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but {source.maker} stored steps "
-            f"{stored_first}..{stored_stop - 1} (store_end {source.store_end}): raise the capture's store_end to at "
-            f"least {end} or lower the inject's end")
-    if window[0] >= window[1] and start < end:
-        notify.warn("the edit is off",
-                    f"start {start} / end {end} edit no step of {source.steps} (the window truncates to {window})")
-    patch = InjectPatch(source, layers, window, kinds)
+    rows = None
+    if sweep:
+        rows = tuple(RowEdit(*_edit_of(source, s.selection, s.layer_setting, s.start, s.end, f"sweep: {s.label}: ",
+                                       warn=len(sweep) == 1), s.label) for s in sweep)
+        layers = frozenset().union(*(row.layers for row in rows))
+        window = (min(row.window[0] for row in rows), max(row.window[1] for row in rows))
+        if len(rows) == 1:  # exactly the plain edit with that setting
+            rows = None
+    else:
+        window, layers = _edit_of(source, selection, layer_setting, start, end)
+    patch = InjectPatch(source, layers, window, kinds, rows)
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
     if source.replay is not None:  # no record: the source rows run beside the target's in the stored steps
@@ -379,3 +439,34 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
             MaskGuard.attach(patched, source)
         add_evaluation_end(patched, DDIMGuard(source))  # last: it checks the denoised result the sampler uses
     return patched
+
+
+def _edit_of(source: FPESource, selection: LayerSelection, layer_setting: str, start: float, end: float,
+             prefix: str = "", warn: bool = True) -> tuple[tuple[int, int], frozenset]:
+    """The step window and layer keys of one edit setting, checked against what the source stored."""
+    if start > end:
+        raise FPEError(f"{prefix}start ({start}) is after end ({end}): set start below end (start = end turns the "
+                       f"edit off)")
+    _, _, height, width = source.latent_shape
+    layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
+    if not layers:
+        raise FPEError(f"{prefix}layers '{layer_setting}' select no self-attention layer at the capture's size "
+                       f"({width * 8}x{height * 8} px): choose 'official relative' (every level but the finest, at any size), 'all' "
+                       f"or a custom list")
+    missing = sorted(layers - source.stored_layers)
+    if missing:
+        names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
+        raise FPEError(
+            f"{prefix}layers '{layer_setting}' include {names}, which {source.maker} did not store (its store_layers: "
+            f"'{source.layer_setting}'): widen the capture's store_layers or narrow the inject's layers")
+    window = step_window(source.steps, start, end)
+    stored_first, stored_stop = source.stored_window
+    if window[0] < window[1] and not (stored_first <= window[0] and window[1] <= stored_stop):
+        raise FPEError(
+            f"{prefix}end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but {source.maker} stored steps "
+            f"{stored_first}..{stored_stop - 1} (store_end {source.store_end}): raise the capture's store_end to at "
+            f"least {end} or lower the inject's end")
+    if window[0] >= window[1] and start < end and warn:
+        notify.warn("the edit is off",
+                    f"start {start} / end {end} edit no step of {source.steps} (the window truncates to {window})")
+    return window, layers

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, new_source
+from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, context_shapes, new_source
 from .errors import FPEError
 from .evaluations import UNCOND
 from .hooks import all_finite
@@ -172,7 +172,9 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     first, stop = step_window(int(sigmas.shape[0]) - 1, 0.0, settings.store_end)
     source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
                                   settings=settings, maker="FPE DDIM Invert", evaluations=stop - first,
-                                  rows=conditioning_rows(model, positive, negative, record_cfg, kinds))
+                                  rows=conditioning_rows(model, positive, negative, record_cfg, kinds),
+                                  contexts=context_shapes(positive, negative if negative is not None else positive,
+                                                          record_cfg, kinds, model))
     if source.replay is not None:
         reject_per_call_conditioning((positive, negative), source.maker, source.auto_replay)
     if negative is None:

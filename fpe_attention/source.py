@@ -84,9 +84,16 @@ class FPESource:
     # Real-image sources: the DDIM-inverted latents in sampler space, forward order (entry i sits at
     # schedule[i]); the target must start from entry 0 and take DDIM steps.
     trajectory: list[torch.Tensor] | None = None
+    tuned_cfg: float | None = None  # null-text sources: the cfg the per-step null embeddings are tuned for
     # storage replay: no layer record; each stored evaluation chunk's UNet inputs, re-run in the edit
     replay: dict[EvalKey, SourceInput] | None = None
     auto_replay: bool = False  # storage auto chose replay, as no record fit
+    # store_cross: the attn2 (cross-attention) inputs of the stored rows for ``cross_layers`` (keyed like
+    # ``entries``) and each stored chunk's text context (equal contexts of one entry shared between steps)
+    cross_setting: str = "off"
+    cross_layers: frozenset[LayerKey] = frozenset()
+    cross_entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
+    cross_context: dict[EvalKey, torch.Tensor] = field(default_factory=dict)
     complete: bool = False
 
     @property
@@ -122,7 +129,16 @@ class FPESource:
                         seen.add(id(t))
                         total += t.numel() * t.element_size()
             return total
-        return sum(t.numel() * t.element_size() for layer_map in self.entries.values() for t in layer_map.values())
+        total = sum(t.numel() * t.element_size() for layer_map in self.entries.values() for t in layer_map.values())
+        return total + self.cross_nbytes
+
+    @property
+    def cross_nbytes(self) -> int:
+        """Bytes of the store_cross record: attn2 inputs, and the text contexts counted once each."""
+        total = sum(t.numel() * t.element_size() for layer_map in self.cross_entries.values()
+                    for t in layer_map.values())
+        unique = {id(t): t for t in self.cross_context.values()}
+        return total + sum(t.numel() * t.element_size() for t in unique.values())
 
     def bytes_per_step(self) -> float:
         steps = {self.evaluations[k] for k in (self.replay if self.replay is not None else self.entries)}
@@ -208,17 +224,25 @@ class FPESource:
                 "twin's, or use a current ComfyUI, which pairs entries by id")
         if self.structure.pairs_with(target):
             return
+        if self.maker == "FPE Null-Text Invert":  # its negative is one entry per step, tuned for this photo
+            raise FPEError(
+                f"the target sampler's negative is not the null text: {self.maker} sampled the source with its "
+                f"per-step null embeddings. Connect {self.maker}'s null_negative output to the target sampler's "
+                f"negative (the target has {target.describe()}; the source had {self.structure.describe()})")
         raise FPEError(
             f"the target's conditioning does not pair with the source's entry by entry: the target sampler has "
             f"{target.describe()}; {self.maker} had {self.structure.describe()}. FPE pairs the i-th entry of each "
             f"side with the other's i-th: build both sides the same way (the same Conditioning (Combine) / Set Area / "
             f"Set Mask / timestep-range nodes; the prompt texts may differ)")
 
-    def same_start(self, x: torch.Tensor) -> bool:
-        """Whether a target run's first model input is the source's (row 0, or row by row)."""
+    def same_start(self, x: torch.Tensor, every_row: bool = False) -> bool:
+        """Whether a target run's first model input is the source's (row 0, or row by row; with
+        ``every_row`` a batch-1 source's row must start every target row, as in a settings sweep)."""
         mine = self.first_input
         if mine is None or x.ndim != mine.ndim or x.shape[1:] != mine.shape[1:]:
             return True  # nothing to compare: do not cry wolf
+        if every_row and self.batch == 1:
+            return torch.equal(x.detach().to("cpu"), mine[:1].expand_as(x))
         rows = min(x.shape[0], mine.shape[0]) if self.batch > 1 else 1
         return torch.equal(x[:rows].detach().to("cpu"), mine[:rows])
 

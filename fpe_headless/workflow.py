@@ -41,6 +41,22 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def _required_widgets(class_type: str) -> set[str]:
+    decl = node_class(class_type).INPUT_TYPES()
+    return {name for name, spec in (decl.get("required") or {}).items()
+            if isinstance(spec, (tuple, list)) and spec and _is_widget(spec)}
+
+
+def _required_end(slots: list[tuple[str, int]], required: set[str]) -> int:
+    """How many values the required widgets take (with their UI-only extras)."""
+    pos = end = 0
+    for name, extra in slots:
+        pos += 1 + extra
+        if name in required:
+            end = pos
+    return end
+
+
 def widget_slots(class_type: str) -> list[tuple[str, int]]:
     """(input name, number of extra UI-only values stored after it), in UI order."""
     decl = node_class(class_type).INPUT_TYPES()
@@ -139,11 +155,15 @@ def to_api(workflow: dict) -> dict:
         else:
             named = {}
             pos = 0
+            ends = set()  # where the values may end: after any slot
             for name, extra in slots:
                 if pos < len(values):
                     named[name] = values[pos]
                 pos += 1 + extra
-            if pos != len(values):
+                ends.add(pos)
+            # A workflow saved before an optional widget was added lacks its value (the page keeps the default).
+            short = len(values) in ends and len(values) >= _required_end(slots, _required_widgets(ctype))
+            if pos != len(values) and not short:
                 raise WorkflowError(
                     f"{_label(node)}: has {len(values)} widget values but its widgets {[n for n, _ in slots]} "
                     f"take {pos}: the workflow does not match this node's inputs"

@@ -24,9 +24,12 @@ def as_fpe_error(input_name: str):
 
 
 from .capture import FPESourceCapture  # noqa: E402
+from .grid import FPESweepGrid, FPESweepLatent  # noqa: E402
 from .images import FPESideBySide  # noqa: E402
 from .inject import FPESelfAttnInject  # noqa: E402
 from .invert import FPEDDIMInvert, FPEVAEEncodeMean  # noqa: E402
+from .nulltext import FPENullTextInvert  # noqa: E402
+from .replace import FPEAttentionReplace  # noqa: E402
 from .schedules import FPEOfficialDDIMSigmas  # noqa: E402
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -36,6 +39,10 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "FPESideBySide": FPESideBySide,
     "FPEVAEEncodeMean": FPEVAEEncodeMean,
     "FPEDDIMInvert": FPEDDIMInvert,
+    "FPEAttentionReplace": FPEAttentionReplace,
+    "FPENullTextInvert": FPENullTextInvert,
+    "FPESweepLatent": FPESweepLatent,
+    "FPESweepGrid": FPESweepGrid,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESourceCapture": "FPE Source Capture",
@@ -44,4 +51,8 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESideBySide": "FPE Side by Side",
     "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
     "FPEDDIMInvert": "FPE DDIM Invert",
+    "FPEAttentionReplace": "FPE Attention Replace",
+    "FPENullTextInvert": "FPE Null-Text Invert",
+    "FPESweepLatent": "FPE Sweep Latent",
+    "FPESweepGrid": "FPE Sweep Grid",
 }

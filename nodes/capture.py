@@ -7,7 +7,7 @@ import comfy.samplers
 from ..fpe_attention.capture import capture_source
 from ..fpe_attention.validate import check_number
 from . import CATEGORY
-from .store import schedule, store_inputs, store_settings
+from .store import schedule, store_cross_input, store_inputs, store_settings
 
 
 class FPESourceCapture:
@@ -58,14 +58,16 @@ class FPESourceCapture:
                 "sigmas": ("SIGMAS", {"tooltip": "Optional exact schedule (e.g. FPE Official DDIM Sigmas). When "
                                                  "connected it replaces steps, scheduler and denoise; sample the "
                                                  "target with SamplerCustom over the same sigmas."}),
+                **store_cross_input(),
             },
         }
 
     def capture(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                store_layers, store_custom_layers, store_end, store_rows, storage, precision, sigmas=None):
+                store_layers, store_custom_layers, store_end, store_rows, storage, precision, sigmas=None,
+                store_cross="off"):
         cfg = check_number("cfg", cfg, 0.0, 100.0)
         settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                                  precision)
+                                  precision, store_cross)
         sigmas, origin = schedule(model, sigmas, steps, sampler_name, scheduler, denoise)
         latent, source = capture_source(
             model, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, positive=positive,

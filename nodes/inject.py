@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..fpe_attention.architecture import family
-from ..fpe_attention.inject import BRANCHES, inject_model
+from ..fpe_attention.inject import BRANCHES, SweepSetting, inject_model
 from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
+from ..fpe_attention.sweep import combinations, labels_json, parse_sweep, sweep_number, value_label
 from . import CATEGORY, as_fpe_error
 from .store import OFFICIAL_CUSTOM
 
@@ -12,11 +13,13 @@ from .store import OFFICIAL_CUSTOM
 class FPESelfAttnInject:
     CATEGORY = CATEGORY
     FUNCTION = "inject"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
+    RETURN_TYPES = ("MODEL", "FPE_SWEEP_LABELS")
+    RETURN_NAMES = ("model", "sweep_labels")
     OUTPUT_TOOLTIPS = ("The model with the edit attached: sample the target prompt with it (KSampler, "
                        "KSamplerAdvanced, SamplerCustom) using the capture's seed, steps, sampler and scheduler (real photos: "
-                       "from DDIM Invert's latent, add_noise off, ddim, its steps and scheduler).",)
+                       "from DDIM Invert's latent, add_noise off, ddim, its steps and scheduler).",
+                       "The sweep's row and column titles, for FPE Sweep Grid and FPE Sweep Latent (without a sweep: "
+                       "one image titled with the setting).")
     DESCRIPTION = ("Free-Prompt-Editing: in the chosen self-attention layers and steps, the target's attention map "
                    "is replaced by the source's, so the edit keeps the source layout. The input model is untouched.")
 
@@ -51,12 +54,44 @@ class FPESelfAttnInject:
                     "tooltip": "'cond only' (official): only the target's conditional rows take the source map. "
                                "'cond + uncond' also edits the unconditional rows (needs store_rows 'cond + uncond')."}),
             },
+            "optional": {  # after the required inputs, so saved workflows keep their widget order
+                "sweep": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Settings sweep in one batched run (empty: none). E.g. 'end=0.2,0.4,0.6,0.8; "
+                               "layers=official,all': every combination is one image of the target batch, the first "
+                               "setting named varies slowest (grid rows), the last fastest (columns). Settings: start, "
+                               "end, layers (preset names, or quoted block lists: layers=\"in4,in5\",all). The target "
+                               "latent must hold one image per combination: use FPE Sweep Latent."}),
+            },
         }
 
-    def inject(self, model, fpe_source, layers, custom_layers, start, end, branches):
+    def inject(self, model, fpe_source, layers, custom_layers, start, end, branches, sweep=""):
         available = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
         with as_fpe_error("layers"):
             selection = select_layers(layers, custom_layers, available, family(model))
         setting = custom_layers if layers == "custom" else layers
-        return (inject_model(model, fpe_source, selection=selection, layer_setting=setting, start=start, end=end,
-                             branches=branches),)
+        axes = parse_sweep(sweep if sweep is not None else "")
+        settings = None
+        if axes:
+            chosen = {}  # each layers value resolved once
+
+            def resolve(value):
+                if value not in chosen:
+                    preset, custom = (value, custom_layers) if value in PRESETS else ("custom", value)
+                    with as_fpe_error(f"sweep: layers value {value[:24]!r}"):
+                        chosen[value] = select_layers(preset, custom, available, family(model))
+                return chosen[value]
+
+            settings = []
+            for combo in combinations(axes):
+                label = ", ".join(value_label(name, value) for name, value in combo.items())
+                layer_value = combo.get("layers")
+                settings.append(SweepSetting(
+                    start=sweep_number("start", combo["start"]) if "start" in combo else start,
+                    end=sweep_number("end", combo["end"]) if "end" in combo else end,
+                    selection=resolve(layer_value) if layer_value is not None else selection,
+                    layer_setting=(custom_layers if layer_value == "custom" else layer_value) if layer_value
+                    else setting, label=label))
+        patched = inject_model(model, fpe_source, selection=selection, layer_setting=setting, start=start, end=end,
+                               branches=branches, sweep=settings)
+        return (patched, labels_json(axes, f"end={end:g}, layers={setting}"))

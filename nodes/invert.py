@@ -15,7 +15,7 @@ from ..fpe_attention.steps import step_window
 from ..fpe_attention.validate import check_latent, check_number
 from . import CATEGORY
 from .preview import captioned, preview_ui
-from .store import schedule, store_inputs, store_settings
+from .store import schedule, store_cross_input, store_inputs, store_settings
 
 log = logging.getLogger("free-prompt-editing")
 
@@ -102,11 +102,13 @@ class FPEDDIMInvert:
                                                  "steps, scheduler and denoise. Sample the edit with SamplerCustom "
                                                  "over the same sigmas."}),
                 "vae": ("VAE", {"tooltip": "Optional: decodes the reconstruction check's preview and gives its PSNR."}),
+                **store_cross_input(),
             },
         }
 
     def invert(self, model, positive, latent, steps, scheduler, cfg, denoise, store_layers, store_custom_layers,
-               store_end, store_rows, storage, precision, reconstruction_check, negative=None, sigmas=None, vae=None):
+               store_end, store_rows, storage, precision, reconstruction_check, negative=None, sigmas=None, vae=None,
+               store_cross="off"):
         samples = latent["samples"]
         cfg = check_number("cfg", cfg, 0.0, 100.0)
         check_latent(samples, "latent")
@@ -114,7 +116,7 @@ class FPEDDIMInvert:
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
                            "FPE VAE Encode (Mean) -> latent")
         settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                                  precision)
+                                  precision, store_cross)
         sigmas, origin = schedule(model, sigmas, steps, "ddim", scheduler, denoise)
         n = int(sigmas.shape[-1]) - 1
         first, stop = step_window(n, 0.0, store_end)

@@ -204,8 +204,8 @@ def _swap(values: list, i: int, j: int) -> None:
      r"fpe_real_image_edit\.json: node 7 'FPE DDIM Invert' \(FPEDDIMInvert\): widget 'scheduler' value 'official' is not one of"),
     # A value too many on FPE Self-Attn Inject: the page has no widget for it.
     (GENERATED, lambda n: n[7]["widgets_values"].append(0.5),
-     r"fpe_generated_edit\.json: node 7 'FPE Self-Attn Inject' \(FPESelfAttnInject\): the file has 6 widget "
-     r"values, the page keeps 5"),
+     r"fpe_generated_edit\.json: node 7 'FPE Self-Attn Inject' \(FPESelfAttnInject\): the file has 7 widget "
+     r"values, the page keeps 6"),
     # A node type this ComfyUI does not have.
     (GENERATED, lambda n: n[7].update(type="FPESelfAttnInjectRenamed"),
      r"fpe_generated_edit\.json: node 7 \(FPESelfAttnInjectRenamed\): node type is missing"),

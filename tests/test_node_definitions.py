@@ -11,6 +11,10 @@ EXPECTED = {
     "FPESideBySide": "FPE Side by Side",
     "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
     "FPEDDIMInvert": "FPE DDIM Invert",
+    "FPENullTextInvert": "FPE Null-Text Invert",
+    "FPEAttentionReplace": "FPE Attention Replace",
+    "FPESweepLatent": "FPE Sweep Latent",
+    "FPESweepGrid": "FPE Sweep Grid",
 }
 
 

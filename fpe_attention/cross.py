@@ -1,0 +1,400 @@
+"""Cross-attention map replacement (Prompt-to-Prompt style), for the paper's comparisons (Figs. 4, 5, 10, 11).
+
+The paper's finding: replacing the target's cross-attention maps by the source's carries the source's
+category and colour into the edit, while replacing self-attention maps (FPE) keeps the layout without
+that leak. FPE Attention Replace lets users see it: ``self`` is FPE Self-Attn Inject (``inject_model``),
+``cross`` replaces the cross-attention maps of the target's cond rows in the chosen layers and steps,
+``self + cross`` both.
+
+How. A capture with ``store_cross`` keeps, per stored evaluation chunk and attn2 layer, the source's
+attn2 input ``n`` and the chunk's text context (``CaptureRecorder.record_cross``). In the edit an attn2
+*replace* function (ComfyUI's public ``set_model_attn2_replace``; it receives the projected target q, k,
+v) projects the source's ``n`` and context with the same layer's ``to_q``/``to_k`` (the module is looked
+up once, when the node runs, from the UNet by its block key) and, for the edited rows:
+
+* all tokens: Attention(Q_src, K_src, V_tgt) on the host's own kernel (the map replacement, as the
+  Inject does for self-attention); word-swap prompts of equal token counts only, so column j of the
+  source's map belongs to token j of the target;
+* named words: the maps built explicitly per head (tokens x context, small), the target's map with the
+  named words' columns taken from the source's map (at the word's positions in each prompt), times V_tgt.
+
+Every other row, step and layer runs the host's attention on the host's own q, k, v. Only the cond rows
+are edited (as Prompt-to-Prompt's controller does). ComfyUI holds one attn2 replace per block: a model
+that already has one there (another pack's) is refused with its name rather than silently overridden.
+The evaluation pairing is the Inject's: the replace locates its UNet call on the Inject's clock, which
+the block's attn1 patch (run before attn2) has already advanced.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FPEError
+from .evaluations import COND
+from .hooks import Shared
+from .layers import LayerKey, LayerSelection, layer_key
+from .source import FPESource
+from .steps import step_window
+from .validate import check_number
+
+MODES = ("self", "cross", "self + cross")
+TOKENS = ("all tokens", "named words")
+
+
+# --- prompts and tokens ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt as its text encoder sees it: its words and the context positions of each."""
+
+    text: str
+    length: int  # context tokens (77 per CLIP chunk)
+    words: tuple[str, ...]  # the prompt's words as CLIP's tokens split them ("ducks," is "ducks" and ",")
+    positions: tuple[tuple[int, ...], ...]  # context positions of each word
+
+    @property
+    def count(self) -> int:
+        """Tokens of words (start, end and padding tokens left out)."""
+        return sum(len(p) for p in self.positions)
+
+    def find(self, word: str) -> list[int]:
+        """Indices of the words that read ``word`` (case and surrounding punctuation ignored)."""
+        wanted = _plain(word)
+        return [i for i, w in enumerate(self.words) if _plain(w) == wanted]
+
+    def describe(self) -> str:
+        return ", ".join(repr(w) for w in self.words) or "(no words)"
+
+
+def _plain(word: str) -> str:
+    return re.sub(r"^\W+|\W+$", "", word.lower())
+
+
+def prompt_tokens(clip, text: str) -> PromptTokens:
+    """Tokenize ``text`` with the CLIP object's own tokenizer (weights syntax, embeddings, SDXL's two).
+
+    Words are read from the tokens themselves (a CLIP BPE token that ends a word ends in ``</w>``), the
+    same on every host: the tokenizers' word ids number weight segments on current ComfyUI, not words.
+    Start, end and padding tokens (word id 0) belong to no word.
+    """
+    tokens = clip.tokenize(text, return_word_ids=True)
+    name = "l" if "l" in tokens else sorted(tokens)[0]  # SDXL's g and l place words alike
+    flat = [item for chunk in tokens[name] for item in chunk]
+    words: list[str] = []
+    positions: list[list[int]] = []
+    open_word = False
+    for place, item in enumerate(flat):
+        token, word_id = item[0], (item[2] if len(item) > 2 else 1)
+        if not word_id:
+            open_word = False
+            continue
+        spelled = _spell(clip, token)
+        if not open_word:
+            words.append("")
+            positions.append([])
+        words[-1] += spelled.replace("</w>", "")
+        positions[-1].append(place)
+        open_word = not (spelled.endswith("</w>") or spelled == "<embedding>")
+    return PromptTokens(text, len(flat), tuple(words), tuple(tuple(p) for p in positions))
+
+
+def _spell(clip, token) -> str:
+    if not isinstance(token, int):
+        return "<embedding>"
+    try:
+        return str(clip.tokenizer.untokenize([(token, 1.0)])[0][1])
+    except Exception:  # a tokenizer without a vocabulary to read back
+        return f"<{token}></w>"
+
+
+def word_columns(source: PromptTokens, target: PromptTokens, words: str) -> tuple[list[int], list[int]]:
+    """(target columns, source columns) of the named words, pairwise.
+
+    A word in both prompts (a non-edited word, e.g. "car") pairs its positions in each prompt; a word in
+    one prompt only (the edited word) pairs the same positions in both, which needs equal token counts.
+    """
+    items = [w for w in re.split(r"[,\s]+", words.strip()) if _plain(w)]
+    if not items:
+        raise FPEError("words: name at least one word of the prompts (e.g. 'car', or the edited word), or set "
+                       "tokens to 'all tokens'")
+    cols_t: list[int] = []
+    cols_s: list[int] = []
+    for word in items:
+        in_t, in_s = target.find(word), source.find(word)
+        if not in_t and not in_s:
+            raise FPEError(f"words: {word!r} is in neither prompt. target_text's words: {target.describe()}; "
+                           f"source_text's words: {source.describe()}")
+        if in_t and in_s:
+            pos_t = [p for i in in_t for p in target.positions[i]]
+            pos_s = [p for i in in_s for p in source.positions[i]]
+            if len(pos_t) != len(pos_s):
+                raise FPEError(f"words: {word!r} is {len(pos_s)} token(s) in source_text but {len(pos_t)} in "
+                               f"target_text (it occurs a different number of times): name another word")
+        else:
+            if source.count != target.count:
+                where = "target_text" if in_t else "source_text"
+                raise FPEError(
+                    f"words: {word!r} is only in {where}, so its columns pair by position, which needs prompts of "
+                    f"equal token counts: source_text has {source.count} tokens, target_text {target.count}. Name "
+                    f"words both prompts share, or make the prompts a word swap")
+            own = target if in_t else source
+            pos_t = pos_s = [p for i in (in_t or in_s) for p in own.positions[i]]
+        cols_t += pos_t
+        cols_s += pos_s
+    return cols_t, cols_s
+
+
+# --- the map ---------------------------------------------------------------------------------------
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    rows, tokens, channels = t.shape
+    return t.reshape(rows, tokens, heads, channels // heads).transpose(1, 2)
+
+
+def cross_maps(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(QKᵀ/√d) per head, in float32: [rows, heads, tokens, context]."""
+    qh, kh = _heads(q.float(), heads), _heads(k.float(), heads)
+    return torch.softmax(qh @ kh.transpose(-1, -2) * (q.shape[-1] // heads) ** -0.5, dim=-1)
+
+
+def replaced_map(q_t, k_t, q_s, k_s, heads: int, cols_t, cols_s) -> torch.Tensor:
+    """The target's cross-attention map with columns ``cols_t`` taken from the source's columns ``cols_s``."""
+    weights = cross_maps(q_t, k_t, heads)
+    weights[..., list(cols_t)] = cross_maps(q_s, k_s, heads)[..., list(cols_s)]
+    return weights
+
+
+def apply_map(weights: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    rows, tokens = weights.shape[0], weights.shape[2]
+    out = weights @ _heads(v.float(), heads)
+    return out.transpose(1, 2).reshape(rows, tokens, v.shape[-1]).to(v.dtype)
+
+
+def host_attention(q, k, v, heads: int, module, extra_options: dict):
+    """The attention the host's CrossAttention would compute on these q, k, v."""
+    from comfy.ldm.modules import attention
+
+    if hasattr(module, "attn_precision"):  # ComfyUI since 2024; transformer_options since about 0.3.6x
+        try:
+            return attention.optimized_attention(q, k, v, heads, attn_precision=module.attn_precision,
+                                                 transformer_options=extra_options)
+        except TypeError:
+            return attention.optimized_attention(q, k, v, heads, attn_precision=module.attn_precision)
+    return attention.optimized_attention(q, k, v, heads)
+
+
+def attn2_modules(diffusion_model) -> dict[LayerKey, torch.nn.Module]:
+    """Each transformer layer's cross-attention module, under the key its patches see (``layers``)."""
+    found: dict[LayerKey, torch.nn.Module] = {}
+
+    def visit(block_name: str, block_id: int, block) -> None:
+        for module in block:
+            for index, transformer in enumerate(getattr(module, "transformer_blocks", None) or ()):
+                if getattr(transformer, "attn2", None) is not None:
+                    found[(block_name, block_id, index)] = transformer.attn2
+
+    for block_id, block in enumerate(diffusion_model.input_blocks):
+        visit("input", block_id, block)
+    visit("middle", 0, diffusion_model.middle_block)
+    for block_id, block in enumerate(diffusion_model.output_blocks):
+        visit("output", block_id, block)
+    return found
+
+
+def _fit(context: torch.Tensor, length: int, own: int, what: str) -> torch.Tensor:
+    """``context`` (its prompt ``own`` tokens long, possibly tiled by ComfyUI's batching) at ``length`` tokens."""
+    if context.shape[1] % own:
+        raise FPEError(
+            f"{what}: the {'source' if what == 'source_text' else 'target'}'s text context has {context.shape[1]} "
+            f"tokens, which does not fit the prompt typed in {what} ({own} tokens): give source_text and target_text "
+            f"the prompts the source and the target were encoded from")
+    base = context[:, :own]
+    if length % own:
+        raise FPEError(f"{what}: the prompts' contexts ({own} vs {length} tokens) do not pair")
+    return base.repeat(1, length // own, 1) if length != own else base
+
+
+class CrossReplace(Shared):
+    """attn2 replace function: the target's cond rows take the source's cross-attention map."""
+
+    def __init__(self, source: FPESource, clock, modules: dict, layers: frozenset, window: tuple[int, int],
+                 source_tokens: PromptTokens, target_tokens: PromptTokens, columns: tuple[list, list] | None):
+        self.source = source
+        self.clock = clock  # the Inject's: its attn1 patch locates each UNet call first
+        self.modules = modules
+        self.layers = layers
+        self.window = window
+        self.source_tokens = source_tokens
+        self.target_tokens = target_tokens
+        self.columns = columns  # None: all tokens
+
+    def __call__(self, q, k, v, extra_options):
+        layer = layer_key(extra_options)
+        module = self.modules[layer]
+        heads = extra_options.get("n_heads") or module.heads
+        call = self.clock.locate(extra_options, q.shape[0])
+        first, stop = self.window
+        if layer not in self.layers or call.step is None or not first <= call.step < stop:
+            return host_attention(q, k, v, heads, module, extra_options)
+        edits = []
+        for chunk in call.chunks:
+            if chunk.kind != COND:
+                continue
+            key, _ = self.source.resolve(chunk.key, call.step)
+            stored = self.source.cross_entries.get(key, {}).get(layer)
+            context = self.source.cross_context.get(key)
+            if stored is None or context is None:
+                raise FPEError(
+                    f"fpe_source holds no cross-attention record for layer {'.'.join(map(str, layer))} at step "
+                    f"{call.step}: set {self.source.maker}'s store_cross to 'all layers' (now "
+                    f"'{self.source.cross_setting}') and its store_end to cover cross_end")
+            rows = chunk.rows.stop - chunk.rows.start
+            if stored.shape[0] not in (1, rows) or stored.shape[1] != q.shape[1]:
+                raise FPEError(
+                    f"the target's cross-attention at layer {layer} has {rows} rows x {q.shape[1]} tokens, the "
+                    f"source's record {stored.shape[0]} x {stored.shape[1]}: give the target the capture's latent size "
+                    f"and a batch of 1 or the source's")
+            n_src = stored.to(device=q.device, dtype=q.dtype).expand(rows, -1, -1)
+            ctx_src = context.to(device=q.device, dtype=q.dtype).expand(rows, -1, -1)
+            edits.append((chunk.rows, n_src, ctx_src))
+        if not edits:
+            return host_attention(q, k, v, heads, module, extra_options)
+        length, own_t, own_s = k.shape[1], self.target_tokens.length, self.source_tokens.length
+        if self.columns is None:  # Attention(Q_src, K_src, V_tgt) on the host's kernel
+            q_edit, k_edit = q.clone(), k.clone()
+            for rows, n_src, ctx_src in edits:
+                q_edit[rows] = module.to_q(n_src)
+                k_edit[rows] = module.to_k(_fit(ctx_src, length, own_s, "source_text"))
+            return host_attention(q_edit, k_edit, v, heads, module, extra_options)
+        out = host_attention(q, k, v, heads, module, extra_options)
+        cols_t, cols_s = self.columns
+        for rows, n_src, ctx_src in edits:
+            k_t = _fit(k[rows], own_t, own_t, "target_text")
+            v_t = _fit(v[rows], own_t, own_t, "target_text")
+            k_s = module.to_k(_fit(ctx_src, own_s, own_s, "source_text"))
+            weights = replaced_map(q[rows], k_t, module.to_q(n_src), k_s, heads, cols_t, cols_s)
+            out[rows] = apply_map(weights, v_t, heads).to(out.dtype)
+        return out
+
+
+def find_inject_patch(model):
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    for patch in patches.get("attn1_patch", []):
+        if getattr(patch, "fpe_inject", False):
+            return patch
+    raise RuntimeError("FPE: the inject patch is missing from the model inject_model returned")
+
+
+def existing_attn2_replace(model, keys) -> str | None:
+    """A description of another attn2 replace function already set on one of ``keys``' blocks."""
+    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for key in sorted(keys):
+        for k in (key, key[:2]):
+            if k in replaced:
+                fn = replaced[k]
+                name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+                module = getattr(fn, "__module__", None) or type(fn).__module__
+                return f"block {'.'.join(map(str, key))} ({module}.{name})"
+    return None
+
+
+def check_cross_source(source: FPESource) -> None:
+    if source.replay is not None:
+        chosen = "storage 'auto' fell back to replay (the record did not fit)" if source.auto_replay else \
+            "storage 'replay' keeps no record"
+        raise FPEError(f"mode 'cross' needs the source's cross-attention record, but {source.maker}'s {chosen}: "
+                       f"capture with storage 'auto' or 'cpu' and store_cross 'on' (or a shorter store_end / fewer "
+                       f"layers so it fits)")
+    if not source.cross_layers:
+        raise FPEError(f"mode 'cross' needs the source's cross-attention record: set {source.maker}'s store_cross "
+                       f"to 'on' or 'all layers' (it is 'off'), or use mode 'self'")
+
+
+def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSelection, layer_setting: str,
+                start: float, end: float, clip, source_text: str, target_text: str, tokens: str, words: str):
+    """Set the cross-attention replacement on ``patched`` (a clone carrying the Inject's patch)."""
+    check_cross_source(source)
+    start = check_number("cross_start", start, 0.0, 1.0)
+    end = check_number("cross_end", end, 0.0, 1.0)
+    if start > end:
+        raise FPEError(f"cross_start ({start}) is after cross_end ({end}): set cross_start below cross_end")
+    if tokens not in TOKENS:
+        raise FPEError(f"tokens: unknown value {tokens!r}; choose one of {', '.join(TOKENS)}")
+    _, _, height, width = source.latent_shape
+    layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
+    if not layers:
+        raise FPEError(f"cross_layers '{layer_setting}' select no cross-attention layer at the capture's size "
+                       f"({width * 8}x{height * 8} px): choose 'all' or a custom list")
+    missing = sorted(layers - source.cross_layers)
+    if missing:
+        names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
+        raise FPEError(f"cross_layers '{layer_setting}' include {names}, whose cross-attention {source.maker} did not "
+                       f"store (store_cross '{source.cross_setting}'): set store_cross to 'all layers' or narrow "
+                       f"cross_layers")
+    window = step_window(source.steps, start, end)
+    first, stop = source.stored_window
+    if window[0] < window[1] and not (first <= window[0] and window[1] <= stop):
+        raise FPEError(f"cross_end {end} replaces steps {window[0]}..{window[1] - 1} of {source.steps}, but "
+                       f"{source.maker} stored steps {first}..{stop - 1} (store_end {source.store_end}): raise the "
+                       f"capture's store_end to at least {end} or lower cross_end")
+    if clip is None:
+        raise FPEError("clip: mode 'cross' needs the CLIP model that encoded the prompts (to find their tokens): "
+                       "connect Load Checkpoint's CLIP")
+    src, tgt = prompt_tokens(clip, source_text), prompt_tokens(clip, target_text)
+    recorded = {int(t.shape[1]) for key, t in source.cross_context.items() if key.kind == COND}
+    if any(length % src.length for length in recorded):
+        raise FPEError(
+            f"source_text: it encodes to {src.length} context tokens, but the source's prompt had "
+            f"{', '.join(map(str, sorted(recorded)))}: type the source prompt's text exactly as it was encoded")
+    if tokens == "all tokens":
+        if src.count != tgt.count:
+            raise FPEError(
+                f"tokens 'all tokens' pairs the maps' columns position by position, which needs a word swap: "
+                f"source_text has {src.count} tokens, target_text {tgt.count}. Make the prompts the same length in "
+                f"tokens, or set tokens to 'named words'")
+        columns = None
+    else:
+        columns = word_columns(src, tgt, words)
+    taken = existing_attn2_replace(patched, layers)
+    if taken is not None:
+        raise FPEError(
+            f"model: another node already replaces cross-attention at {taken}; ComfyUI keeps one replacement per "
+            f"block, so FPE Attention Replace would override it. Apply that node after FPE Attention Replace only "
+            f"in mode 'self', or leave it out for the comparison")
+    from .architecture import unet_of
+
+    modules = attn2_modules(unet_of(model))
+    replace = CrossReplace(source, clock, modules, layers, window, src, tgt, columns)
+    for block_name, number, index in sorted(layers):
+        patched.set_model_attn2_replace(replace, block_name, number, index)
+    return patched
+
+
+def replace_model(model, source: FPESource, *, mode: str, self_selection: LayerSelection, self_setting: str,
+                  start: float, end: float, cross_selection: LayerSelection | None = None,
+                  cross_setting: str = "all", cross_start: float = 0.0, cross_end: float = 0.8, clip=None,
+                  source_text: str = "", target_text: str = "", tokens: str = "all tokens", words: str = ""):
+    """A clone of ``model`` replacing self-attention maps (FPE), cross-attention maps, or both."""
+    from .inject import inject_model
+
+    if mode not in MODES:
+        raise FPEError(f"mode: unknown value {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "self" and isinstance(source, FPESource):
+        check_cross_source(source)  # before the Inject's checks: the missing setting is the news
+    if mode == "cross":  # the Inject's run checks and clock, with an empty self-attention window
+        stored = LayerSelection("custom", frozenset(source.stored_layers))
+        patched = inject_model(model, source, selection=stored, layer_setting=source.layer_setting, start=0.0,
+                               end=0.0)
+    else:
+        patched = inject_model(model, source, selection=self_selection, layer_setting=self_setting, start=start,
+                               end=end)
+    if mode == "self":
+        return patched
+    assert cross_selection is not None
+    return cross_patch(model, patched, source, clock=find_inject_patch(patched).clock, selection=cross_selection,
+                       layer_setting=cross_setting, start=cross_start, end=cross_end, clip=clip,
+                       source_text=source_text, target_text=target_text, tokens=tokens, words=words)
+
