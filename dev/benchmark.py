@@ -357,6 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nulltext", action="store_true",
                         help="only FPE Null-Text Invert vs DDIM Invert vs a plain generation (tiny model and the "
                              "--archs UNets)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only a settings sweep of 8 (layers x end) vs 8 single edits, tiny model, stored and replay")
     parser.add_argument("--archs", default="SD1.5",
                         help="comma-separated full-size UNets to time: SD1.5, SD2.x, SDXL (SDXL needs ~12 GB RAM; "
                              "it runs in bf16 on CPU)")
@@ -383,6 +385,8 @@ def main(argv=None) -> int:
         return memory_report(host, call_node)
     if args.nulltext:
         return nulltext_report(args, host, call_node)
+    if args.sweep:
+        return sweep_report(args, host, call_node)
     if not args.gpu and not args.archs_only:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -429,6 +433,53 @@ def main(argv=None) -> int:
             print(f"  {kind}: {gib:.2f}")
     if not args.archs_only:
         memory_report(host, call_node, unet, big_conds)
+    return 0
+
+
+def sweep_report(args, host, call_node) -> int:
+    """One batched run with 8 settings against 8 single edits and plain batches (tiny SD1.5, 10 steps)."""
+    import torch
+
+    from fpe_headless import tiny_models
+
+    tiny_models.write_checkpoint(tiny_models.SD15_TINY, host.workdir / "models" / "checkpoints" / "tiny.safetensors")
+    model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
+    src, tgt, neg = (call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
+                     ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street", ""))
+    steps = args.steps or 10
+    sweep = "layers=official,all; end=0.2,0.4,0.6,0.8"
+    singles = [{"layers": layers, "end": end} for layers in ("official", "all") for end in (0.2, 0.4, 0.6, 0.8)]
+
+    def sampler(patched, latent):
+        return call_node("KSampler", model=patched, seed=42, steps=steps, cfg=7.5, sampler_name="ddim",
+                         scheduler="ddim_uniform", positive=tgt, negative=neg, latent_image=latent, denoise=1.0)
+
+    def inject(source, sweep_text="", **settings):
+        values = {"layers": "official", "custom_layers": "", "start": 0.0, "end": 0.8, "branches": "cond only",
+                  **settings}
+        return call_node("FPESelfAttnInject", model=model, fpe_source=source, sweep=sweep_text, **values)
+
+    rows = []
+    for side in (args.side or 64, 2 * (args.side or 64)):
+        empty = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+        for storage in ("auto", "replay"):
+            source = call_node("FPESourceCapture", model=model, seed=42, steps=steps, cfg=7.5, sampler_name="ddim",
+                               scheduler="ddim_uniform", positive=src, negative=neg, latent_image=empty, denoise=1.0,
+                               store_layers="all", store_custom_layers="", store_end=0.8, store_rows="cond",
+                               storage=storage, precision="exact")[1]
+            patched, labels = inject(source, sweep)
+            batch = call_node("FPESweepLatent", latent=empty, sweep_labels=labels)[0]
+            models = [inject(source, **setting)[0] for setting in singles]
+            sampler(model, empty)  # warm-up
+            t_sweep = _timed(lambda p=patched, b=batch: sampler(p, b), args.repeats)[0]
+            t_batch = _timed(lambda b=batch: sampler(model, b), args.repeats)[0]
+            t_singles = _timed(lambda ms=models, e=empty: [sampler(m, e) for m in ms], 1)[0]
+            rows.append([f"tiny SD1.5, {storage}", f"{side}px/{steps}", f"{t_sweep:.2f}", f"{t_batch:.2f}",
+                         f"{t_singles:.2f}", f"{t_singles / t_sweep:.2f}x"])
+    print(f"\n{host.label}, torch {torch.__version__}, CPU, threads={torch.get_num_threads()}")
+    print(f"Settings sweep '{sweep}' (8 images, one batched run) vs a plain batch of 8 and 8 single edits:")
+    _table(rows, ["source", "size/steps", "sweep of 8 s", "plain batch of 8 s", "8 single edits s",
+                  "singles / sweep"])
     return 0
 
 
