@@ -236,11 +236,14 @@ NOTE_SDXL_REAL = (
 
 EXAMPLE_IMAGE = "fpe_example_apple.png"  # drawn by dev/make_example_image.py; copy it to ComfyUI/input
 REAL_TARGET_PROMPT = "a photo of a green apple on a wooden table"
+REAL_SOURCE_PROMPT = "a photo of a red apple on a wooden table"  # the null-text inversion's
 
 
-def real_image_edit(base: Base = SD15) -> dict:
+def real_image_edit(base: Base = SD15, nulltext: bool = False) -> dict:
     """The official edit_real flow: invert a photo with an empty prompt, edit it with the target prompt.
-    For SDXL the photo is first scaled (center crop) to the model's side x side."""
+    For SDXL the photo is first scaled (center crop) to the model's side x side. ``nulltext``: the
+    supplement's Algorithm 3 instead (null-text inversion with a source prompt that describes the photo,
+    the edit at cfg 7.5 with the per-step null embeddings as the target sampler's negative)."""
     g = Graph()
     step = base.prompt_size[1] + 50
     g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
@@ -249,16 +252,31 @@ def real_image_edit(base: Base = SD15) -> dict:
            title="Load the photo to edit", size=(315, 360))
     g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
            outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
-    prompt_node(g, base, 4, (380, 40), "", "Source prompt (empty, as the official code)")
+    if nulltext:
+        prompt_node(g, base, 4, (380, 40), REAL_SOURCE_PROMPT, "Source prompt (describes the photo)")
+    else:
+        prompt_node(g, base, 4, (380, 40), "", "Source prompt (empty, as the official code)")
     prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
-    prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Negative prompt")
-    g.node(7, "FPEDDIMInvert", (830, 40),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
-                   ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
-           outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
-           widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
-                    base.precision, True, "off"],
-           size=(360, 700), color=FPE_COLOR)
+    prompt_node(g, base, 6, (380, 40 + 2 * step), "",
+                "Null text start (empty, as the official code)" if nulltext else "Negative prompt")
+    cfg = 7.5 if nulltext else base.cfg
+    if nulltext:
+        g.node(7, "FPENullTextInvert", (830, 40),
+               inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                       ("latent", "LATENT"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+               outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"),
+                        ("null_negative", "CONDITIONING"), ("report", "STRING")],
+               widgets=[base.steps, "ddim_uniform", cfg, 10, 1e-5, 0.01, "official", base.custom_layers, 0.8, "cond",
+                        "auto", base.precision, "off"],
+               size=(360, 760), color=FPE_COLOR)
+    else:
+        g.node(7, "FPEDDIMInvert", (830, 40),
+               inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                       ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+               outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
+               widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                        base.precision, True, "off"],
+               size=(360, 700), color=FPE_COLOR)
     g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
            outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
            widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
@@ -267,18 +285,22 @@ def real_image_edit(base: Base = SD15) -> dict:
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT")],
            outputs=[("LATENT", "LATENT")],
-           widgets=["disable", 0, "fixed", base.steps, base.cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
-           title="KSamplerAdvanced (target: ddim, no noise)", size=(380, 340))
+           widgets=["disable", 0, "fixed", base.steps, cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
+           title="KSamplerAdvanced (target: ddim, no noise" + (", null_negative)" if nulltext else ")"),
+           size=(380, 340))
     g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
            outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
     g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")],
-           widgets=[f"FPE/{base.save_prefix}real_side_by_side"], title="Save photo | edit", size=(420, 300))
-    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}real_edit"],
+    prefix = "FPE/nulltext_" if nulltext else f"FPE/{base.save_prefix}real_"
+    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=[f"{prefix}side_by_side"],
+           title="Save photo | edit", size=(420, 300))
+    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=[f"{prefix}edit"],
            title="Save edit", size=(320, 300))
     photo = 2  # what the edit starts from and is shown beside: the loaded photo, or its scaled copy
-    if base is SDXL:
+    if nulltext:
+        g.node(14, "Note", (1230, 690), widgets=[NOTE_NULLTEXT], size=(380, 400))
+    elif base is SDXL:
         g.node(14, "Note", (1230, 690), widgets=[NOTE_SDXL_REAL], size=(380, 480))
         g.node(15, "ImageScale", (20, 880), inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")],
                widgets=["lanczos", base.side, base.side, "center"], title=f"Scale to {base.side}x{base.side} (SDXL)",
@@ -295,11 +317,16 @@ def real_image_edit(base: Base = SD15) -> dict:
     g.link(1, 2, 3, "vae")
     g.link(3, 0, 7, "latent")
     g.link(4, 0, 7, "positive")
+    if nulltext:
+        g.link(6, 0, 7, "negative")
     g.link(1, 2, 7, "vae")
     g.link(7, 1, 8, "fpe_source")
     g.link(8, 0, 9, "model")
     g.link(5, 0, 9, "positive")
-    g.link(6, 0, 9, "negative")
+    if nulltext:
+        g.link(7, 2, 9, "negative")
+    else:
+        g.link(6, 0, 9, "negative")
     g.link(7, 0, 9, "latent_image")
     g.link(9, 0, 10, "samples")
     g.link(1, 2, 10, "vae")
@@ -322,74 +349,6 @@ NOTE_REAL = (
     "the settings.\n\n"
     "Change only the target prompt and queue again: the inversion is cached, a re-edit costs one generation.")
 
-
-REAL_SOURCE_PROMPT = "a photo of a red apple on a wooden table"
-
-
-def real_image_edit_nulltext() -> dict:
-    """Supplement Algorithm 3: null-text inversion with the source prompt, the edit at cfg 7.5 with the
-    per-step null embeddings as the negative of the target sampler."""
-    g = Graph()
-    base = SD15
-    step = base.prompt_size[1] + 50
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
-           title="Load the photo to edit", size=(315, 360))
-    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
-           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
-    prompt_node(g, base, 4, (380, 40), REAL_SOURCE_PROMPT, "Source prompt (describes the photo)")
-    prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
-    prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Null text start (empty, as the official code)")
-    g.node(7, "FPENullTextInvert", (830, 40),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent", "LATENT"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
-           outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("null_negative", "CONDITIONING"),
-                    ("report", "STRING")],
-           widgets=[base.steps, "ddim_uniform", 7.5, 10, 1e-5, 0.01, "official", base.custom_layers, 0.8, "cond",
-                    "auto", base.precision, "off"],
-           size=(360, 760), color=FPE_COLOR)
-    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
-           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
-           size=(340, 190), color=FPE_COLOR)
-    g.node(9, "KSamplerAdvanced", (1230, 290),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent_image", "LATENT")],
-           outputs=[("LATENT", "LATENT")],
-           widgets=["disable", 0, "fixed", base.steps, 7.5, "ddim", "ddim_uniform", 0, 10000, "disable"],
-           title="KSamplerAdvanced (target: ddim, no noise, null_negative)", size=(380, 340))
-    g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
-    g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/nulltext_side_by_side"],
-           title="Save photo | edit", size=(420, 300))
-    g.node(13, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/nulltext_edit"],
-           title="Save edit", size=(320, 300))
-    g.node(14, "Note", (1230, 690), widgets=[NOTE_NULLTEXT], size=(380, 400))
-    g.link(1, 0, 7, "model")
-    g.link(1, 0, 8, "model")
-    for clip_user in (4, 5, 6):
-        g.link(1, 1, clip_user, "clip")
-    g.link(2, 0, 3, "pixels")
-    g.link(1, 2, 3, "vae")
-    g.link(3, 0, 7, "latent")
-    g.link(4, 0, 7, "positive")
-    g.link(6, 0, 7, "negative")
-    g.link(1, 2, 7, "vae")
-    g.link(7, 1, 8, "fpe_source")
-    g.link(8, 0, 9, "model")
-    g.link(5, 0, 9, "positive")
-    g.link(7, 2, 9, "negative")
-    g.link(7, 0, 9, "latent_image")
-    g.link(9, 0, 10, "samples")
-    g.link(1, 2, 10, "vae")
-    g.link(2, 0, 11, "image_a")
-    g.link(10, 0, 11, "image_b")
-    g.link(11, 0, 12, "images")
-    g.link(10, 0, 13, "images")
-    return g.workflow()
 
 
 NOTE_NULLTEXT = (
@@ -487,7 +446,7 @@ WORKFLOWS = {
     "fpe_sdxl_generated_edit.json": lambda: generated_edit(base=SDXL),
     "fpe_sdxl_real_image_edit.json": lambda: real_image_edit(base=SDXL),
     "fpe_settings_sweep.json": settings_sweep,
-    "fpe_real_image_edit_nulltext.json": real_image_edit_nulltext,
+    "fpe_real_image_edit_nulltext.json": lambda: real_image_edit(nulltext=True),
 }
 
 
