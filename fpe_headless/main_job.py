@@ -26,7 +26,7 @@ from .host import PACK_ROOT, find_comfyui, is_comfyui
 
 WORKFLOWS = PACK_ROOT / "workflows"
 DEFAULT_WORKFLOW = "fpe_generated_edit"
-PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check"}  # output nodes without a filename_prefix
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check"}  # no prefix
 TINY_STEPS, TINY_SIZE = 8, 256
 MAX_STEPS, MAX_SEED = 10000, 0xFFFFFFFFFFFFFFFF
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
@@ -64,7 +64,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N",
                    help=f"steps of both sides; default: the workflow's (50, SDXL 30), {TINY_STEPS} for the tiny demo")
     p.add_argument("--cfg", type=float, metavar="X",
-                   help="guidance of the edit (and of a generated source); default: the workflow's (7.5, SDXL 7)")
+                   help="guidance of the edit (and of a generated source, and the one FPE Null-Text Invert tunes "
+                        "for); default: the workflow's (7.5, SDXL 7)")
     p.add_argument("--invert-cfg", type=float, metavar="X",
                    help="guidance of FPE DDIM Invert (real-image workflows); default: the workflow's (1.0)")
     p.add_argument("--size", type=int, metavar="PX",
@@ -230,8 +231,9 @@ def prepare(args: argparse.Namespace) -> Job:
             if wanted is not None and wanted not in shipped:
                 raise UserError(f"--workflow {workflow.name}: its Load Image wants {str(wanted)!r}, which only your "
                                 "ComfyUI's input folder has: pass the photo with --image")
-    if args.invert_cfg is not None and not job.real:
-        raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows")
+    if args.invert_cfg is not None and not any(node.get("type") == "FPEDDIMInvert" for node in data["nodes"]):
+        raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows "
+                        "(FPE Null-Text Invert inverts at cfg 1 and tunes for --cfg)")
     return job
 
 
@@ -260,7 +262,7 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
         for name in SEED_INPUTS:
             put(name, args.seed)
         put("steps", args.steps)
-        if kind in SAMPLER_NODES or kind == "FPESourceCapture":
+        if kind in SAMPLER_NODES or kind in ("FPESourceCapture", "FPENullTextInvert"):  # the edit's guidance
             put("cfg", args.cfg)
         if kind == "FPEDDIMInvert":
             put("cfg", args.invert_cfg)
@@ -303,8 +305,8 @@ def prompt_roles(prompt: dict) -> dict[str, list[str]]:
 
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert"):
-            role = "source"
+        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert", "FPENullTextInvert"):
+            role = "source"  # FPE Null-Text Invert's negative: where the null text starts
         elif node["class_type"] in SAMPLER_NODES:
             role = "target"
         else:

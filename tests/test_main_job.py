@@ -134,6 +134,8 @@ def _lora_file(tmp_path):
     (lambda t: ["--cfg", "nan"], r"--cfg nan: must be a number from 0 to 100"),
     (lambda t: ["--image", t / "photo.png"], r"--image: fpe_generated_edit.json edits a generated image"),
     (lambda t: ["--invert-cfg", 2], r"--invert-cfg: fpe_generated_edit.json has no FPE DDIM Invert"),
+    (lambda t: ["--workflow", "fpe_real_image_edit_nulltext", "--invert-cfg", 2],
+     r"--invert-cfg: fpe_real_image_edit_nulltext.json has no FPE DDIM Invert"),
     (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _text_file(t, "photo.png")],
      r"--image .*photo.png: not an image Pillow can read"),
     (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _truncated_jpeg(t)],
@@ -190,6 +192,20 @@ def test_cfg_sets_the_edit_and_invert_cfg_the_inversion(tmp_path, tiny_sd15_ckpt
     assert by_type["KSamplerAdvanced"]["cfg"] == 5.5 and by_type["FPEDDIMInvert"]["cfg"] == 2.0
     assert by_type["KSamplerAdvanced"]["steps"] == 9 == by_type["FPEDDIMInvert"]["steps"]
     assert isinstance(args, argparse.Namespace)
+
+
+def test_cfg_reaches_the_null_text_tuning_and_the_prompts_their_roles(tmp_path, tiny_sd15_ckpt):
+    path = REPO / "workflows" / "fpe_real_image_edit_nulltext.json"
+    data = load_workflow(path)
+    args = main_job.parser("run.sh").parse_args(["--cfg", "5.5", "--source-prompt", "a cat", "--negative", "blurry"])
+    job = main_job.Job(HOST.path, path, data, None, None, tmp_path, args)
+    prompt = to_api(data)
+    main_job.apply_settings(prompt, job, tiny_sd15_ckpt, HOST.workdir / "input")
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["KSamplerAdvanced"]["cfg"] == 5.5 == by_type["FPENullTextInvert"]["cfg"]
+    nulltext = by_type["FPENullTextInvert"]
+    assert prompt[nulltext["positive"][0]]["inputs"]["text"] == "a cat"
+    assert prompt[nulltext["negative"][0]]["inputs"]["text"] == "blurry"
 
 
 def test_a_pack_inside_a_comfyui_runs_with_that_comfyui(tmp_path, monkeypatch):
