@@ -35,8 +35,8 @@ import torch
 from .errors import FPEError
 from .evaluations import COND
 from .hooks import Shared
-from .layers import LayerKey, LayerSelection, layer_key
-from .source import FPESource
+from .layers import LayerKey, LayerSelection, layer_key, transformer_layers
+from .source import FPESource, reject_chained_inject
 from .steps import step_window
 from .validate import check_number
 
@@ -188,20 +188,8 @@ def host_attention(q, k, v, heads: int, module, extra_options: dict):
 
 def attn2_modules(diffusion_model) -> dict[LayerKey, torch.nn.Module]:
     """Each transformer layer's cross-attention module, under the key its patches see (``layers``)."""
-    found: dict[LayerKey, torch.nn.Module] = {}
-
-    def visit(block_name: str, block_id: int, block) -> None:
-        for module in block:
-            for index, transformer in enumerate(getattr(module, "transformer_blocks", None) or ()):
-                if getattr(transformer, "attn2", None) is not None:
-                    found[(block_name, block_id, index)] = transformer.attn2
-
-    for block_id, block in enumerate(diffusion_model.input_blocks):
-        visit("input", block_id, block)
-    visit("middle", 0, diffusion_model.middle_block)
-    for block_id, block in enumerate(diffusion_model.output_blocks):
-        visit("output", block_id, block)
-    return found
+    return {key: transformer.attn2 for key, transformer, _ in transformer_layers(diffusion_model)
+            if getattr(transformer, "attn2", None) is not None}
 
 
 def _fit(context: torch.Tensor, length: int, own: int, what: str) -> torch.Tensor:
@@ -380,6 +368,7 @@ def replace_model(model, source: FPESource, *, mode: str, self_selection: LayerS
     """A clone of ``model`` replacing self-attention maps (FPE), cross-attention maps, or both."""
     from .inject import inject_model
 
+    reject_chained_inject(model, "FPE Attention Replace")  # name this node, not the Inject it builds on
     if mode not in MODES:
         raise FPEError(f"mode: unknown value {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "self" and isinstance(source, FPESource):

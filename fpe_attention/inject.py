@@ -390,7 +390,8 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     ``sweep``: one setting per target image (a batch of len(sweep) images); a sweep of one setting is
     the plain edit with that setting."""
     if not isinstance(source, FPESource):
-        raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture or FPE DDIM Invert")
+        raise FPEError("fpe_source: connect the FPE_SOURCE output of FPE Source Capture, FPE DDIM Invert or FPE "
+                       "Null-Text Invert")
     source.require_complete()
     signature = model_signature(model)
     reject_chained_inject(model, "FPE Self-Attn Inject")

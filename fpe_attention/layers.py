@@ -62,6 +62,24 @@ def model_attn1_layers(model) -> list[Attn1Layer]:
     return unet_attn1_layers(unet_of(model))
 
 
+def transformer_layers(diffusion_model):
+    """(key, transformer layer, level) of a ComfyUI ``UNetModel``'s transformer layers, in forward order;
+    ``level``: the 2x downsamplings before it. The key is what attention patches see."""
+    level = 0
+    blocks = [("input", i, b) for i, b in enumerate(diffusion_model.input_blocks)]
+    blocks += [("middle", 0, diffusion_model.middle_block)]
+    blocks += [("output", i, b) for i, b in enumerate(diffusion_model.output_blocks)]
+    for block_name, block_id, block in blocks:
+        for module in block:
+            kind = type(module).__name__
+            if kind == "Downsample":
+                level += 1
+            elif kind == "Upsample":
+                level -= 1
+            for index, transformer in enumerate(getattr(module, "transformer_blocks", None) or ()):
+                yield (block_name, block_id, index), transformer, level
+
+
 def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
     """The attn1 layers of a ComfyUI ``UNetModel``, in forward order, read from its modules."""
     if not all(hasattr(diffusion_model, name) for name in ("input_blocks", "middle_block", "output_blocks")):
@@ -69,28 +87,9 @@ def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
             f"model: FPE edits the self-attention of UNet models (SD1.x, SD2.x, SDXL); this model's backbone is "
             f"{type(diffusion_model).__name__}")
     layers: list[Attn1Layer] = []
-    level = 0
-
-    def visit(block_name: str, block_id: int, block) -> None:
-        nonlocal level
-        for module in block:
-            kind = type(module).__name__
-            if kind == "Downsample":
-                level += 1
-            elif kind == "Upsample":
-                level -= 1
-            blocks = getattr(module, "transformer_blocks", None)
-            if blocks is not None:
-                for index, transformer in enumerate(blocks):
-                    attn1 = transformer.attn1
-                    layers.append(Attn1Layer((block_name, block_id, index), len(layers) + 1, level,
-                                             attn1.to_q.in_features, getattr(attn1, "heads", 0)))
-
-    for block_id, block in enumerate(diffusion_model.input_blocks):
-        visit("input", block_id, block)
-    visit("middle", 0, diffusion_model.middle_block)
-    for block_id, block in enumerate(diffusion_model.output_blocks):
-        visit("output", block_id, block)
+    for key, transformer, level in transformer_layers(diffusion_model):
+        attn1 = transformer.attn1
+        layers.append(Attn1Layer(key, len(layers) + 1, level, attn1.to_q.in_features, getattr(attn1, "heads", 0)))
     return layers
 
 

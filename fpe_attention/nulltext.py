@@ -403,6 +403,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     from .capture import ROWS, attach_recorder, conditioning_rows, context_shapes, new_source
     from .hooks import all_finite
     from .inversion import invert
+    from .source import reject_chained_inject
     from .steps import step_window
 
     samples = latent["samples"]
@@ -414,6 +415,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     if cfg <= 1.0:
         raise FPEError(f"cfg: null-text inversion tunes the unconditional embedding for guidance above 1 (cfg {cfg} "
                        "never uses it); use the edit's cfg, officially 7.5. For cfg 1 use FPE DDIM Invert")
+    reject_chained_inject(model, MAKER)  # before the CFG check: an Inject's own hooks are post-CFG functions
     options = getattr(model, "model_options", {}) or {}
     for key, what in (("sampler_cfg_function", "a custom CFG function (RescaleCFG, dynamic thresholding, ...)"),
                       ("sampler_pre_cfg_function", "a pre-CFG function"),

@@ -224,7 +224,8 @@ class FPESource:
                 "twin's, or use a current ComfyUI, which pairs entries by id")
         if self.structure.pairs_with(target):
             return
-        if self.maker == "FPE Null-Text Invert":  # its negative is one entry per step, tuned for this photo
+        if self.maker == "FPE Null-Text Invert" and target.negative != self.structure.negative:
+            # its negative is one entry per step, tuned for this photo
             raise FPEError(
                 f"the target sampler's negative is not the null text: {self.maker} sampled the source with its "
                 f"per-step null embeddings. Connect {self.maker}'s null_negative output to the target sampler's "

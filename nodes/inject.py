@@ -29,7 +29,7 @@ class FPESelfAttnInject:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model the capture used (LoRAs included); a patched clone is "
                                                "returned."}),
-                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (generated images) or FPE DDIM Invert (real photos)."}),
+                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (generated images), FPE DDIM Invert or FPE Null-Text Invert (real photos)."}),
                 "layers": (list(PRESETS), {
                     "default": "official",
                     "tooltip": "Self-attention layers to edit. 'official': layers with at most 32x32 tokens (the "

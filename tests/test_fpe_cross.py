@@ -16,7 +16,7 @@ from fpe_harness.attention import explicit_attention, layer_keys, trace_attn1
 from fpe_harness.execute import call_node
 from fpe_harness.graphs import SRC, H, W, ksampler, latent, max_abs
 from fpe_harness.host import pack_submodule
-from fpe_harness.reference import encode, stack_conditioning
+from fpe_harness.reference import encode, sdpa, stack_conditioning
 
 STEPS = 5
 # Word swap with equal token counts ("green" -> "rubber": one token each), and a pair of unequal counts.
@@ -60,16 +60,6 @@ def replace(model, source, clip, *, mode="cross", target=SWAP, tokens="all token
 
 # --- the independent reference -------------------------------------------------------------------
 
-def _sdpa(q, k, v, heads):
-    rows, tokens, channels = q.shape
-
-    def split(t):
-        return t.reshape(rows, -1, heads, channels // heads).transpose(1, 2)
-
-    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(rows, tokens, channels)
-
-
 def reference_edit(model, clip, *, source, target, width, height, seed=42, steps=STEPS, cfg=7.5,
                    cross=(0.0, 0.8), columns=None, self_window=None, max_tokens=32 * 32):
     """[source, target] from one noise, explicit maps; the target's cond cross map takes the source's
@@ -105,13 +95,13 @@ def reference_edit(model, clip, *, source, target, width, height, seed=42, steps
     def attn1(q, k, v, extra_options):
         chunks = extra_options["cond_or_uncond"]
         if not (in_window(self_window) and q.shape[1] <= max_tokens):
-            return _sdpa(q, k, v, extra_options["n_heads"])
+            return sdpa(q, k, v, extra_options["n_heads"])
         return explicit_attention(q, k, v, extra_options["n_heads"], copier(chunks, q.shape[0] // len(chunks), None))
 
     def attn2(q, k, v, extra_options):
         chunks = extra_options["cond_or_uncond"]
         if not in_window(cross):
-            return _sdpa(q, k, v, extra_options["n_heads"])
+            return sdpa(q, k, v, extra_options["n_heads"])
         return explicit_attention(q, k, v, extra_options["n_heads"],
                                   copier(chunks, q.shape[0] // len(chunks), columns))
 
@@ -328,3 +318,13 @@ def test_real_photo_source_records_cross_attention(tiny_sd15):
     edited = sample_back(replace(model, source, clip, cross_layers="official"), clip, inverted, text=SWAP,
                          steps=4)
     assert torch.isfinite(edited).all() and max_abs(edited, plain) > 0
+
+
+def test_a_model_already_injected_is_refused_naming_this_node(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    _, source = _source(model, clip)
+    injected = call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="official", custom_layers="in4",
+                         start=0.0, end=0.8, branches="cond only")[0]
+    with pytest.raises(Exception, match="model: this model already carries an FPE Self-Attn Inject edit, so FPE "
+                                        "Attention Replace would not run as asked"):
+        replace(injected, source, clip, mode="self")

@@ -257,6 +257,21 @@ def test_the_target_must_use_the_null_negative(tiny_sd15):
         sample(inject(model, source), clip, inverted, encode(clip, ""), text=TGT)
 
 
+def test_a_stranger_s_workflow_gets_errors_that_name_the_input(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    inverted, source, null_negative, _ = _once(model, clip)
+    # Null-Text Invert fed an already injected model: two FPE nodes chained.
+    with pytest.raises(Exception, match="model: this model already carries an FPE Self-Attn Inject edit"):
+        null_text(inject(model, source), clip, steps=2, inner_steps=1)
+    # A combined target prompt: the positive differs, so the generic pairing message, not the null-text one.
+    combined = encode(clip, TGT) + encode(clip, "a painting")
+    with pytest.raises(Exception, match="does not pair with the source's entry by entry") as caught:
+        call_node("KSamplerAdvanced", model=inject(model, source), add_noise="disable", noise_seed=0, steps=STEPS,
+                  cfg=7.5, sampler_name="ddim", scheduler="normal", positive=combined, negative=null_negative,
+                  latent_image=inverted, start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
+    assert "null_negative" not in str(caught.value)
+
+
 def test_the_reconstruction_preview_and_psnr(tiny_sd15):
     model, clip, vae = tiny_sd15
     import nodes
@@ -276,6 +291,7 @@ def test_the_reconstruction_preview_and_psnr(tiny_sd15):
     ({"latent": {"samples": torch.zeros(1, 4, 12, 16)}}, "latent: it is all zeros"),
     ({"latent": "batch2"}, "one photo at a time"),
     ({"learning_rate": math.nan}, "learning_rate"),
+    ({"early_stop": math.inf}, "early_stop"),
     ({"negative": "combined"}, "negative: null-text inversion takes a single prompt"),
 ])
 def test_bad_inputs_are_named(tiny_sd15, change, message):

@@ -19,7 +19,8 @@ from .execute import call_node
 OFFICIAL_MAX_TOKENS = 32 * 32
 
 
-def _sdpa(q, k, v, heads):
+def sdpa(q, k, v, heads):
+    """Attention per head with torch's reference kernel (rows, tokens, heads*dim)."""
     rows, tokens, channels = q.shape
 
     def split(t):
@@ -80,7 +81,7 @@ def official_batch_edit(model, clip, *, source, target, negative="", width, heig
         edit = first <= step < stop and q.shape[1] <= max_tokens
 
         if not edit:  # any exact attention will do where nothing is replaced
-            return _sdpa(q, k, v, extra_options["n_heads"])
+            return sdpa(q, k, v, extra_options["n_heads"])
 
         def replace(weights):
             weights = weights.clone()
@@ -178,7 +179,7 @@ def official_real_edit(model, clip, *, trajectory, source="", target, negative="
         chunks = extra_options["cond_or_uncond"]
         per_chunk = q.shape[0] // len(chunks)
         if not (first <= step < stop and q.shape[1] <= max_tokens):
-            return _sdpa(q, k, v, extra_options["n_heads"])
+            return sdpa(q, k, v, extra_options["n_heads"])
 
         def replace(weights):
             weights = weights.clone()
