@@ -359,6 +359,8 @@ def main(argv=None) -> int:
                              "--archs UNets)")
     parser.add_argument("--sweep", action="store_true",
                         help="only a settings sweep of 8 (layers x end) vs 8 single edits, tiny model, stored and replay")
+    parser.add_argument("--record", action="store_true",
+                        help="only FPE Attention Record's cost: plain vs recording sampling, record size, picture times")
     parser.add_argument("--archs", default="SD1.5",
                         help="comma-separated full-size UNets to time: SD1.5, SD2.x, SDXL (SDXL needs ~12 GB RAM; "
                              "it runs in bf16 on CPU)")
@@ -387,6 +389,8 @@ def main(argv=None) -> int:
         return nulltext_report(args, host, call_node)
     if args.sweep:
         return sweep_report(args, host, call_node)
+    if args.record:
+        return record_report(args, host, call_node)
     if not args.gpu and not args.archs_only:
         tiny_models.write_checkpoint(tiny_models.SD15_TINY, workdir / "models" / "checkpoints" / "tiny.safetensors")
         model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -480,6 +484,78 @@ def sweep_report(args, host, call_node) -> int:
     print(f"Settings sweep '{sweep}' (8 images, one batched run) vs a plain batch of 8 and 8 single edits:")
     _table(rows, ["source", "size/steps", "sweep of 8 s", "plain batch of 8 s", "8 single edits s",
                   "singles / sweep"])
+    return 0
+
+
+def bench_record(label, model, conds, *, side, steps, repeats, call_node):
+    """Plain sampling vs sampling through FPE Attention Record (cross all + self official, and cross only),
+    the record's bytes, and the picture nodes' times on that record."""
+    import torch
+
+    src, tgt, _, neg = conds
+    latent = {"samples": torch.zeros(1, 4, side // 8, side // 8)}
+    common = dict(seed=42, steps=steps, cfg=7.5, sampler_name="euler", scheduler="normal", positive=tgt,
+                  negative=neg, latent_image=latent, denoise=1.0)
+
+    def recording(self_layers):
+        return call_node("FPEAttentionRecord", model=model, cross_layers="all", cross_custom_layers="",
+                         self_layers=self_layers, self_custom_layers="", start_percent=0.0, end_percent=1.0,
+                         rows="cond", image=0)
+
+    call_node("KSampler", model=model, **common)  # warm-up
+    times: dict[str, list[float]] = {"plain": [], "both": [], "cross": []}
+    record = samples = None
+    for _ in range(repeats):
+        times["plain"].append(_timed(lambda: call_node("KSampler", model=model, **common), 1, f"{label}: plain")[0])
+        patched, record = recording("official")
+        t, (samples,) = _timed(lambda p=patched: call_node("KSampler", model=p, **common), 1, f"{label}: record")
+        times["both"].append(t)
+        patched, _ = recording("none")
+        times["cross"].append(_timed(lambda p=patched: call_node("KSampler", model=p, **common), 1)[0])
+    t_plain, t_both, t_cross = (min(times[k]) for k in times)
+    components = {}
+    for method in ("randomized", "full"):
+        components[method] = _timed(lambda m=method: call_node(
+            "FPESelfAttnComponents", fpe_record=record, samples=samples, layers="", components=6, method=m), 1)[0]
+    return [label, f"{side}px/{steps}", f"{t_plain:.2f}", f"{t_both:.2f} ({t_both / t_plain:.2f}x)",
+            f"{t_cross:.2f} ({t_cross / t_plain:.2f}x)", f"{record.nbytes() / 2**20:.1f}",
+            f"{components['randomized']:.2f}", f"{components['full']:.2f}"]
+
+
+def record_report(args, host, call_node) -> int:
+    import torch
+
+    from fpe_headless import tiny_models
+
+    rows = []
+    if not args.gpu:
+        tiny_models.write_checkpoint(tiny_models.SD15_TINY, host.workdir / "models" / "checkpoints" / "tiny.safetensors")
+        model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
+        conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
+                 ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street",
+                  "a photo of wooden ducks walking on street", "")]
+        rows.append(bench_record("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
+                                 repeats=args.repeats, call_node=call_node))
+    gen = torch.Generator().manual_seed(0)
+    side, steps = (512, 50) if args.gpu else (256, 4)
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        dtype = torch.bfloat16 if arch == "SDXL" and not args.gpu else None
+        model = full_unet(arch, dtype)
+        label = f"{arch} UNet (random, {str(model.model.get_dtype()).replace('torch.', '')})"
+        arch_side = args.side or (1024 if arch == "SDXL" and args.gpu else side)
+        rows.append(bench_record(label, model, random_conds(arch, gen), side=arch_side, steps=args.steps or steps,
+                                 repeats=args.repeats, call_node=call_node))
+        del model
+    print(f"\n{host.label}, torch {torch.__version__}, "
+          f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
+    print("FPE Attention Record (cross 'all', self 'official', cond row, every step) vs plain sampling (euler, cfg 7.5); "
+          "FPE Self-Attn Components (6 per token grid) on that record:")
+    _table(rows, ["model", "size/steps", "plain s", "record cross+self s", "record cross s", "record MiB",
+                  "components randomized s", "components full s"])
+    if PEAK_VRAM:
+        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
+        for kind, gib in PEAK_VRAM.items():
+            print(f"  {kind}: {gib:.2f}")
     return 0
 
 

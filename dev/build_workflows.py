@@ -439,6 +439,123 @@ NOTE_SWEEP = (
     "the edit with setting k. Keep seed, steps, sampler and scheduler the SAME on the capture and the KSampler.")
 
 
+MAPS_SOURCE_PROMPT = "a photo of a white horse in the park"
+MAPS_TARGET_PROMPT = "a photo of a black horse in the park"
+MAPS_SOURCE_WORDS = "white, horse"  # the edited word, then a word both prompts share
+MAPS_TARGET_WORDS = "black, horse"
+
+
+def attention_maps() -> dict:
+    """The generated edit with FPE Attention Record before each sampler (the source's capture, the edit's
+    KSampler) and the pictures of both runs: word heatmaps (cross-attention) and the top self-attention
+    components (the layout), as the paper's Figure 3; FPE Layer Overview shows the layers the Inject edits."""
+    g = Graph()
+    base = SD15
+    step = base.prompt_size[1] + 50
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+    record_widgets = ["all", "", "official", "", 0.0, 1.0, "cond", 0]
+    record_io = dict(inputs=[("model", "MODEL")],
+                     outputs=[("model", "MODEL"), ("fpe_record", "FPE_ATTENTION_RECORD")])
+    heatmap_io = dict(inputs=[("fpe_record", "FPE_ATTENTION_RECORD"), ("samples", "LATENT"), ("clip", "CLIP"),
+                              ("image", "IMAGE")],
+                      outputs=[("heatmaps", "IMAGE"), ("masks", "MASK")])
+    components_io = dict(inputs=[("fpe_record", "FPE_ATTENTION_RECORD"), ("samples", "LATENT"), ("image", "IMAGE")],
+                         outputs=[("components", "IMAGE")])
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[base.checkpoint], size=(315, 100))
+    prompt_node(g, base, 2, (380, 40), MAPS_SOURCE_PROMPT, "Source prompt")
+    prompt_node(g, base, 3, (380, 40 + step), MAPS_TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
+    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
+           widgets=[base.side, base.side, 1], size=(315, 106))
+    # the source row (top): record -> capture -> decode -> pictures
+    g.node(6, "FPEAttentionRecord", (830, 40), **record_io, widgets=record_widgets,
+           title="FPE Attention Record (source)", size=(340, 270), color=FPE_COLOR)
+    g.node(7, "FPESourceCapture", (1220, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
+           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
+           widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                    base.precision, "off"],
+           size=(340, 430), color=FPE_COLOR)
+    g.node(8, "VAEDecode", (1610, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
+           title="Decode source", size=(210, 50))
+    g.node(9, "FPEWordHeatmap", (2130, 40), **heatmap_io,
+           widgets=[MAPS_SOURCE_PROMPT, MAPS_SOURCE_WORDS, "", 0.6],
+           title="FPE Word Heatmap (source)", size=(440, 560), color=FPE_COLOR)
+    g.node(10, "FPESelfAttnComponents", (2610, 40), **components_io, widgets=["", 6, "randomized", 0.6],
+           title="FPE Self-Attn Components (source)", size=(540, 560), color=FPE_COLOR)
+    # the edit row (below): inject -> record -> KSampler -> decode -> pictures
+    g.node(11, "FPESelfAttnInject", (830, 660), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
+           size=(340, 190), color=FPE_COLOR)
+    g.node(12, "FPEAttentionRecord", (830, 900), **record_io, widgets=record_widgets,
+           title="FPE Attention Record (edit)", size=(340, 270), color=FPE_COLOR)
+    g.node(13, "KSampler", (1220, 660),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
+           title="KSampler (target: same seed, steps, sampler)", size=(340, 270))
+    g.node(14, "VAEDecode", (1610, 660), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
+    g.node(15, "FPEWordHeatmap", (2130, 660), **heatmap_io,
+           widgets=[MAPS_TARGET_PROMPT, MAPS_TARGET_WORDS, "", 0.6],
+           title="FPE Word Heatmap (edit)", size=(440, 560), color=FPE_COLOR)
+    g.node(16, "FPESelfAttnComponents", (2610, 660), **components_io, widgets=["", 6, "randomized", 0.6],
+           title="FPE Self-Attn Components (edit)", size=(540, 560), color=FPE_COLOR)
+    # source | edit, between the rows' decodes
+    g.node(17, "FPESideBySide", (1610, 140), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    g.node(18, "SaveImage", (1610, 240), inputs=[("images", "IMAGE")], widgets=["FPE/attention_maps_side_by_side"],
+           title="Save source | edit", size=(480, 300))
+    g.node(19, "Note", (20, 460), widgets=[NOTE_ATTENTION_MAPS], size=(330, 440))
+    # which layers the Inject edits (and Record's self_layers 'official' records) at this size; tall enough
+    # for the table it shows
+    g.node(20, "FPELayerOverview", (380, 40 + 4 * step), inputs=[("model", "MODEL"), ("latent", "LATENT")],
+           outputs=[("image", "IMAGE"), ("text", "STRING")],
+           widgets=[base.side, base.side, "official", OFFICIAL_LAYERS],
+           size=(400, 430), color=FPE_COLOR)
+    g.link(1, 0, 6, "model")
+    g.link(1, 0, 11, "model")
+    g.link(1, 0, 20, "model")
+    for clip_user in (2, 3, 4, 9, 15):
+        g.link(1, 1, clip_user, "clip")
+    g.link(6, 0, 7, "model")
+    g.link(2, 0, 7, "positive")
+    g.link(4, 0, 7, "negative")
+    g.link(5, 0, 7, "latent_image")
+    g.link(7, 1, 11, "fpe_source")
+    g.link(11, 0, 12, "model")
+    g.link(12, 0, 13, "model")
+    g.link(3, 0, 13, "positive")
+    g.link(4, 0, 13, "negative")
+    g.link(5, 0, 13, "latent_image")
+    g.link(7, 0, 8, "samples")
+    g.link(1, 2, 8, "vae")
+    g.link(13, 0, 14, "samples")
+    g.link(1, 2, 14, "vae")
+    for picture, record, latent, decoded in ((9, 6, 7, 8), (10, 6, 7, 8), (15, 12, 13, 14), (16, 12, 13, 14)):
+        g.link(record, 1, picture, "fpe_record")
+        g.link(latent, 0, picture, "samples")
+        g.link(decoded, 0, picture, "image")
+    g.link(8, 0, 17, "image_a")
+    g.link(14, 0, 17, "image_b")
+    g.link(17, 0, 18, "images")
+    return g.workflow()
+
+
+NOTE_ATTENTION_MAPS = (
+    "What the attention holds (paper §3, Figure 3), for the source and for its FPE edit.\n\n"
+    "FPE Attention Record goes last before the sampler (after Self-Attn Inject); it does not change the picture. "
+    "A picture node's samples must be the LATENT of the sampler that used that recording model.\n\n"
+    "Word Heatmap (cross-attention): where each word looks. In the edit 'black' looks where 'white' looked: "
+    "the word changes, the place stays.\n\n"
+    "Self-Attn Components: the first components outline the object: the layout. In the layers the Inject "
+    "edits (Layer Overview, 'official') the edit's stay the source's.\n\n"
+    "Change the words and queue again: only the pictures are drawn again.")
+
+
 WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
@@ -447,6 +564,7 @@ WORKFLOWS = {
     "fpe_sdxl_real_image_edit.json": lambda: real_image_edit(base=SDXL),
     "fpe_settings_sweep.json": settings_sweep,
     "fpe_real_image_edit_nulltext.json": lambda: real_image_edit(nulltext=True),
+    "fpe_attention_maps.json": attention_maps,
 }
 
 

@@ -152,7 +152,8 @@ def conditioning_rows(model, positive, negative, cfg: float, kinds) -> int:
     # ComfyUI skips the uncond rows at cfg 1, unless a patch asks it not to.
     if UNCOND in kinds and (not math.isclose(cfg, 1.0) or options.get("disable_cfg1_optimization")):
         rows += len(negative or [])
-    rows += len(options.get("sampler_post_cfg_function", [])) * max(entries, len(negative or []))
+    guidance = [fn for fn in options.get("sampler_post_cfg_function", []) if not getattr(fn, "fpe_record", False)]
+    rows += len(guidance) * max(entries, len(negative or []))  # an attention record calls no model
     return max(rows, 1)
 
 

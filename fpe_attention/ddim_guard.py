@@ -75,7 +75,8 @@ class DDIMGuard(Shared):
             self._check_cfg(args)
         elif self._previous is not None:
             self._check_step(x, sigma)
-        functions = args.get("model_options", {}).get("sampler_post_cfg_function", [])
+        functions = [fn for fn in args.get("model_options", {}).get("sampler_post_cfg_function", [])
+                     if not getattr(fn, "fpe_record", False)]  # an attention record reads, never changes
         last = bool(functions) and functions[-1] is self
         self._previous = (x.detach(), sigma, denoised.detach()) if last else None
         return denoised

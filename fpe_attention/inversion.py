@@ -32,6 +32,7 @@ from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, 
 from .errors import FPEError
 from .evaluations import UNCOND
 from .hooks import all_finite
+from .recording import recording_paused, recording_tagged
 from .replay import reject_per_call_conditioning
 from .steps import step_window
 
@@ -186,8 +187,9 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     steps = int(sigmas.shape[0]) - 1
     if progress is None:
         progress = PhasedProgress(model, steps + (stop - first))
-    top, inverted, _ = invert(model, latent=samples, positive=positive, negative=negative, cfg=cfg,
-                              forward_sigmas=sigmas, callback=progress.phase(steps))
+    with recording_paused(model):  # an FPE Attention Record before this node shows the source, not the inversion
+        top, inverted, _ = invert(model, latent=samples, positive=positive, negative=negative, cfg=cfg,
+                                  forward_sigmas=sigmas, callback=progress.phase(steps))
     if not all_finite(top):
         raise FPEError(
             "FPE DDIM Invert: the inverted latent came out as NaN or infinite values. Likely causes: cfg set to "
@@ -198,9 +200,10 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     # Record pass: cond rows need no uncond evaluation (cfg 1 skips it); uncond rows need cfg != 1.
     patched = attach_recorder(model, recorder)
     replay = comfy.samplers.KSAMPLER(TrajectoryReplay(trajectory, range(first, stop)))
-    comfy.sample.sample_custom(patched, torch.zeros_like(samples), record_cfg, replay,
-                               sigmas.to(model.load_device, copy=True), positive, negative, samples,
-                               callback=progress.phase(stop - first), disable_pbar=True, seed=0)
+    with recording_tagged(model, top):  # the source's maps on the trajectory answer to the inverted latent
+        comfy.sample.sample_custom(patched, torch.zeros_like(samples), record_cfg, replay,
+                                   sigmas.to(model.load_device, copy=True), positive, negative, samples,
+                                   callback=progress.phase(stop - first), disable_pbar=True, seed=0)
     source.trajectory = trajectory
     source.complete = True  # reached only when both passes returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}

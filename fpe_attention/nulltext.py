@@ -403,6 +403,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     from .capture import ROWS, attach_recorder, conditioning_rows, context_shapes, new_source
     from .hooks import all_finite
     from .inversion import invert
+    from .recording import recording_paused, recording_tagged
     from .source import reject_chained_inject
     from .steps import step_window
 
@@ -420,7 +421,9 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     for key, what in (("sampler_cfg_function", "a custom CFG function (RescaleCFG, dynamic thresholding, ...)"),
                       ("sampler_pre_cfg_function", "a pre-CFG function"),
                       ("sampler_post_cfg_function", "a post-CFG function (SAG, PAG, ...)")):
-        if options.get(key):
+        found = options.get(key)
+        found = found if isinstance(found, (list, tuple)) else [found] if found else []  # the CFG function is one
+        if [fn for fn in found if not getattr(fn, "fpe_record", False)]:  # an attention record only reads
             raise FPEError(f"model: it carries {what}, but null-text inversion tunes the embeddings for plain "
                            "guidance: connect the model before that node (apply guidance nodes to the target's "
                            "model only if you accept that the reconstruction drifts)")
@@ -437,17 +440,19 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
                                   contexts=context_shapes(positive, negative * steps, cfg, ROWS[settings.rows], model))
 
     # 1. DDIM inversion with the source prompt, conditional only (w = 1), as the notebook does.
-    top, inverted, _ = invert(model, latent=samples, positive=positive, negative=positive, cfg=1.0,
-                              forward_sigmas=sigmas, callback=progress.phase(steps))
+    with recording_paused(model):  # an FPE Attention Record before this node shows the source branch only
+        top, inverted, _ = invert(model, latent=samples, positive=positive, negative=positive, cfg=1.0,
+                                  forward_sigmas=sigmas, callback=progress.phase(steps))
     if not all_finite(top):
         raise FPEError(f"{MAKER}: the inverted latent came out as NaN or infinite values. Likely causes: a latent that "
                        "is not an encoded photo, or a model running in fp16 that overflows (run it in fp32 or bf16)")
     trajectory = list(reversed(inverted))  # forward order: entry i sits at sigmas[i]
 
     # 2. The per-step null embeddings.
-    result = optimise_null_text(model, top=top, trajectory=trajectory, positive=positive, negative=negative,
-                                sigmas=sigmas, cfg=cfg, inner_steps=inner_steps, early_stop=early_stop,
-                                learning_rate=learning_rate, callback=progress.phase(steps))
+    with recording_paused(model):
+        result = optimise_null_text(model, top=top, trajectory=trajectory, positive=positive, negative=negative,
+                                    sigmas=sigmas, cfg=cfg, inner_steps=inner_steps, early_stop=early_stop,
+                                    learning_rate=learning_rate, callback=progress.phase(steps))
     if not all(math.isfinite(v) for v in result.last_loss) or not all(all_finite(e) for e in result.embeddings):
         raise FPEError(f"{MAKER}: the optimisation diverged (NaN or infinite loss). Lower learning_rate, or run the "
                        "model in fp32/bf16")
@@ -455,9 +460,11 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
 
     # 3. The source branch: sampled from the inverted noise with the source prompt and the null embeddings.
     patched = attach_recorder(model, recorder)
-    back = comfy.sample.sample_custom(patched, torch.zeros_like(top), cfg, comfy.samplers.sampler_object("ddim"),
-                                      sigmas.to(model.load_device, copy=True), positive, null_negative, top,
-                                      callback=progress.phase(steps), disable_pbar=True, seed=0)
+    with recording_tagged(model, top):
+        back = comfy.sample.sample_custom(patched, torch.zeros_like(top), cfg,
+                                          comfy.samplers.sampler_object("ddim"), sigmas.to(model.load_device, copy=True),
+                                          positive, null_negative, top, callback=progress.phase(steps),
+                                          disable_pbar=True, seed=0)
     if not all_finite(back):
         raise FPEError(f"{MAKER}: the source branch came out as NaN or infinite values; run the model in fp32/bf16")
     # Like a DDIM-inverted photo, the edit must start from the inverted latent and take DDIM steps (the guard

@@ -180,6 +180,7 @@ def extended_batch(args, call, inputs: list[tuple[object, SourceInput]], maker: 
         extended[key] = _cat([cond[key] for cond in conds] + [value], x.device)
     extended_options = dict(options)
     extended_options["cond_or_uncond"] = kinds + target_kinds
+    extended_options["fpe_source_chunks"] = len(kinds)  # the chunks in front are the source's (an attention record skips them)
     if target_uuids is not None:
         extended_options["uuids"] = uuids + list(target_uuids)
     extended["transformer_options"] = extended_options

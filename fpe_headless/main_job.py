@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import struct
 import sys
@@ -26,7 +27,11 @@ from .host import PACK_ROOT, find_comfyui, is_comfyui
 
 WORKFLOWS = PACK_ROOT / "workflows"
 DEFAULT_WORKFLOW = "fpe_generated_edit"
-PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check"}  # no prefix
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
+                 "FPEWordHeatmap": "word_heatmap", "FPESelfAttnComponents": "self_attn_components",
+                 "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview"}
+# Our inputs that repeat a prompt's text (to find its tokens): they follow the prompt they copy.
+MIRRORED_TEXT = {"FPEWordHeatmap": ("text",), "FPEAttentionReplace": ("source_text", "target_text")}
 TINY_STEPS, TINY_SIZE = 8, 256
 MAX_STEPS, MAX_SEED = 10000, 0xFFFFFFFFFFFFFFFF
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
@@ -244,12 +249,16 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
     """Put the command line's settings into the prompt, each only where it belongs."""
     args = job.args
     texts = prompt_roles(prompt)
+    replaced: dict[str, str] = {}  # old prompt text -> the command line's
     for role, value in (("source", args.source_prompt), ("target", args.target_prompt), ("negative", args.negative)):
         for node_id in texts.get(role, ()):
             inputs = prompt[node_id]["inputs"]
             for name in PROMPT_INPUTS:
                 if value is not None and name in inputs and not isinstance(inputs[name], list):
+                    if isinstance(inputs[name], str):
+                        replaced.setdefault(inputs[name], value)
                     inputs[name] = value
+    follow_prompts(prompt, replaced)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
 
@@ -272,6 +281,44 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
         if kind == "LoadImage":
             photo = job.image or input_dir / inputs["image"]
             inputs["image"] = sized_photo(photo, input_dir, args.size)
+
+
+def follow_prompts(prompt: dict, replaced: dict[str, str]) -> None:
+    """Inputs that copy a prompt's text take its new text; a Word Heatmap's words that the new prompt lacks
+    become the new prompt's words at the same places (a word swap: 'black' -> 'zebra')."""
+    for node in prompt.values():
+        for name in MIRRORED_TEXT.get(node["class_type"], ()):
+            old = node["inputs"].get(name)
+            if not isinstance(old, str) or old not in replaced:
+                continue
+            new = node["inputs"][name] = replaced[old]
+            words = node["inputs"].get("words")
+            if node["class_type"] == "FPEWordHeatmap" and isinstance(words, str):
+                node["inputs"]["words"] = swapped_words(words, old, new)
+
+
+def _plain_words(text: str) -> list[str]:
+    return [w for w in (re.sub(r"^\W+|\W+$", "", w).lower() for w in text.split()) if w]
+
+
+def swapped_words(words: str, old: str, new: str) -> str:
+    """``words`` for the new prompt: kept where the new prompt has them, else the words that took their place
+    (aligned with difflib: 'black horse' -> 'zebra' maps both to 'zebra')."""
+    import difflib
+
+    old_words, new_words = _plain_words(old), _plain_words(new)
+    took_place: dict[str, str] = {}
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old_words, b=new_words).get_opcodes():
+        if tag == "replace":
+            for i in range(i1, i2):
+                took_place.setdefault(old_words[i], new_words[min(j1 + i - i1, j2 - 1)])
+    kept = []
+    for word in (w.strip() for w in words.split(",") if w.strip()):
+        if word.lower() in new_words:
+            kept.append(word)
+        elif word.lower() in took_place:
+            kept.append(took_place[word.lower()])
+    return ", ".join(dict.fromkeys(kept)) or (new_words[-1] if new_words else words)
 
 
 def sized_photo(photo: Path, input_dir: Path, size: int | None) -> str:
@@ -381,11 +428,14 @@ def run(job: Job, say=print) -> list[Path]:
                 result = Executor().run(prompt)
         except PromptFailed as exc:
             raise UserError(f"{job.workflow.name}: {exc}") from None
-        written = []
+        written, names = [], set()
         for node_id, outputs in result.outputs.items():
             node = prompt[node_id]
             images = outputs.get("images", [])
             name = Path(str(node["inputs"].get("filename_prefix", PREVIEW_NAMES.get(node["class_type"], "image")))).name
+            if images and name in names:  # two nodes of one kind (source and edit): keep both
+                name = f"{name}_node{node_id}"
+            names.add(name)
             for i, image in enumerate(images):
                 src = host.workdir / image["type"] / image["subfolder"] / image["filename"]
                 dst = job.out / (f"{name}.png" if len(images) == 1 else f"{name}_{i}.png")

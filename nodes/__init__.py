@@ -23,12 +23,15 @@ def as_fpe_error(input_name: str):
         raise FPEError(f"{input_name}: {exc}") from None
 
 
+from .attention_maps import FPEAttentionQuery, FPESelfAttnComponents, FPEWordHeatmap  # noqa: E402
 from .capture import FPESourceCapture  # noqa: E402
 from .grid import FPESweepGrid, FPESweepLatent  # noqa: E402
 from .images import FPESideBySide  # noqa: E402
 from .inject import FPESelfAttnInject  # noqa: E402
 from .invert import FPEDDIMInvert, FPEVAEEncodeMean  # noqa: E402
 from .nulltext import FPENullTextInvert  # noqa: E402
+from .overview import FPELayerOverview  # noqa: E402
+from .record import FPEAttentionRecord  # noqa: E402
 from .replace import FPEAttentionReplace  # noqa: E402
 from .schedules import FPEOfficialDDIMSigmas  # noqa: E402
 
@@ -40,9 +43,14 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "FPEVAEEncodeMean": FPEVAEEncodeMean,
     "FPEDDIMInvert": FPEDDIMInvert,
     "FPEAttentionReplace": FPEAttentionReplace,
+    "FPEAttentionRecord": FPEAttentionRecord,
+    "FPEWordHeatmap": FPEWordHeatmap,
+    "FPESelfAttnComponents": FPESelfAttnComponents,
+    "FPEAttentionQuery": FPEAttentionQuery,
     "FPENullTextInvert": FPENullTextInvert,
     "FPESweepLatent": FPESweepLatent,
     "FPESweepGrid": FPESweepGrid,
+    "FPELayerOverview": FPELayerOverview,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESourceCapture": "FPE Source Capture",
@@ -52,7 +60,12 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
     "FPEDDIMInvert": "FPE DDIM Invert",
     "FPEAttentionReplace": "FPE Attention Replace",
+    "FPEAttentionRecord": "FPE Attention Record",
+    "FPEWordHeatmap": "FPE Word Heatmap",
+    "FPESelfAttnComponents": "FPE Self-Attn Components",
+    "FPEAttentionQuery": "FPE Attention Query",
     "FPENullTextInvert": "FPE Null-Text Invert",
     "FPESweepLatent": "FPE Sweep Latent",
     "FPESweepGrid": "FPE Sweep Grid",
+    "FPELayerOverview": "FPE Layer Overview",
 }

@@ -11,6 +11,7 @@ from ..fpe_attention.encode import SIDES, check_sides, downscale_ratio, encode_m
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.inversion import PhasedProgress, invert_to_source
 from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, reconstruct, relative_rmse
+from ..fpe_attention.recording import recording_paused
 from ..fpe_attention.steps import step_window
 from ..fpe_attention.validate import check_latent, check_number
 from . import CATEGORY
@@ -141,9 +142,10 @@ class FPEDDIMInvert:
     @staticmethod
     def _check(model, vae, samples, inverted, positive, negative, cfg, sigmas, progress):
         n = int(sigmas.shape[-1]) - 1
-        back = reconstruct(model, inverted=inverted, positive=positive,
-                           negative=negative if negative is not None else positive, cfg=cfg, sigmas=sigmas,
-                           callback=progress.phase(n))
+        with recording_paused(model):  # the check is not the source an attention record should show
+            back = reconstruct(model, inverted=inverted, positive=positive,
+                               negative=negative if negative is not None else positive, cfg=cfg, sigmas=sigmas,
+                               callback=progress.phase(n))
         expected = expected_latent(samples, sigmas)
         rmse = relative_rmse(back, expected)
         if vae is None:

@@ -125,7 +125,7 @@ def _lora_file(tmp_path):
     (lambda t: ["--checkpoint", _text_file(t, "notes.txt")], r"--checkpoint .*notes.txt: not a checkpoint file"),
     (lambda t: ["--checkpoint", _lora_file(t)], r"--checkpoint .*lora.safetensors: holds no Stable Diffusion UNet"),
     (lambda t: ["--workflow", "fpe_no_such_edit"], r"--workflow fpe_no_such_edit: no such file, and no shipped "
-                                                    r"workflow of that name \(shipped: fpe_generated_edit, "),
+                                                    r"workflow of that name \(shipped: fpe_attention_maps, fpe_generated_edit, "),
     (lambda t: ["--out", _text_file(t, "taken")], r"--out .*taken: is a file; give a folder"),
     (lambda t: ["--out", _text_file(t, "file") / "sub"], r"--out .*file/sub: cannot write there"),
     (lambda t: ["--steps", 0], r"--steps 0: must be 1 to 10000"),
@@ -224,3 +224,25 @@ def test_a_pack_inside_a_comfyui_runs_with_that_comfyui(tmp_path, monkeypatch):
     monkeypatch.setenv("PWD", str(link))  # `cd ComfyUI/custom_nodes/free-prompt-editing`
     assert host.find_comfyui() == fake
     assert host.find_comfyui(str(tmp_path / "other")) == tmp_path / "other"
+
+
+def test_attention_maps_workflow_follows_the_prompts_and_keeps_every_picture(tmp_path):
+    """--target-prompt reaches the edit's Word Heatmap (its text, and the swapped word), and the two heatmap
+    and component nodes each keep their own files."""
+    path = REPO / "workflows" / "fpe_attention_maps.json"
+    args = main_job.parser("run.sh").parse_args(["--target-prompt", "a photo of a zebra in the park"])
+    data = load_workflow(path)
+    job = main_job.Job(HOST.path, path, data, None, None, tmp_path, args)
+    prompt = to_api(data)
+    main_job.apply_settings(prompt, job, "tiny.safetensors", HOST.workdir / "input")
+    heatmaps = {node["inputs"]["text"]: node["inputs"]["words"] for node in prompt.values()
+                if node["class_type"] == "FPEWordHeatmap"}
+    assert heatmaps == {"a photo of a white horse in the park": "white, horse",
+                        "a photo of a zebra in the park": "zebra"}
+    done = run_main("--workflow", "fpe_attention_maps", "--steps", 2, "--size", 64,
+                    "--target-prompt", "a photo of a zebra in the park", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "output").iterdir())
+    assert len([n for n in names if n.startswith("word_heatmap")]) == 3  # source: white, horse; edit: zebra
+    assert len([n for n in names if n.startswith("self_attn_components")]) >= 2 * 6
+    assert "layer_overview.png" in names and "attention_maps_side_by_side.png" in names

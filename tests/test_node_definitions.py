@@ -15,6 +15,11 @@ EXPECTED = {
     "FPEAttentionReplace": "FPE Attention Replace",
     "FPESweepLatent": "FPE Sweep Latent",
     "FPESweepGrid": "FPE Sweep Grid",
+    "FPEAttentionRecord": "FPE Attention Record",
+    "FPEWordHeatmap": "FPE Word Heatmap",
+    "FPESelfAttnComponents": "FPE Self-Attn Components",
+    "FPEAttentionQuery": "FPE Attention Query",
+    "FPELayerOverview": "FPE Layer Overview",
 }
 
 
