@@ -522,7 +522,9 @@ def bench_record(label, model, conds, *, side, steps, repeats, call_node):
             f"{components['randomized']:.2f}", f"{components['full']:.2f}"]
 
 
-def record_report(args, host, call_node) -> int:
+def bench_rows(args, host, call_node, bench, cpu_steps: int) -> list:
+    """``bench``'s row for the tiny model (CPU only, 256 px, 10 steps) and each ``--archs`` UNet (random
+    weights: 256 px and ``cpu_steps`` on a CPU, 512 px / 50 steps on a GPU, SDXL 1024 px there)."""
     import torch
 
     from fpe_headless import tiny_models
@@ -534,20 +536,25 @@ def record_report(args, host, call_node) -> int:
         conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
                  ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street",
                   "a photo of wooden ducks walking on street", "")]
-        rows.append(bench_record("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
-                                 repeats=args.repeats, call_node=call_node))
+        rows.append(bench("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
+                          repeats=args.repeats, call_node=call_node))
     gen = torch.Generator().manual_seed(0)
-    side, steps = (512, 50) if args.gpu else (256, 4)
+    side, steps = (512, 50) if args.gpu else (256, cpu_steps)
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         dtype = torch.bfloat16 if arch == "SDXL" and not args.gpu else None
         model = full_unet(arch, dtype)
         label = f"{arch} UNet (random, {str(model.model.get_dtype()).replace('torch.', '')})"
         arch_side = args.side or (1024 if arch == "SDXL" and args.gpu else side)
-        rows.append(bench_record(label, model, random_conds(arch, gen), side=arch_side, steps=args.steps or steps,
-                                 repeats=args.repeats, call_node=call_node))
+        rows.append(bench(label, model, random_conds(arch, gen), side=arch_side, steps=args.steps or steps,
+                          repeats=args.repeats, call_node=call_node))
         del model
     print(f"\n{host.label}, torch {torch.__version__}, "
           f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
+    return rows
+
+
+def record_report(args, host, call_node) -> int:
+    rows = bench_rows(args, host, call_node, bench_record, cpu_steps=4)
     print("FPE Attention Record (cross 'all', self 'official', cond row, every step) vs plain sampling (euler, cfg 7.5); "
           "FPE Self-Attn Components (6 per token grid) on that record:")
     _table(rows, ["model", "size/steps", "plain s", "record cross+self s", "record cross s", "record MiB",
@@ -560,31 +567,7 @@ def record_report(args, host, call_node) -> int:
 
 
 def nulltext_report(args, host, call_node) -> int:
-    import torch
-
-    from fpe_headless import tiny_models
-
-    rows = []
-    if not args.gpu:
-        tiny_models.write_checkpoint(tiny_models.SD15_TINY, host.workdir / "models" / "checkpoints" / "tiny.safetensors")
-        model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
-        conds = [call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in
-                 ("a photo of green ducks walking on street", "a photo of rubber ducks walking on street",
-                  "a photo of wooden ducks walking on street", "")]
-        rows.append(bench_nulltext("tiny SD1.5 layout", model, conds, side=256, steps=args.steps or 10,
-                                   repeats=args.repeats, call_node=call_node))
-    gen = torch.Generator().manual_seed(0)
-    side, steps = (512, 50) if args.gpu else (256, 3)
-    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        dtype = torch.bfloat16 if arch == "SDXL" and not args.gpu else None
-        model = full_unet(arch, dtype)
-        label = f"{arch} UNet (random, {str(model.model.get_dtype()).replace('torch.', '')})"
-        arch_side = args.side or (1024 if arch == "SDXL" and args.gpu else side)
-        rows.append(bench_nulltext(label, model, random_conds(arch, gen), side=arch_side, steps=args.steps or steps,
-                                   repeats=args.repeats, call_node=call_node))
-        del model
-    print(f"\n{host.label}, torch {torch.__version__}, "
-          f"{'GPU ' + torch.cuda.get_device_name() if args.gpu else 'CPU, threads=' + str(torch.get_num_threads())}")
+    rows = bench_rows(args, host, call_node, bench_nulltext, cpu_steps=3)
     print("Null-text inversion (official: cfg 7.5, up to 10 Adam iterations per step, early stop 1e-5 + i*2e-5) "
           "vs FPE DDIM Invert (cfg 1, recording to 0.8) and a plain generation (cfg 7.5):")
     _table(rows, ["model", "size/steps", "plain s", "DDIM Invert s", "Null-Text Invert s", "vs DDIM Invert",

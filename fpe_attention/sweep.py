@@ -173,18 +173,18 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _width(font, text: str) -> float:
+def text_width(font, text: str) -> float:
     if hasattr(font, "getlength"):
         return font.getlength(text)
     box = font.getbbox(text)
     return box[2] - box[0]
 
 
-def _fit(font, text: str, width: int) -> str:
+def fit_text(font, text: str, width: int) -> str:
     """``text`` cut with an ellipsis to fit ``width`` pixels."""
-    if _width(font, text) <= width:
+    if text_width(font, text) <= width:
         return text
-    while text and _width(font, text + "…") > width:
+    while text and text_width(font, text + "…") > width:
         text = text[:-1]
     return text + "…" if text else ""
 
@@ -194,7 +194,7 @@ def _wrap(font, text: str, width: int, lines: int) -> list[str]:
     words, out = text.replace(", ", ",\u0000").replace(" ", " \u0000").split("\u0000"), []
     current = ""
     for word in words:
-        if current and _width(font, current + word) > width:
+        if current and text_width(font, current + word) > width:
             out.append(current.rstrip())
             current = word
         else:
@@ -202,7 +202,7 @@ def _wrap(font, text: str, width: int, lines: int) -> list[str]:
     out.append(current.rstrip())
     if len(out) > lines:
         out = out[:lines - 1] + [" ".join(out[lines - 1:])]
-    return [_fit(font, line, width) for line in out]
+    return [fit_text(font, line, width) for line in out]
 
 
 def draw_grid(images: torch.Tensor, rows: list[str], columns: list[str], source: torch.Tensor | None = None):

@@ -50,6 +50,14 @@ def _canvas(run, image, what: str) -> tuple[torch.Tensor, int, int]:
     return image[b].float().cpu(), height, width
 
 
+def _self_attention(record, samples, layers, alpha, image):
+    """What the self-attention pictures start from: (alpha, run, its chosen layers, canvas, height, width)."""
+    alpha = check_number("alpha", alpha, 0.0, 1.0)
+    run = record.run_for(samples["samples"])
+    keys = chosen_layers(record, run, "self", layers, "layers")
+    return (alpha, run, keys, *_canvas(run, image, "self-attention"))
+
+
 def _notes(record, run) -> str:
     """What the record could not show as asked, on the page as well as in the caption."""
     notes = [f"{reason} ({count} calls)" for reason, count in run.skipped.items()]
@@ -150,10 +158,7 @@ class FPESelfAttnComponents:
         }
 
     def draw(self, fpe_record, samples, layers, components, method, image=None, alpha=0.6):
-        alpha = check_number("alpha", alpha, 0.0, 1.0)
-        run = fpe_record.run_for(samples["samples"])
-        keys = chosen_layers(fpe_record, run, "self", layers, "layers")
-        canvas, height, width = _canvas(run, image, "self-attention")
+        alpha, run, keys, canvas, height, width = _self_attention(fpe_record, samples, layers, alpha, image)
         pictures, captions = [], []
         for grid, mean, group in self_groups(run, keys):
             k = min(int(components), grid[0] * grid[1])
@@ -204,10 +209,7 @@ class FPEAttentionQuery:
         }
 
     def draw(self, fpe_record, samples, x, y, radius, layers, alpha, image=None):
-        alpha = check_number("alpha", alpha, 0.0, 1.0)
-        run = fpe_record.run_for(samples["samples"])
-        keys = chosen_layers(fpe_record, run, "self", layers, "layers")
-        canvas, height, width = _canvas(run, image, "self-attention")
+        alpha, run, keys, canvas, height, width = _self_attention(fpe_record, samples, layers, alpha, image)
         total = torch.zeros((1, height, width))
         for grid, mean, group in self_groups(run, keys):
             found = query_attention(mean, grid, x, y, radius)

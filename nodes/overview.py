@@ -21,6 +21,7 @@ from ..fpe_attention.overview import (
     layer_overview,
     text_table,
 )
+from ..fpe_attention.sweep import fit_text
 from ..fpe_attention.validate import check_number
 from . import CATEGORY, as_fpe_error
 from .preview import _font, preview_ui
@@ -127,22 +128,6 @@ def _latent_size(width, height, latent) -> tuple[int, int]:
     return height // LATENT_SCALE, width // LATENT_SCALE  # as Empty Latent Image rounds
 
 
-def _text_width(font, text: str) -> float:
-    if hasattr(font, "getlength"):
-        return font.getlength(text)
-    box = font.getbbox(text)
-    return box[2] - box[0]
-
-
-def _fit(font, text: str, width: float) -> str:
-    """``text`` cut with '...' to fit ``width`` pixels (a pasted custom list can be long)."""
-    if _text_width(font, text) <= width:
-        return text
-    while text and _text_width(font, text + "...") > width:
-        text = text[:-1]
-    return text + "..."
-
-
 def _bar_scale(rows: list[OverviewRow]) -> tuple[float, float]:
     """(log2 tokens of an empty bar, of a full one): the empty bar is one level (4x) below the smallest
     layer, so it still shows one step; the full bar is the largest; the 'official' mark always fits."""
@@ -168,11 +153,11 @@ def draw_overview(rows: list[OverviewRow], title: str, setting: str, preset: str
     draw = ImageDraw.Draw(canvas)
     big, font, small = _font(17), _font(13), _font(12)
     chosen = sum(row.selected for row in rows)
-    draw.text((COL_NUMBER, 8), _fit(big, f"FPE Layer Overview: {title}", WIDTH - 20), fill=TEXT, font=big)
+    draw.text((COL_NUMBER, 8), fit_text(big, f"FPE Layer Overview: {title}", WIDTH - 20), fill=TEXT, font=big)
     line = f"selects {chosen} of {len(rows)} self-attention layers"
-    draw.text((COL_NUMBER, 34), _fit(font, f"layers '{setting}' " + line, WIDTH - 20), fill=TEXT, font=font)
+    draw.text((COL_NUMBER, 34), fit_text(font, f"layers '{setting}' " + line, WIDTH - 20), fill=TEXT, font=font)
     if chosen:
-        draw.text((COL_NUMBER, 54), _fit(small, _PRESET_NOTES.get(preset, preset), WIDTH - 20), fill=DIM, font=small)
+        draw.text((COL_NUMBER, 54), fit_text(small, _PRESET_NOTES.get(preset, preset), WIDTH - 20), fill=DIM, font=small)
     else:
         draw.text((COL_NUMBER, 54), "none at this size: FPE would refuse it; try 'official relative' or 'all'",
                   fill=WARNING, font=small)
