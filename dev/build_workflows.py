@@ -519,6 +519,7 @@ def attention_maps() -> dict:
     g.link(1, 0, 6, "model")
     g.link(1, 0, 11, "model")
     g.link(1, 0, 20, "model")
+    g.link(5, 0, 20, "latent")  # the overview counts tokens at the sampled size
     for clip_user in (2, 3, 4, 9, 15):
         g.link(1, 1, clip_user, "clip")
     g.link(6, 0, 7, "model")
