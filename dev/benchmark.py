@@ -122,6 +122,14 @@ def layer_table(layers_mod):
                   "MiB/step official", "MiB/step relative", "MiB/step all"])
 
 
+def print_peak_vram() -> None:
+    """The peak VRAM per timed kind (GPU runs only)."""
+    if PEAK_VRAM:
+        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
+        for kind, gib in PEAK_VRAM.items():
+            print(f"  {kind}: {gib:.2f}")
+
+
 def bench_model(label, model, conds, *, side, steps, repeats, call_node):
     import torch
 
@@ -431,10 +439,7 @@ def main(argv=None) -> int:
                        "invert+check+edit", "re-edit", "plain spread"])
     if not args.gpu and not args.archs_only:
         print(f"official DDIM schedule vs ddim_uniform: {closeness}")
-    if PEAK_VRAM:
-        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
-        for kind, gib in PEAK_VRAM.items():
-            print(f"  {kind}: {gib:.2f}")
+    print_peak_vram()
     if not args.archs_only:
         memory_report(host, call_node, unet, big_conds)
     return 0
@@ -559,10 +564,7 @@ def record_report(args, host, call_node) -> int:
           "FPE Self-Attn Components (6 per token grid) on that record:")
     _table(rows, ["model", "size/steps", "plain s", "record cross+self s", "record cross s", "record MiB",
                   "components randomized s", "components full s"])
-    if PEAK_VRAM:
-        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
-        for kind, gib in PEAK_VRAM.items():
-            print(f"  {kind}: {gib:.2f}")
+    print_peak_vram()
     return 0
 
 
@@ -572,10 +574,7 @@ def nulltext_report(args, host, call_node) -> int:
           "vs FPE DDIM Invert (cfg 1, recording to 0.8) and a plain generation (cfg 7.5):")
     _table(rows, ["model", "size/steps", "plain s", "DDIM Invert s", "Null-Text Invert s", "vs DDIM Invert",
                   "optimisation passes", "edit after it"])
-    if PEAK_VRAM:
-        print("\nPeak VRAM (GiB, torch allocations; the model's weights included):")
-        for kind, gib in PEAK_VRAM.items():
-            print(f"  {kind}: {gib:.2f}")
+    print_peak_vram()
     return 0
 
 
