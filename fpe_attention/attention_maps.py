@@ -16,6 +16,7 @@ from .cross import PromptTokens, _plain
 from .errors import FPEError
 from .heatmaps import to_image_size
 from .layers import LayerSelectionError, parse_block_list
+from .layers import key_name as _name
 from .recording import AttentionRecord, RunRecord
 
 
@@ -43,9 +44,6 @@ def chosen_layers(record: AttentionRecord, run: RunRecord, attention: str, text:
     return chosen
 
 
-def _name(key) -> str:
-    block, index, depth = key
-    return f"{ {'input': 'in', 'middle': 'mid', 'output': 'out'}[block]}{index}.{depth}"
 
 
 def word_items(tokens: PromptTokens, words: str) -> list[tuple[str, list[int]]]:

@@ -53,8 +53,13 @@ class Attn1Layer:
 
     @property
     def name(self) -> str:
-        block, block_id, index = self.key
-        return f"{_SHORT[block]}{block_id}.{index}"
+        return key_name(self.key)
+
+
+def key_name(key: LayerKey) -> str:
+    """A layer's name in the block list syntax: in4.0, mid0.0, out3.1 (block, index, transformer depth)."""
+    block, block_id, index = key
+    return f"{_SHORT[block]}{block_id}.{index}"
 
 
 def model_attn1_layers(model) -> list[Attn1Layer]:

@@ -2,8 +2,12 @@
 
 * ``fpe edit``: one FPE edit through ComfyUI's real executor, the README's main job (``main_job``; what
   ``bash run.sh`` runs, and what ``python -m fpe_headless`` without a command runs).
+* ``fpe batch DATASET``: every item of a dataset edited and scored, resumable, in this process or on
+  ComfyUI servers (``batch_cli``, ``batch``, ``remote``).
+* ``fpe eval FOLDER_OR_CSV...``: metrics and the summary table for edits that exist (``batch_cli``, ``report``).
 * ``fpe datasets list`` / ``fpe datasets generate NAME``: the paper's prompt-pair sets, written in the
   published files' layout (``datasets``).
+* ``fpe probe list|build|train|report``: the paper's probing analysis on any checkpoint (``probe_cli``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from . import datasets
 
-COMMANDS = ("edit", "datasets")
+COMMANDS = ("edit", "batch", "eval", "datasets", "probe")
 
 
 def _generated(name: str, args) -> list[datasets.EditItem]:
@@ -92,6 +96,15 @@ def main(argv=None) -> int:
     prog = os.environ.get("FPE_PROG", "fpe")
     if argv and argv[0] == "datasets":
         return run_datasets(argv[1:], f"{prog} datasets")
+    if argv and argv[0] == "probe":
+        from . import probe_cli
+
+        return probe_cli.main(argv[1:], f"{prog} probe")
+    if argv and argv[0] in ("batch", "eval"):
+        from . import batch_cli
+
+        run = batch_cli.run_batch_command if argv[0] == "batch" else batch_cli.run_eval_command
+        return run(argv[1:], f"{prog} {argv[0]}")
     from .main_job import main as edit
 
     if argv and argv[0] == "edit":

@@ -219,26 +219,44 @@ def encode_mask(mask: np.ndarray) -> tuple[int, ...]:
 
 # --- the user's photos -------------------------------------------------------------------------------
 
+def read_csv_rows(path: Path, need: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV with a header naming ``need`` (more columns allowed): UTF-8, with or
+    without Excel's byte-order mark; blank lines skipped (line numbers stay the file's)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = [(reader.line_num, row) for row in reader]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read it as CSV ({exc})") from None
+    lacking = [name for name in need if name not in header]
+    if lacking:
+        raise DatasetError(f"{path}: the header lacks {', '.join(lacking)} (it has: {', '.join(header) or 'nothing'}); "
+                           f"the first line names the columns {','.join(need)}")
+    for line, row in rows:
+        if any(not (row.get(key) or "").strip() for key in need):
+            raise DatasetError(f"{path}: line {line} has an empty {next(k for k in need if not (row.get(k) or '').strip())}")
+    if not rows:
+        raise DatasetError(f"{path}: no rows under the header {','.join(need)}")
+    return rows
+
+
 def read_folder(folder: Path, prompts: Path) -> list[EditItem]:
     """Photos in ``folder`` with a CSV ``prompts`` of ``image,source_prompt,target_prompt`` (a header row;
     several rows may share a photo: its inversion is then paid once)."""
     folder, prompts = Path(folder), Path(prompts)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder of images")
-    try:
-        with prompts.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise DatasetError(f"{prompts}: no such file") from None
-    need = ("image", "source_prompt", "target_prompt")
     items = []
-    for line, row in enumerate(rows, start=2):
-        if any(not (row.get(key) or "").strip() for key in need):
-            raise DatasetError(f"{prompts}: line {line} needs {', '.join(need)} (the header names these columns)")
+    for n, (line, row) in enumerate(read_csv_rows(prompts, ("image", "source_prompt", "target_prompt"))):
         image = row["image"].strip()
         if not (folder / image).is_file():
             raise DatasetError(f"{prompts}: line {line}: no image {image!r} in {folder}")
-        items.append(EditItem(str(line - 2), row["source_prompt"].strip(), row["target_prompt"].strip(), image=image))
-    if not items:
-        raise DatasetError(f"{prompts}: no rows under the header image,source_prompt,target_prompt")
+        items.append(EditItem(str(n), row["source_prompt"].strip(), row["target_prompt"].strip(), image=image))
     return items

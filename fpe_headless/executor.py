@@ -49,6 +49,7 @@ class PromptResult:
     success: bool
     outputs: dict  # node id -> ui output dict (e.g. {"images": [...]})
     messages: list = field(default_factory=list)
+    node_errors: dict = field(default_factory=dict)  # outputs ComfyUI dropped at validation (the rest ran)
 
     @property
     def executed(self) -> list[str]:
@@ -143,7 +144,7 @@ class Executor:
             ui = dict(self.executor.history_result.get("outputs", {}))
         else:
             ui = dict(self.executor.outputs_ui)
-        result = PromptResult(prompt_id, bool(self.executor.success), ui, messages)
+        result = PromptResult(prompt_id, bool(self.executor.success), ui, messages, dict(valid[3] or {}))
         if expect_success and not result.success:
             err = result.error or {}
             raise PromptFailed(

@@ -45,18 +45,28 @@ class UserError(Exception):
     """A mistake in the command line or its files: one line, with the fix."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default where there is one; an option whose default is 'not given' says so in its help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def shipped_workflows() -> list[str]:
     return sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=HelpFormatter,
         description="Free-Prompt-Editing headless: runs an FPE workflow through ComfyUI's real executor and "
                     "writes its images. Without --checkpoint: a smoke demo on a tiny random model "
                     f"({TINY_STEPS} steps, {TINY_SIZE} px; its pictures are meaningless).",
         epilog=f"Shipped workflows: {', '.join(shipped_workflows())}. Nothing is downloaded: the checkpoint is yours. "
-               f"Other commands: `{prog.removesuffix(' edit')} datasets` (the paper's prompt-pair sets).")
+               f"Other commands: `{prog.removesuffix(' edit')} batch|eval|datasets` (datasets edited and scored, "
+               "metrics of existing edits, the paper's prompt-pair sets).")
     p.add_argument("--checkpoint", type=Path, metavar="FILE",
                    help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the tiny demo model")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME_OR_FILE",
@@ -325,9 +335,14 @@ def swapped_words(words: str, old: str, new: str) -> str:
 def sized_photo(photo: Path, input_dir: Path, size: int | None) -> str:
     """A copy of ``photo`` in ComfyUI's input folder, its short side ``size`` (aspect kept, center crop
     to multiples of 8), or as it is without ``size``."""
+    import hashlib
+
     from PIL import Image, ImageOps
 
-    name = f"fpe_photo_{size or 'orig'}_{photo.stem}.png"
+    where = hashlib.sha256(str(Path(photo).resolve()).encode()).hexdigest()[:8]  # photos of one name in two folders
+    name = f"fpe_photo_{size or 'orig'}_{photo.stem}_{where}.png"
+    if (input_dir / name).is_file() and (input_dir / name).stat().st_mtime >= Path(photo).stat().st_mtime:
+        return name  # a batch's second edit of this photo
     with Image.open(photo) as opened:
         image = ImageOps.exif_transpose(opened).convert("RGB")
     if size:
@@ -386,35 +401,49 @@ def _executor_errors_hidden():
             handler.removeFilter(hidden)
 
 
-def run(job: Job, say=print) -> list[Path]:
-    """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
+def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: bool = False, cpu: bool = False,
+               say=print, command: str = "bash run.sh", demo: bool = True):
+    """Boot ComfyUI in ``workdir`` with the user's checkpoint linked in, or (``demo``) the tiny demo model
+    written there (said loudly); (host, the checkpoint's name for the loader). ``demo=False`` without a
+    checkpoint: ComfyUI only (e.g. to build prompts that run elsewhere)."""
     import torch
 
     from . import tiny_models
-    from .executor import Executor, PromptFailed
     from .host import boot
+
+    host = boot(comfyui, workdir, cpu=cpu or not torch.cuda.is_available(), quiet=True)
+    if host.failed_extras:
+        say(f"(ComfyUI could not import {len(host.failed_extras)} of its own extra node modules, e.g. audio "
+            "nodes without torchaudio; this workflow does not use them)")
+    if checkpoint is not None:
+        link = workdir / "models" / "checkpoints" / checkpoint.name
+        if not link.exists():
+            link.symlink_to(checkpoint)
+        return host, checkpoint.name
+    if not demo:
+        return host, None
+    family, example = ("SDXL", "sd_xl_base_1.0") if sdxl else ("SD1.5", "v1-5-pruned-emaonly")
+    say(f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
+        f"  {command} --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n"
+        "Running a smoke demo on a tiny randomly initialised model instead: "
+        "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
+    tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
+    spec = tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY
+    name = f"{spec.name}.safetensors"
+    tiny_models.write_checkpoint(spec, workdir / "models" / "checkpoints" / name)
+    return host, name
+
+
+def run(job: Job, say=print) -> list[Path]:
+    """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
+    from .executor import Executor, PromptFailed
     from .workflow import WorkflowError, to_api
 
     workdir = Path(tempfile.mkdtemp(prefix="fpe-run-"))
     try:
-        cpu = job.args.cpu or not torch.cuda.is_available()
-        host = boot(job.comfyui, workdir, cpu=cpu, quiet=True)
-        if host.failed_extras:
-            say(f"(ComfyUI could not import {len(host.failed_extras)} of its own extra node modules, e.g. audio "
-                "nodes without torchaudio; this workflow does not use them)")
-        if job.checkpoint is not None:
-            (workdir / "models" / "checkpoints" / job.checkpoint.name).symlink_to(job.checkpoint)
-            checkpoint_name = job.checkpoint.name
-        else:
-            family, example = ("SDXL", "sd_xl_base_1.0") if job.sdxl else ("SD1.5", "v1-5-pruned-emaonly")
-            say(f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
-                f"  bash run.sh --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n"
-                "Running a smoke demo on a tiny randomly initialised model instead: "
-                "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
-            tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
-            spec = tiny_models.SDXL_TINY if job.sdxl else tiny_models.SD15_TINY
-            checkpoint_name = f"{spec.name}.safetensors"
-            tiny_models.write_checkpoint(spec, workdir / "models" / "checkpoints" / checkpoint_name)
+        host, checkpoint_name = start_host(job.comfyui, workdir, job.checkpoint, sdxl=job.sdxl,
+                                           cpu=job.args.cpu, say=say)
+        if job.checkpoint is None:
             job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
             job.args.size = job.args.size or TINY_SIZE
         for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures

@@ -31,6 +31,7 @@ from .inject import FPESelfAttnInject  # noqa: E402
 from .invert import FPEDDIMInvert, FPEVAEEncodeMean  # noqa: E402
 from .nulltext import FPENullTextInvert  # noqa: E402
 from .overview import FPELayerOverview  # noqa: E402
+from .probe import FPESaveAttentionMaps  # noqa: E402
 from .record import FPEAttentionRecord  # noqa: E402
 from .replace import FPEAttentionReplace  # noqa: E402
 from .schedules import FPEOfficialDDIMSigmas  # noqa: E402
@@ -51,6 +52,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "FPESweepLatent": FPESweepLatent,
     "FPESweepGrid": FPESweepGrid,
     "FPELayerOverview": FPELayerOverview,
+    "FPESaveAttentionMaps": FPESaveAttentionMaps,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESourceCapture": "FPE Source Capture",
@@ -68,4 +70,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "FPESweepLatent": "FPE Sweep Latent",
     "FPESweepGrid": "FPE Sweep Grid",
     "FPELayerOverview": "FPE Layer Overview",
+    "FPESaveAttentionMaps": "FPE Save Attention Maps",
 }

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fpe_harness.attention import explicit_maps
 from fpe_harness.execute import call_node
 from fpe_harness.graphs import SRC, TGT, capture, encoded_photo, inject, invert, ksampler, latent
 from fpe_harness.host import pack_submodule
-from fpe_harness.reference import sdpa
 
 W, H = 128, 96  # a 16x12 latent: levels of 192 / 48 / 12 / 3 tokens on the tiny SD1.5
 STEPS = 4
@@ -23,42 +23,6 @@ def record(model, *, cross="all", self_layers="all", start=0.0, end=1.0, rows="c
     return call_node("FPEAttentionRecord", model=model, cross_layers=cross, cross_custom_layers=cross_custom,
                      self_layers=self_layers, self_custom_layers=self_custom, start_percent=start, end_percent=end,
                      rows=rows, image=image)
-
-
-def _head_mean(q, k, heads):
-    rows, tokens, channels = q.shape
-    d = channels // heads
-    qh = q.float().reshape(rows, tokens, heads, d).transpose(1, 2)
-    kh = k.float().reshape(rows, k.shape[1], heads, d).transpose(1, 2)
-    return torch.softmax(qh @ kh.transpose(-1, -2) / d ** 0.5, dim=-1).mean(dim=1)  # [rows, Nq, Nk]
-
-
-def explicit_maps(model, keys, *, kind=0, image=0):
-    """A clone whose attn1/attn2 replaces sum the explicit head-mean map of one row per layer, with the
-    evaluations' sigmas; they return plain attention."""
-    sums, counts, sigmas = {}, {}, []
-
-    def make(attention):
-        def replace(q, k, v, extra_options):
-            kinds = list(extra_options["cond_or_uncond"])
-            per = q.shape[0] // len(kinds)
-            if kind in kinds:
-                row = kinds.index(kind) * per + image
-                key = (attention, extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
-                m = _head_mean(q[row:row + 1], k[row:row + 1], extra_options["n_heads"])[0]
-                sums[key] = sums.get(key, 0) + m
-                counts[key] = counts.get(key, 0) + 1
-                sigma = float(extra_options["sigmas"][0])
-                if not sigmas or sigmas[-1] != sigma:
-                    sigmas.append(sigma)
-            return sdpa(q, k, v, extra_options["n_heads"])
-        return replace
-
-    patched = model.clone()
-    for block, number, index in keys:
-        patched.set_model_attn1_replace(make("self"), block, number, index)
-        patched.set_model_attn2_replace(make("cross"), block, number, index)
-    return patched, sums, counts, sigmas
 
 
 def _keys(model):

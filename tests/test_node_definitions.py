@@ -20,6 +20,7 @@ EXPECTED = {
     "FPESelfAttnComponents": "FPE Self-Attn Components",
     "FPEAttentionQuery": "FPE Attention Query",
     "FPELayerOverview": "FPE Layer Overview",
+    "FPESaveAttentionMaps": "FPE Save Attention Maps",
 }
 
 

@@ -68,3 +68,42 @@ def replace_all_attn1(model, keys, fn):
     for block_name, number, block_index in keys:
         patched.set_model_attn1_replace(fn, block_name, number, block_index)
     return patched
+
+
+def head_mean_map(q, k, heads):
+    """softmax(QKᵀ/√d) averaged over heads, [rows, Nq, Nk], built explicitly from projected q and k."""
+    rows, tokens, channels = q.shape
+    d = channels // heads
+    qh = q.float().reshape(rows, tokens, heads, d).transpose(1, 2)
+    kh = k.float().reshape(rows, k.shape[1], heads, d).transpose(1, 2)
+    return torch.softmax(qh @ kh.transpose(-1, -2) / d ** 0.5, dim=-1).mean(dim=1)  # [rows, Nq, Nk]
+
+
+def explicit_maps(model, keys, *, kind=0, image=0):
+    """A clone whose attn1/attn2 replaces sum the explicit head-mean map of one row per layer, with the
+    evaluations' sigmas; they return plain attention."""
+    from .reference import sdpa  # reference imports this module
+
+    sums, counts, sigmas = {}, {}, []
+
+    def make(attention):
+        def replace(q, k, v, extra_options):
+            kinds = list(extra_options["cond_or_uncond"])
+            per = q.shape[0] // len(kinds)
+            if kind in kinds:
+                row = kinds.index(kind) * per + image
+                key = (attention, extra_options["block"][0], extra_options["block"][1], extra_options["block_index"])
+                m = head_mean_map(q[row:row + 1], k[row:row + 1], extra_options["n_heads"])[0]
+                sums[key] = sums.get(key, 0) + m
+                counts[key] = counts.get(key, 0) + 1
+                sigma = float(extra_options["sigmas"][0])
+                if not sigmas or sigmas[-1] != sigma:
+                    sigmas.append(sigma)
+            return sdpa(q, k, v, extra_options["n_heads"])
+        return replace
+
+    patched = model.clone()
+    for block, number, index in keys:
+        patched.set_model_attn1_replace(make("self"), block, number, index)
+        patched.set_model_attn2_replace(make("cross"), block, number, index)
+    return patched, sums, counts, sigmas

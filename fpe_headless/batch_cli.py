@@ -1,0 +1,319 @@
+"""``fpe batch`` and ``fpe eval``: the command lines over ``batch`` (runs) and ``report`` (results).
+
+Every check that needs no ComfyUI (numbers, files, the dataset, the CLIP folder, the servers) is made
+before ComfyUI starts or any item runs; a mistake is one line with the fix (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from . import batch, datasets
+from .batch import BatchError, BatchSettings, Scoring
+from .main_job import (
+    TINY_SIZE,
+    TINY_STEPS,
+    HelpFormatter,
+    UserError,
+    check_checkpoint,
+    check_numbers,
+    check_out,
+    find_comfyui,
+    is_comfyui,
+)
+
+DEFAULT_TIMEOUT_S, DEFAULT_RETRIES = 1800.0, 2
+
+
+def batch_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Edit every item of a dataset with FPE through ComfyUI's real executor (in this process, or "
+                    "on running ComfyUI servers with --server), then score the edits. A killed batch resumes "
+                    "where it stopped when run again with the same --out.",
+        epilog="Datasets: car-fake-edit, animals-park, a paper JSON file (`fpe datasets generate` writes the "
+               "others), PIE-Bench's mapping_file.json, or a CSV image,source_prompt,target_prompt. Exit status: 0 "
+               "every item edited, 1 some items failed (see results.csv; a rerun retries them), 2 a mistake in the "
+               "command or its files, 130 interrupted (a rerun goes on).")
+    p.add_argument("dataset", help="a generated set's name or a dataset file")
+    p.add_argument("--out", type=Path, metavar="DIR", help="the batch folder; default: fpe_batch_<dataset name>")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="the photos of a real-image dataset; default: the dataset file's folder (PIE-Bench: its "
+                        "annotation_images/)")
+    p.add_argument("--workflow", metavar="NAME_OR_FILE",
+                   help="a UI-format FPE workflow; default: fpe_generated_edit, or fpe_real_image_edit for photos")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE",
+                   help="your SD1.x/SD2.x/SDXL checkpoint; with --server the name of one those servers have; "
+                        "default: the tiny demo model (meaningless pictures)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"default: the workflow's (50), {TINY_STEPS} for the tiny demo")
+    p.add_argument("--cfg", type=float, metavar="X", help="guidance of the edit; default: the workflow's (7.5)")
+    p.add_argument("--invert-cfg", type=float, metavar="X", help="guidance of DDIM Invert; default: the workflow's")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help=f"generated: width and height; photos: the short side; default: the workflow's (512) or "
+                        f"the photo's, {TINY_SIZE} for the tiny demo")
+    p.add_argument("--negative", metavar="TEXT", help="negative prompt; default: the workflow's (empty)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="base seed: each source gets a seed fixed by N and its prompt (or photo)")
+    p.add_argument("--same-seed", action="store_true", help="give every item the --seed itself")
+    p.add_argument("--invert-prompt", choices=("auto", "empty", "source"), default="auto",
+                   help="photos: the inversion's prompt; auto = empty for FPE DDIM Invert (the official code), the "
+                        "item's source prompt for FPE Null-Text Invert (the notebook)")
+    p.add_argument("--reconstruction-check", action="store_true",
+                   help="photos: keep DDIM Invert's reconstruction check (one more sampling pass per photo)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N items; default: all")
+    p.add_argument("--clip", type=Path, metavar="DIR",
+                   help="a transformers CLIP folder (e.g. openai/clip-vit-base-patch32 saved locally) for CS and "
+                        "CDS; default: none (structure and background metrics only)")
+    p.add_argument("--clip-scale", type=float, default=100.0, metavar="X", help="CS = X * max(cos, 0)")
+    p.add_argument("--clip-device", default="cpu", metavar="DEV", help="where CLIP runs (cpu, cuda, cuda:1)")
+    p.add_argument("--server", action="append", default=[], metavar="URL",
+                   help="a running ComfyUI (http://host:8188) with this pack; repeat for several; default: none "
+                        "(run in this process)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="--server: seconds one item may run before its server counts as stuck")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+                   help="--server: how often an item moves to another server after its server failed")
+    p.add_argument("--restart", action="store_true", help="discard the results already in --out")
+    p.add_argument("--name", metavar="NAME", help="the dataset's name in the report; default: the file's name")
+    p.add_argument("--method", default="FPE", metavar="NAME", help="the method's name in the report")
+    p.add_argument("--comfyui", type=Path, metavar="DIR",
+                   help="the ComfyUI to run; default: COMFYUI_PATH, or the ComfyUI this pack is installed in")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
+    return p
+
+
+def _clip(args) -> object | None:
+    if args.clip is None:
+        return None
+    from .metrics import ClipScorer
+
+    folder = args.clip.expanduser()
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--clip {folder}: not a transformers CLIP folder (no config.json); save one with "
+                        "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained")
+    try:
+        return ClipScorer(folder, device=args.clip_device)
+    except Exception as exc:  # noqa: BLE001 - transformers' errors are many; the folder is what to fix
+        raise UserError(f"--clip {folder}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _comfyui(args) -> Path:
+    comfyui = find_comfyui(str(args.comfyui) if args.comfyui else None)
+    if comfyui is None:
+        raise UserError("no ComfyUI to run: run this from a ComfyUI install, pass --comfyui, or set COMFYUI_PATH")
+    if not is_comfyui(comfyui):
+        raise UserError(f"--comfyui {comfyui}: not a ComfyUI folder (no nodes.py and comfy/ there)")
+    return comfyui
+
+
+def _sdxl(workflow: str | None) -> bool:
+    """The workflow encodes its prompts for SDXL (the tiny demo then runs the tiny SDXL model)."""
+    from .main_job import load_workflow_file, resolve_workflow
+
+    if workflow is None:
+        return False
+    data = load_workflow_file(resolve_workflow(workflow))
+    return any(node.get("type") == "CLIPTextEncodeSDXL" for node in data.get("nodes", []))
+
+
+def _tiny_name(sdxl: bool) -> str:
+    from . import tiny_models
+
+    return f"{(tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY).name}.safetensors"
+
+
+def run_batch_command(argv: list[str], prog: str) -> int:
+    args = batch_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.simplefilter("ignore", FutureWarning)
+
+    def say(line: str) -> None:  # notices beside the progress bar (stderr), not in the results (stdout)
+        print(line, file=sys.stderr, flush=True)
+
+    workdir = None
+    outcome = None
+    try:
+        check_numbers(args)
+        if args.limit is not None and args.limit < 1:
+            raise UserError(f"--limit {args.limit}: must be 1 or more")
+        if args.timeout <= 0 or args.retries < 0:
+            raise UserError("--timeout must be above 0 and --retries 0 or more")
+        name, items, images = batch.load_items(args.dataset, args.images)
+        items = items[:args.limit] if args.limit else items
+        batch.check_items(items, images)
+        out = check_out(args.out or Path(f"fpe_batch_{batch.safe_name(args.name or name)}"))
+        remote = []
+        if args.server:
+            from .remote import server_url
+
+            remote = list(dict.fromkeys(server_url(url) for url in args.server))
+        if remote and args.checkpoint is None:
+            raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have in "
+                            "models/checkpoints")
+        checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
+        tiny = checkpoint is None and not remote
+        sdxl = _sdxl(args.workflow)
+        settings = BatchSettings(
+            checkpoint=(args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else _tiny_name(sdxl)),
+            workflow=Path(args.workflow) if args.workflow else None,
+            steps=args.steps or (TINY_STEPS if tiny else None), cfg=args.cfg, invert_cfg=args.invert_cfg,
+            size=args.size or (TINY_SIZE if tiny else None), seed=args.seed, same_seed=args.same_seed,
+            negative=args.negative, invert_prompt=args.invert_prompt, reconstruction_check=args.reconstruction_check,
+            images=images, dataset=args.name or name, method=args.method)
+        batch.check_workflow_file(settings, items)
+        batch.check_folder(out, batch.wanted_settings(settings, items), args.restart)
+        scoring = Scoring(_clip(args), args.clip_scale)
+        pending = batch.pending_items(out, items, args.restart)
+        runner = None
+        if pending:  # nothing left to run: no ComfyUI to start (metrics and reports only)
+            comfyui = _comfyui(args)
+            if remote:
+                from .remote import RemoteError, check_servers
+
+                try:
+                    check_servers(remote, settings.checkpoint)
+                except RemoteError as exc:
+                    raise UserError(str(exc)) from None
+            from .main_job import start_host
+
+            workdir = Path(tempfile.mkdtemp(prefix="fpe-batch-"))
+            start_host(comfyui, workdir, checkpoint, sdxl=sdxl, cpu=args.cpu or bool(remote), say=say,
+                       command=f"{prog} {args.dataset}", demo=not remote)
+            import comfy.utils
+
+            comfy.utils.PROGRESS_BAR_ENABLED = False  # the batch's own bar, not one per sampling
+            if remote:
+                from .remote import RemoteRunner
+
+                runner = RemoteRunner(remote, timeout=args.timeout, retries=args.retries, say=say)
+            else:
+                from .jobs import InProcessRunner
+
+                runner = InProcessRunner()
+        outcome = batch.run_batch(items, settings, out, runner, scoring=scoring, restart=args.restart, say=say)
+    except (UserError, BatchError, datasets.DatasetError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        queued = " (items already queued on the servers still run there)" if args.server else ""
+        print(f"\n{prog}: interrupted; the finished items are saved and reported in the batch folder: run the same "
+              f"command to go on{queued}", file=sys.stderr)
+        return 130
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    done = sum(1 for row in outcome.rows if row.get("status") == "ok")
+    print(f"{done} of {len(outcome.rows)} items edited ({len(outcome.ran)} now, {len(outcome.failed)} failed now); "
+          f"results in {outcome.folder}: results.csv, summary.md, contact_sheet_*.png")
+    print((outcome.folder / "summary.md").read_text(encoding="utf-8"))
+    return 1 if outcome.failed else 0
+
+
+# --- fpe eval -----------------------------------------------------------------------------------------
+
+def eval_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Metrics for edits that exist: batch folders (`fpe batch --out`), or a CSV of pairs made by "
+                    "anything (columns source_image, edit_image, source_prompt, target_prompt; optional id, "
+                    "mask = a PNG, white where the edit may change the image). Several inputs: one table. Exit status: "
+                    "0 all scored, 1 some items failed or could not be scored, 2 a mistake in the command or files.")
+    p.add_argument("inputs", nargs="+", metavar="FOLDER_OR_CSV", help="batch folders and/or pair CSV files")
+    p.add_argument("--clip", type=Path, metavar="DIR", help="a transformers CLIP folder for CS and CDS; default: none")
+    p.add_argument("--clip-scale", type=float, default=100.0, metavar="X", help="CS = X * max(cos, 0)")
+    p.add_argument("--clip-device", default="cpu", metavar="DEV", help="where CLIP runs")
+    p.add_argument("--recompute", action="store_true", help="recompute every metric, not only the missing ones")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="where a pair CSV's results go; default: fpe_eval_<CSV name> beside where you stand")
+    p.add_argument("--method", default=None, metavar="NAME", help="a pair CSV's method name; default: its file name")
+    p.add_argument("--table", type=Path, metavar="FILE", help="also write the combined summary table here")
+    return p
+
+
+def read_pairs(path: Path) -> tuple[list[datasets.EditItem], dict[str, tuple[Path, Path, Path | None]]]:
+    """A CSV of pairs -> items, and per item (source, edit, mask PNG or None), paths from the CSV's folder."""
+    items, files = [], {}
+    for n, (line, row) in enumerate(datasets.read_csv_rows(
+            path, ("source_image", "edit_image", "source_prompt", "target_prompt"))):
+        item_id = (row.get("id") or "").strip() or str(n)
+        if item_id in files:
+            raise UserError(f"{path}: line {line}: id {item_id!r} appears twice; ids must be unique")
+        paths = [path.parent / row[k].strip() for k in ("source_image", "edit_image")]
+        mask = path.parent / row["mask"].strip() if (row.get("mask") or "").strip() else None
+        for p in [*paths, *([mask] if mask else [])]:
+            if not p.is_file():
+                raise UserError(f"{path}: line {line}: no file {p}")
+        items.append(datasets.EditItem(item_id, row["source_prompt"].strip(), row["target_prompt"].strip()))
+        files[item_id] = (paths[0], paths[1], mask)
+    return items, files
+
+
+def evaluate_pairs(path: Path, out: Path, scoring: Scoring, method: str) -> list[dict]:
+    from . import report
+
+    items, files = read_pairs(path)
+    rows = []
+    for item in items:
+        source, edit, mask = files[item.id]
+        row = {"id": item.id, "dataset": path.stem, "method": method, "status": "ok",
+               "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
+               "source_image": str(source), "edit_image": str(edit)}
+        try:
+            row.update(scoring.score(item, source, edit, mask_png=mask))
+        except Exception as exc:  # noqa: BLE001 - one pair's broken file: recorded, the rest go on
+            row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_results_csv(rows, out / "results.csv")
+    (out / "summary.md").write_text(report.summary_markdown(report.summarize(rows), title=f"{method} on {path.stem}"),
+                                    encoding="utf-8")
+    report.contact_sheets([report.SheetEntry(Path(r["source_image"]), Path(r["edit_image"]) if r["status"] == "ok"
+                                             else None, f"{r['id']}: {r['source_prompt']} -> {r['target_prompt']}")
+                           for r in rows], out)
+    return rows
+
+
+def run_eval_command(argv: list[str], prog: str) -> int:
+    from . import report
+
+    args = eval_parser(prog).parse_args(argv)
+    warnings.simplefilter("ignore", FutureWarning)
+    try:
+        folders, pair_files = [], []
+        for given in args.inputs:
+            path = Path(given).expanduser()
+            if path.is_dir() and (path / batch.SETTINGS_FILE).is_file():
+                folders.append(path)
+            elif path.is_file() and path.suffix.lower() == ".csv":
+                pair_files.append(path)
+            else:
+                raise UserError(f"{given}: neither a batch folder (with {batch.SETTINGS_FILE}) nor a .csv of pairs")
+        if args.out is not None and len(pair_files) > 1:
+            raise UserError("--out takes one pair CSV's results; give the CSV files one at a time")
+        if args.table is not None and not args.table.expanduser().resolve().parent.is_dir():
+            raise UserError(f"--table {args.table}: the folder {args.table.parent} does not exist")
+        scoring = Scoring(_clip(args), args.clip_scale)
+        rows: list[dict] = []
+        for folder in folders:
+            rows += batch.evaluate_folder(folder, scoring, recompute=args.recompute)
+            print(f"{folder}: scored; results.csv and summary.md rewritten")
+        for path in pair_files:
+            out = check_out(args.out or Path(f"fpe_eval_{batch.safe_name(path.stem)}"))
+            rows += evaluate_pairs(path, out, scoring, args.method or path.stem)
+            print(f"{path}: scored; results in {out}")
+    except (UserError, BatchError, datasets.DatasetError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    table = report.summary_markdown(report.summarize(rows))
+    if args.table is not None:
+        args.table.write_text(table, encoding="utf-8")
+    print(table)
+    return 1 if any(row.get("status") != "ok" for row in rows) else 0
+

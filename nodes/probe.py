@@ -1,0 +1,83 @@
+"""FPE Save Attention Maps: a recorded run's per-layer maps of one word, as a safetensors file (probing data)."""
+
+from __future__ import annotations
+
+import json
+
+from ..fpe_attention import notify
+from ..fpe_attention.attention_maps import check_text, text_differs, word_items
+from ..fpe_attention.cross import prompt_tokens
+from ..fpe_attention.errors import FPEError
+from ..fpe_attention.layers import key_name
+from ..fpe_attention.probe_maps import SELF_SIDE, cross_word_maps, self_maps
+from ..fpe_attention.validate import check_number
+from . import CATEGORY
+from .attention_maps import RECORD, SAMPLES
+
+
+class FPESaveAttentionMaps:
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    OUTPUT_TOOLTIPS = ()
+    DESCRIPTION = (
+        "Saves what a probe learns from (paper §3.3, supplement §7.1): for each recorded cross-attention layer the "
+        "word's map (its tokens' attention, averaged over heads and the recorded steps), and each recorded "
+        "self-attention layer's map (maps of 256x256 and more area-averaged to 256x256), as one safetensors file in "
+        "ComfyUI's temp folder. `fpe probe build` collects these files from many prompts and seeds.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "fpe_record": RECORD,
+                "samples": SAMPLES,
+                "clip": ("CLIP", {"tooltip": "The CLIP model that encoded the prompt (its tokenizer finds the word)."}),
+                "text": ("STRING", {"default": "", "multiline": True,
+                                    "tooltip": "The recorded prompt exactly as it was encoded."}),
+                "word": ("STRING", {"default": "", "multiline": False,
+                                    "tooltip": "The word whose cross-attention maps are saved (several words: their "
+                                               "tokens summed). Empty: self-attention maps only."}),
+                "self_side": ("INT", {"default": SELF_SIDE, "min": 8, "max": 4096, "step": 8,
+                                      "tooltip": "Self-attention maps larger than side x side are area-averaged to "
+                                                 "it (the supplement's 256)."}),
+                "filename_prefix": ("STRING", {"default": "fpe_maps",
+                                               "tooltip": "Name of the file in the temp folder (a counter is added)."}),
+            },
+        }
+
+    def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix):
+        import folder_paths
+        from safetensors.torch import save_file
+
+        side = int(check_number("self_side", self_side, 8, 4096))
+        run = fpe_record.run_for(samples["samples"])
+        tensors, meta = {}, {"run": run.describe(), "evaluations": str(run.evaluations)}
+        cross_keys, self_keys = run.layers("cross"), run.layers("self")
+        if word.strip():
+            if not cross_keys:
+                raise FPEError("word: the record holds no cross-attention map; set FPE Attention Record's "
+                               "cross_layers (e.g. 'all'), or leave word empty for self-attention maps only")
+            tokens = prompt_tokens(clip, text)
+            check_text(run, tokens)
+            if text_differs(run, clip.encode_from_tokens(clip.tokenize(text))):
+                notify.warn("save attention maps", "the text does not encode to the recorded prompt: the word's "
+                                                   "tokens may be another prompt's; give the prompt exactly as encoded")
+                meta["text_differs"] = "1"
+            (_, positions), = word_items(tokens, word.replace(",", " "))  # one item: every word's tokens
+            meta.update(word=word.strip(), positions=json.dumps(positions))
+            tensors.update({f"cross.{name}": m for name, m in cross_word_maps(run, cross_keys, positions).items()})
+        if self_keys:
+            tensors.update({f"self.{name}": m for name, m in self_maps(run, self_keys, side).items()})
+        if not tensors:
+            raise FPEError("fpe_record holds nothing to save: record self-attention layers, or name a word")
+        meta.update(cross_layers=json.dumps([key_name(k) for k in cross_keys] if word.strip() else []),
+                    self_layers=json.dumps([key_name(k) for k in self_keys]),
+                    grids=json.dumps({key_name(k): list(run.grids[k]) for k in {*cross_keys, *self_keys}}))
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_temp_directory())
+        filename = f"{name}_{counter:05}_.safetensors"
+        save_file({k: v.float().contiguous() for k, v in tensors.items()}, f"{folder}/{filename}", metadata=meta)
+        return {"ui": {"fpe_maps": [{"filename": filename, "subfolder": subfolder, "type": "temp"}]}}

@@ -1,0 +1,131 @@
+"""fpe probe build: the sets' counts, one sample's maps against maps built explicitly from the layers' own
+q and k, a killed build resumed without recomputing, and the tiny model's colour words told apart."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fpe_harness.attention import explicit_maps
+from fpe_harness.execute import call_node, node_class
+from fpe_harness.graphs import ksampler, latent
+from fpe_harness.host import pack_submodule
+from fpe_headless import probing
+from fpe_headless.jobs import InProcessRunner
+from fpe_headless.probe_store import ProbeData
+from fpe_headless.probe_train import ProbeSettings, probe
+
+
+class Killed(BaseException):
+    pass
+
+
+class CountingRunner(InProcessRunner):
+    def __init__(self, executor, kill_at=None):
+        super().__init__(executor)
+        self.ran, self.kill_at = [], kill_at
+
+    def run_one(self, job):
+        if self.kill_at is not None and len(self.ran) == self.kill_at:
+            raise Killed
+        self.ran.append(int(job.key))
+        return super().run_one(job)
+
+
+def test_sets_have_the_papers_counts_and_interleave_classes():
+    assert len(probing.plan(probing.SETS["color-car"])) == 2000
+    assert len(probing.plan(probing.SETS["animal-park"])) == 2000
+    assert len(probing.plan(probing.SETS["color-car"], small=True)) == 200
+    # 35 known objects: 6 seeds each keep ~200 per colour (the paper: 100 objects x 2 seeds)
+    assert len(probing.plan(probing.SETS["color-object"])) == 10 * 35 * 6
+    assert len(probing.plan(probing.SETS["color-object"], objects=tuple(f"o{i}" for i in range(100)))) == 2000
+    samples = probing.plan(probing.SETS["color-car-car"], seeds=3)
+    assert [s.label for s in samples[:10]] == list(range(10)) and len(samples) == 30
+    assert samples[0].prompt == "a red car" and samples[0].word == "car"
+    assert probing.plan(probing.SETS["animal-park"])[0].prompt == "a dog standing in the park"
+    assert probing.article("elephant") == "an"
+    again = probing.plan(probing.SETS["color-car"], seeds=3)
+    assert [s.seed for s in again] == [s.seed for s in probing.plan(probing.SETS["color-car"], seeds=3)]
+    assert len({s.seed for s in again}) == 30  # every sample its own seed
+
+
+@pytest.mark.parametrize("kind", ["cross", "self"])
+def test_saved_maps_equal_explicit_maps(kind, tiny_sd15, comfy_host):
+    """What FPE Save Attention Maps writes = maps from the layers' own q/k, built in the test in the same run
+    (the record sits before the test's attention replaces, which see the same q and k)."""
+    size = 64 if kind == "cross" else 256  # 256 px: a 32x32-token level, 1024 > 256, is area-resized
+    model, clip, _ = tiny_sd15
+    keys = [layer.key for layer in pack_submodule("fpe_attention.layers").model_attn1_layers(model)]
+    recording, record = call_node("FPEAttentionRecord", model=model, cross_layers="all" if kind == "cross" else "none",
+                                  cross_custom_layers="", self_layers="all" if kind == "self" else "none",
+                                  self_custom_layers="", start_percent=0.0, end_percent=1.0, rows="cond", image=0)
+    reference, sums, counts, _ = explicit_maps(recording, keys)
+    samples = ksampler(reference, clip, "a red car", latent_image=latent(size, size), steps=2, sampler="ddim",
+                       scheduler="ddim_uniform")
+    saved = node_class("FPESaveAttentionMaps")().save(record, {"samples": samples}, clip, "a red car",
+                                                      "red" if kind == "cross" else "", 256, "fpe_test/maps")
+    ui = saved["ui"]["fpe_maps"][0]
+    data = (comfy_host.workdir / "temp" / ui["subfolder"] / ui["filename"]).read_bytes()
+    names, maps = probing.read_maps(data, kind)
+    assert len(maps) == len(keys) == 16
+    worst = 0.0
+    for name, got, key in zip(names, maps, keys, strict=True):
+        mean = sums[(kind, *key)] / counts[(kind, *key)]
+        if kind == "cross":
+            side = math.isqrt(mean.shape[0])
+            expected = mean[:, 2].reshape(side, side)  # tokens: <start> a red car: 'red' is position 2
+        else:
+            n = mean.shape[0]
+            step = n // 256 if n > 256 else 1  # area resize to 256 x 256: the mean of step x step blocks
+            expected = mean.reshape(n // step, step, n // step, step).mean(dim=(1, 3))
+        assert got.shape == expected.shape and got.shape[0] <= 256, name
+        worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+    print(f"{kind}: saved vs explicit maps, max relative error {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_killed_build_resumes_and_colour_words_are_separable(executor, tiny_sd15_ckpt, tmp_path):
+    probe_set = probing.ProbeSet("four-colours", "cross", ("red", "blue", "green", "yellow"), ("a {c} car",),
+                                 "{c}", 15)
+    samples = probing.plan(probe_set, seeds=25)
+    settings = probing.BuildSettings(checkpoint=tiny_sd15_ckpt, steps=1, size=64)
+    out = tmp_path / "set"
+    first = CountingRunner(executor, kill_at=21)
+    with pytest.raises(Killed):
+        probing.build(probe_set, samples, settings, out, first, say=lambda s: None, shard_size=8)
+    stored = ProbeData(out)
+    # what finished is flushed on the way out (a SIGKILL would lose at most the unwritten shard's samples)
+    assert stored.indexes.tolist() == list(range(21))
+    second = CountingRunner(executor)
+    outcome = probing.build(probe_set, samples, settings, out, second, say=lambda s: None, shard_size=8)
+    assert second.ran == list(range(21, 100)) and outcome.failed == []
+    data = ProbeData(out)
+    assert len(data) == 100 and data.labels.tolist() == [s.label for s in samples]
+    with pytest.raises(ValueError, match="other settings"):
+        probing.build(probe_set, samples, probing.BuildSettings(checkpoint=tiny_sd15_ckpt, steps=2, size=64), out,
+                      CountingRunner(executor), say=lambda s: None)
+
+    # The tiny CLIP embeds the four colour words differently, so their cross-attention maps differ: a probe
+    # tells them apart. Chance is 1/4 on 20 test samples; the 99.9 % upper bound of a chance classifier's
+    # accuracy is 0.25 + 3.09 * sqrt(0.25 * 0.75 / 20) = 0.55: the best layer must clear it.
+    result = probe(data, ProbeSettings(epochs=30))
+    n_test = result.n_test
+    bound = 0.25 + 3.09 * math.sqrt(0.25 * 0.75 / n_test)
+    print(f"tiny model, 4 colours: best layer {float(result.accuracy.max()):.2f}, mean "
+          f"{float(result.accuracy.mean()):.2f}, chance bound {bound:.2f} (n_test {n_test})")
+    assert n_test == 20 and float(torch.as_tensor(result.accuracy).max()) > bound
+
+    # the command line over that set: train (and the shuffled-label control), then the report
+    from fpe_headless import probe_cli
+
+    assert probe_cli.main(["train", str(out), "--epochs", "3"], "fpe probe") == 0
+    assert probe_cli.main(["train", str(out), "--epochs", "3", "--shuffled-labels"], "fpe probe") == 0
+    report_dir = tmp_path / "report"
+    assert probe_cli.main(["report", str(out / "probe_result.json"), str(out / "probe_result_shuffled.json"),
+                           "--out", str(report_dir)], "fpe probe") == 0
+    text = (report_dir / "report.md").read_text()
+    assert text.count("| Class | Layer 1 | Layer 2 |") == 2 and "| Avg. |" in text
+    assert (report_dir / "accuracy_heatmap.png").is_file() and (report_dir / "table_2.csv").is_file()
+    assert probe_cli.main(["train", str(tmp_path / "nothing")], "fpe probe") == 2
