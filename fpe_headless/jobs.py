@@ -115,6 +115,9 @@ class InProcessRunner:
                          else f"output node {node_id} ({role}) wrote no file")
                 return JobResult(job.key, error=error, seconds=time.perf_counter() - started)
             image = found[0]
-            images[role] = (host().workdir / image["type"] / image["subfolder"] / image["filename"]).read_bytes()
+            path = host().workdir / image["type"] / image["subfolder"] / image["filename"]
+            images[role] = path.read_bytes()
+            if image["type"] == "temp":  # scratch (a probe sample's maps): read once, gone, not piling up
+                path.unlink(missing_ok=True)
         warnings = [f"{w.get('summary')}: {w.get('detail')}" for w in result.events("free-prompt-editing.warning")]
         return JobResult(job.key, images, None, time.perf_counter() - started, "in-process", warnings)

@@ -65,8 +65,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
                     "writes its images. Without --checkpoint: a smoke demo on a tiny random model "
                     f"({TINY_STEPS} steps, {TINY_SIZE} px; its pictures are meaningless).",
         epilog=f"Shipped workflows: {', '.join(shipped_workflows())}. Nothing is downloaded: the checkpoint is yours. "
-               f"Other commands: `{prog.removesuffix(' edit')} batch|eval|datasets` (datasets edited and scored, "
-               "metrics of existing edits, the paper's prompt-pair sets).")
+               f"Other commands: `{prog.removesuffix(' edit')} batch|eval|datasets|probe` (datasets edited and scored, "
+               "metrics of existing edits, the paper's prompt-pair sets, the probing analysis).")
     p.add_argument("--checkpoint", type=Path, metavar="FILE",
                    help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the tiny demo model")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME_OR_FILE",

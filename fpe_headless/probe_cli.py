@@ -45,8 +45,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     b.add_argument("--cfg", type=float, default=7.5, metavar="X", help="guidance")
     b.add_argument("--sampler", default="ddim", metavar="NAME", help="ComfyUI sampler name")
     b.add_argument("--scheduler", default="ddim_uniform", metavar="NAME", help="ComfyUI scheduler name")
-    b.add_argument("--size", type=int, metavar="PX", help=f"image side; default 512, {TINY_PROBE_SIZE} for the tiny "
-                                                         "demo")
+    b.add_argument("--size", type=int, metavar="PX", help=f"image side; default 512 (give 1024 for SDXL, 768 for "
+                                                         f"SD2.x 768-v), {TINY_PROBE_SIZE} for the tiny demo")
     b.add_argument("--self-side", type=int, default=256, metavar="N",
                    help="self-attention maps larger than N x N are area-averaged to N x N (the supplement's 256)")
     b.add_argument("--words", type=Path, metavar="FILE",
@@ -82,6 +82,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     r.add_argument("results", nargs="+", type=Path, metavar="RESULT", help="result JSON files from `train`")
     r.add_argument("--out", type=Path, default=Path("fpe_probe_report"), metavar="DIR", help="where the report goes")
+    r.add_argument("--layers", metavar="LIST", help="only these layer numbers in the tables, e.g. 3,6,9,10,12,14,16 "
+                                                    "(Tables 1-3); default: every layer")
+    r.add_argument("--classes", metavar="LIST", help="only these classes in the tables, e.g. dog,horse,sheep; "
+                                                     "default: every class")
     return p
 
 
@@ -98,10 +102,13 @@ def _lines(path: Path | None, what: str) -> tuple[str, ...] | None:
 
 
 def run_list() -> int:
-    for name, s in probing.SETS.items():
-        paper = len(probing.plan(s))
-        small = len(probing.plan(s, small=True))
-        print(f"{name:17} {s.kind:5} {paper:5} samples ({small} with --small)  {s.about}")
+    try:
+        for name, s in probing.SETS.items():
+            paper = len(probing.plan(s))
+            small = len(probing.plan(s, small=True))
+            print(f"{name:17} {s.kind:5} {paper:5} samples ({small} with --small)  {s.about}", flush=True)
+    except BrokenPipeError:  # `fpe probe list | head`
+        sys.stderr.close()
     return 0
 
 
@@ -116,11 +123,20 @@ def run_build(args, prog: str) -> int:
     if not 8 <= args.self_side <= 4096:
         raise UserError(f"--self-side {args.self_side}: must be 8 to 4096")
     probe_set = probing.SETS[args.set]
+    if args.templates is not None and args.set not in ("complex", "self-complex"):
+        raise UserError(f"--templates: only the complex and self-complex sets take templates, not {args.set}")
+    if args.words is not None and args.set != "color-object":
+        raise UserError(f"--words: only the color-object set takes an object list, not {args.set}")
     templates = _lines(args.templates, "--templates")
-    if templates and not all("{}" in t for t in templates):
-        raise UserError("--templates: every line needs {} where the colour goes")
+    for line in templates or ():
+        if line.count("{}") != 1 or line.replace("{}", "").count("{") or line.replace("{}", "").count("}"):
+            raise UserError(f"--templates: {line!r}: each line needs exactly one {{}} (where the colour goes) and "
+                            "no other braces")
     templates = tuple(t.replace("{}", "{c}") for t in templates) if templates else None
     objects = _lines(args.words, "--words")
+    clash = [o for o in objects or () if set(o.lower().split()) & set(probe_set.classes)]
+    if clash:
+        raise UserError(f"--words: {clash[0]!r} holds a colour word; its tokens would mix with the colour's")
     samples = probing.plan(probe_set, small=args.small, seeds=args.seeds, base_seed=args.seed, objects=objects,
                            templates=templates)[:args.limit]
     out = args.out or Path(f"fpe_probe_{args.set}")
@@ -132,25 +148,33 @@ def run_build(args, prog: str) -> int:
         if args.checkpoint is None:
             raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have")
         try:
-            check_servers(remote, args.checkpoint.as_posix())
+            check_servers(remote, args.checkpoint.as_posix(), node="FPESaveAttentionMaps")
         except RemoteError as exc:
             raise UserError(str(exc)) from None
     checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
+    tiny = checkpoint is None and not remote
+    from .batch_cli import _tiny_name
+
+    settings = probing.BuildSettings(
+        checkpoint=args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else _tiny_name(False),
+        steps=args.steps or (TINY_STEPS if tiny else 50), cfg=args.cfg, sampler=args.sampler,
+        scheduler=args.scheduler, size=args.size or (TINY_PROBE_SIZE if tiny else 512), self_side=args.self_side)
+    extra = {"base_seed": args.seed, "objects": list(objects or probe_set.objects),
+             "templates": list(templates or probe_set.templates)}
+    try:  # a folder built with other settings is refused before ComfyUI starts
+        probing.check_resume(out, probing.build_meta(probe_set, samples, settings, extra))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     comfyui = _comfyui(args)
     from .main_job import start_host
 
     workdir = Path(tempfile.mkdtemp(prefix="fpe-probe-"))
     try:
-        _host, name = start_host(comfyui, workdir, checkpoint, cpu=args.cpu or bool(remote),
-                                 command=f"{prog} {args.set}", demo=not remote)
+        start_host(comfyui, workdir, checkpoint, cpu=args.cpu or bool(remote), command=f"{prog} {args.set}",
+                   demo=not remote)
         import comfy.utils
 
         comfy.utils.PROGRESS_BAR_ENABLED = False
-        tiny = checkpoint is None and not remote
-        settings = probing.BuildSettings(
-            checkpoint=args.checkpoint.as_posix() if remote else name, steps=args.steps or (TINY_STEPS if tiny else 50),
-            cfg=args.cfg, sampler=args.sampler, scheduler=args.scheduler,
-            size=args.size or (TINY_PROBE_SIZE if tiny else 512), self_side=args.self_side)
         if remote:
             from .remote import RemoteRunner
 
@@ -159,10 +183,9 @@ def run_build(args, prog: str) -> int:
             from .jobs import InProcessRunner
 
             runner = InProcessRunner()
-        extra = {"base_seed": args.seed, "objects": list(objects or probe_set.objects),
-                 "templates": list(templates or probe_set.templates)}
         try:
-            outcome = probing.build(probe_set, samples, settings, out, runner, extra_meta=extra)
+            outcome = probing.build(probe_set, samples, settings, out, runner, extra_meta=extra,
+                                    say=lambda line: print(line, file=sys.stderr, flush=True))
         except ValueError as exc:
             raise UserError(str(exc)) from None
     finally:
@@ -187,7 +210,18 @@ def run_train(args) -> int:
         return data
 
     data = open_data(args.data, "DATA")
+    if args.test is not None and args.test.resolve() == args.data.resolve():
+        raise UserError("--test: the same folder as DATA; give another set (e.g. color-object for color-car), or "
+                        "leave --test out for a held-out split")
     test = open_data(args.test, "--test") if args.test else None
+    try:
+        import torch
+
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: no CUDA GPU here; use --device cpu")
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1)") from None
     if not 0 < args.test_fraction < 1:
         raise UserError(f"--test-fraction {args.test_fraction}: must be between 0 and 1")
     for flag, value in (("--hidden", args.hidden), ("--epochs", args.epochs), ("--batch-size", args.batch_size)):
@@ -215,6 +249,25 @@ def run_train(args) -> int:
     return 0
 
 
+def comparable(cross, self_) -> bool:
+    """A cross and a self result the verdict may compare: the same prompt family (color-car and
+    self-color-car), classes and generation settings; neither a control nor out of distribution."""
+    a, b = cross.dataset or {}, self_.dataset or {}
+    return (a.get("kind") == "cross" and b.get("kind") == "self" and not cross.ood and not self_.ood
+            and not cross.settings.shuffled_labels and not self_.settings.shuffled_labels
+            and str(b.get("set", "")).removeprefix("self-") == a.get("set") and cross.classes == self_.classes
+            and all(a.get(k) == b.get(k) for k in ("checkpoint", "size", "steps", "sampler", "scheduler", "cfg")))
+
+
+def _selection(text: str | None, flag: str, parse):
+    if text is None:
+        return None
+    try:
+        return [parse(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: a comma separated list") from None
+
+
 def run_report(args) -> int:
     from .probe_report import accuracy_heatmap, default_title, summary_markdown, tables_markdown, write_csv
     from .probe_train import ProbeResult
@@ -225,19 +278,27 @@ def run_report(args) -> int:
             results.append((default_title(r := ProbeResult.load(path)), r))
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: not a result of `fpe probe train` ({type(exc).__name__})") from None
+    layers = _selection(args.layers, "--layers", int)
+    classes = _selection(args.classes, "--classes", str)
+    for _, result in results:
+        if layers and not all(1 <= k <= len(result.layers) for k in layers):
+            raise UserError(f"--layers {args.layers}: the results have layers 1 to {len(result.layers)}")
+    if classes and not any(c in r.classes for _, r in results for c in classes):
+        raise UserError(f"--classes {args.classes}: none is a class of these results")
     args.out.mkdir(parents=True, exist_ok=True)
-    text = tables_markdown(results)
+    text = tables_markdown(results, [k - 1 for k in layers] if layers else None, classes)
     for i, (_, result) in enumerate(results, start=1):
         write_csv(result, args.out / f"table_{i}.csv")
     accuracy_heatmap(results, args.out / "accuracy_heatmap.png")
-    cross = [r for _, r in results if r.dataset.get("kind") == "cross" and not r.ood]
-    selfs = [r for _, r in results if r.dataset.get("kind") == "self" and not r.ood]
-    pairs = [(c, s) for c in cross for s in selfs if c.classes == s.classes]
-    for c, s in pairs[:2]:
+    pairs = [(c, s) for _, c in results for _, s in results if comparable(c, s)]
+    for c, s in pairs:
         text += "\n\n" + summary_markdown(c, s)
+    if not pairs:
+        text += ("\n\nNo cross-vs-self comparison: give a cross and a self result of one prompt family (e.g. "
+                 "color-car and self-color-car) built with the same checkpoint and settings.\n")
     (args.out / "report.md").write_text(text, encoding="utf-8")
     print(text)
-    print(f"\nreport: {args.out / 'report.md'}, table_*.csv, accuracy_heatmap.png")
+    print(f"\nreport: {args.out / 'report.md'}, table_*.csv (in the order given), accuracy_heatmap.png")
     return 0
 
 
@@ -256,3 +317,7 @@ def main(argv: list[str], prog: str) -> int:
     except UserError as exc:
         print(f"{prog} {args.action}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog} {args.action}: interrupted; what finished is stored: run the same command to go on",
+              file=sys.stderr)
+        return 130

@@ -18,7 +18,7 @@ import csv
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -89,23 +89,34 @@ def _probe_line(result: ProbeResult) -> str:
     return line + (", labels shuffled (control)." if settings.shuffled_labels else ".")
 
 
-def result_markdown(title: str, result: ProbeResult) -> str:
-    """One sub-table: title, the class x layer table, the layer legend, the probe's settings."""
-    table = class_table(result)
-    header = ["Class", *(layer_label(k) for k in range(len(result.layers))), AVG]
+def result_markdown(title: str, result: ProbeResult, layers: Sequence[int] | None = None,
+                    classes: Sequence[str] | None = None) -> str:
+    """One sub-table: title, the class x layer table, the layer legend, the probe's settings. ``layers``
+    (0-based, kept in their numbering) and ``classes`` pick a part, as Tables 1-3 show Layers 3, 6, 9, 10,
+    12, 14, 16 of five classes; the Avg. column and row are then over what is shown."""
+    columns = list(layers) if layers is not None else list(range(len(result.layers)))
+    rows = [result.classes.index(c) for c in classes] if classes is not None else list(range(len(result.classes)))
+    part = np.asarray(result.per_class, dtype=float)[np.ix_(columns, rows)]  # [L', C']
+    shown = replace(result, classes=[result.classes[i] for i in rows], layers=[result.layers[k] for k in columns],
+                    per_class=part)
+    table = class_table(shown)
+    header = ["Class", *(layer_label(k) for k in columns), AVG]
     lines = [f"### {_md(title)}", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|"]
-    for name, row in zip([*result.classes, AVG], table, strict=True):
+    for name, row in zip([*shown.classes, AVG], table, strict=True):
         lines.append("| " + " | ".join([_md(name), *(_two_decimals(v) for v in row)]) + " |")
-    legend = ", ".join(f"{layer_label(k)}: {name}" for k, name in enumerate(result.layers))
+    legend = ", ".join(f"{layer_label(k)}: {result.layers[k]}" for k in columns)
     lines += ["", f"Layers (forward order): {_md(legend)}.", "", _probe_line(result)]
     return "\n".join(lines)
 
 
-def tables_markdown(results: Sequence[tuple[str, ProbeResult]]) -> str:
-    """Sub-tables like the paper's Tables 1-3 / 6-9, one per (title, result)."""
-    return "\n\n".join(result_markdown(title, result) for title, result in results) + "\n"
+def tables_markdown(results: Sequence[tuple[str, ProbeResult]], layers: Sequence[int] | None = None,
+                    classes: Sequence[str] | None = None) -> str:
+    """Sub-tables like the paper's Tables 1-3 / 6-9, one per (title, result); see ``result_markdown``."""
+    return "\n\n".join(result_markdown(title, result, layers, classes if classes is None else
+                                       [c for c in classes if c in result.classes])
+                         for title, result in results) + "\n"
 
 
 def write_csv(result: ProbeResult, path: str | os.PathLike) -> None:

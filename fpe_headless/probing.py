@@ -8,7 +8,7 @@ ComfyUI servers) and goes into compact safetensors shards (``probe_store``) as i
 self-attention set (about 4 GB at 512 px) is never in memory and a killed build resumes where it stopped.
 
 The word lists are the supplement's. Its object list (100 everyday objects) and its 12 complex templates
-are printed with a "..." in the middle: only 35 objects and 6 templates are known. The defaults use those
+are printed with a "..." in the middle: only 35 objects and 7 templates (6 listed, 1 in §8's text) are known. The defaults use those
 and keep the sample count near the paper's 2,000 by adding seeds (``seeds_per_prompt``); ``--words FILE``
 / ``--templates FILE`` take the full lists where a user has them.
 """
@@ -31,9 +31,10 @@ OBJECTS_SHOWN = ("apple", "banana", "carrot", "dog", "flower", "giraffe", "hat",
                  "yak", "acorn", "bear", "caterpillar", "turtle", "dandelion", "elephant", "feather", "grape",
                  "hedgehog", "inchworm", "jackfruit", "kiwi", "lemon", "zebra", "mushroom", "otter", "peacock",
                  "rose", "strawberry", "volcano", "watermelon", "xenops", "yucca", "cup")
-# ... and 6 of its 12 complex templates.
+# ... and 6 of its 12 complex templates in the list, a 7th in §8's text.
 COMPLEX_TEMPLATES_SHOWN = ("a photo of a {} car and a dog", "a photo of {} car", "the painting of a {} car",
-                           "a cool painting of an old {} car", "a man and a {} car", "a {} car and a dog")
+                           "a cool painting of an old {} car", "a man and a {} car", "a {} car and a dog",
+                           "a painting of a wooden {} car")
 PAPER_SAMPLES = 2000  # per set (supplement §7.1)
 SAVE_NODE = "fpe_probe_maps"
 
@@ -81,7 +82,9 @@ SETS = {s.name: s for s in (
     ProbeSet("color-car-car", "cross", COLORS_10, ("a {c} car",), "car", 200,
              about="Table 3/7: 'a <color> car', the non-edited word 'car'"),
     ProbeSet("complex", "cross", COLORS_10, tuple(t.replace("{}", "{c}") for t in COMPLEX_TEMPLATES_SHOWN), "{c}",
-             200 // 12, about="Table 9: the complex templates, the colour (6 of the 12 known)"),
+             200 // 12, about="Table 9: the complex templates, the colour (7 of the 12 known)"),
+    ProbeSet("self-complex", "self", COLORS_10, tuple(t.replace("{}", "{c}") for t in COMPLEX_TEMPLATES_SHOWN), "",
+             200 // 12, about="Table 9: self-attention maps of the complex templates"),
     ProbeSet("self-color-car", "self", COLORS_10, ("a {c} car",), "", 200,
              about="Table 2/8: self-attention maps of 'a <color> car'"),
     ProbeSet("self-animal-park", "self", ANIMALS_10, ("{a} {c} standing in the park",), "", 200,
@@ -106,9 +109,12 @@ def seeds_per_prompt(probe_set: ProbeSet, prompts_per_class: int, small: bool) -
     return max(1, seeds // 10) if small else seeds
 
 
-def sample_seed(base: int, prompt: str, k: int) -> int:
-    """A seed fixed by the base seed, the prompt and its k-th draw (independent of the set's other prompts)."""
-    return int.from_bytes(hashlib.sha256(f"{base}\0{prompt}\0{k}".encode()).digest()[:6], "big")
+def sample_seed(base: int, slot: int, k: int) -> int:
+    """The k-th seed of a prompt slot (a template or object position), the same for every class: the
+    supplement's "ten categories of color words using 200 random seeds" reads as 200 seeds shared by the
+    classes, so the images of "a red car" and "a blue car" share their noise (and, largely, their layout).
+    Fixed by the base seed, the slot and k alone: independent of the other samples and of --limit."""
+    return int.from_bytes(hashlib.sha256(f"{base}\0{slot}\0{k}".encode()).digest()[:6], "big")
 
 
 def plan(probe_set: ProbeSet, *, small: bool = False, seeds: int | None = None, base_seed: int = 0,
@@ -123,10 +129,10 @@ def plan(probe_set: ProbeSet, *, small: bool = False, seeds: int | None = None, 
             rows += [(k, j, label, prompt) for k in range(count)]
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     samples = []
-    for index, (k, _, label, prompt) in enumerate(rows):
+    for index, (k, j, label, prompt) in enumerate(rows):
         cls = probe_set.classes[label]
         word = probe_set.word.format(c=cls) if probe_set.word else ""
-        samples.append(Sample(index, label, prompt, word, sample_seed(base_seed, prompt, k)))
+        samples.append(Sample(index, label, prompt, word, sample_seed(base_seed, j, k)))
     return samples
 
 
@@ -161,7 +167,8 @@ def make_job(sample: Sample, probe_set: ProbeSet, settings: BuildSettings) -> Jo
             "scheduler": settings.scheduler, "denoise": 1.0}},
         SAVE_NODE: {"class_type": "FPESaveAttentionMaps", "inputs": {
             "fpe_record": ["2", 1], "samples": ["6", 0], "clip": ["1", 1], "text": sample.prompt,
-            "word": sample.word, "self_side": settings.self_side, "filename_prefix": "fpe_probe/maps"}},
+            "word": sample.word, "self_side": settings.self_side, "filename_prefix": "fpe_probe/maps",
+            "release_run": True}},
     }
     return Job(str(sample.index), str(sample.index), prompt, {SAVE_NODE: "maps"})
 
@@ -190,25 +197,55 @@ class BuildOutcome:
     failed: list[str] = field(default_factory=list)
 
 
+def build_meta(probe_set: ProbeSet, samples: list[Sample], settings: BuildSettings,
+               extra_meta: dict | None = None) -> dict:
+    """What probe.json records (keys starting with ``_`` are bookkeeping a resume may change)."""
+    values = asdict(settings)
+    if probe_set.kind == "cross":
+        del values["self_side"]  # not part of a cross-attention set: changing it must not block a resume
+    maps = ("the word's tokens' columns summed, averaged over heads and every step, cond row" if probe_set.kind ==
+            "cross" else f"N x N averaged over heads and every step, cond row; N >= {settings.self_side}: "
+                         f"area-averaged to {settings.self_side} x {settings.self_side} (blocks of the raster-ordered "
+                         "matrix, i.e. runs of consecutive tokens)")
+    return json.loads(json.dumps({  # as probe.json gives it back (tuples are lists)
+        "kind": probe_set.kind, "set": probe_set.name, "word": probe_set.word_label,
+        "classes": list(probe_set.classes), "about": probe_set.about, "maps": maps,
+        "seeds": "shared by the classes: sha256(base seed, prompt slot, k)", "_samples": len(samples),
+        **values, **(extra_meta or {})}))
+
+
+def check_resume(out: Path, meta: dict) -> dict | None:
+    """probe.json of ``out`` if it holds this set with these settings; None for a new folder; else a
+    ValueError naming what differs (before ComfyUI starts)."""
+    path = Path(out) / "probe.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in meta if not k.startswith("_") and stored.get(k) != meta[k]]
+    if changed:
+        raise ValueError(f"--out {out} holds a probe set built with other settings ({', '.join(changed[:4])}): "
+                         "use another --out")
+    return stored
+
+
+FLUSH_S = 30.0  # a partly filled shard is written after this long: a hard kill loses at most this much work
+
+
 def build(probe_set: ProbeSet, samples: list[Sample], settings: BuildSettings, out: Path, runner: Runner, *,
           extra_meta: dict | None = None, say: Callable[[str], None] = print, progress_stream=None,
           shard_size: int = 64) -> BuildOutcome:
     """Run the samples not stored before; store each as it arrives; a failing sample is reported, not stored
-    (the next build retries it)."""
+    (the next build retries it). When the first result fails, or the store cannot write, the build stops:
+    every sample would fail the same way."""
+    import time
+
     from .batch import Progress
     from .probe_store import ProbeWriter
 
     out = Path(out)
-    meta = json.loads(json.dumps({  # as probe.json gives it back (tuples are lists)
-        "kind": probe_set.kind, "set": probe_set.name, "word": probe_set.word_label,
-        "classes": list(probe_set.classes), "about": probe_set.about, "_samples": len(samples),
-        **asdict(settings), **(extra_meta or {})}))
-    stored = json.loads((out / "probe.json").read_text(encoding="utf-8")) if (out / "probe.json").is_file() else None
+    meta = build_meta(probe_set, samples, settings, extra_meta)
+    stored = check_resume(out, meta)
     if stored is not None:
-        changed = [k for k in meta if not k.startswith("_") and stored.get(k) != meta[k]]
-        if changed:
-            raise ValueError(f"--out {out} holds a probe set built with other settings ({', '.join(changed[:4])}): "
-                             "use another --out")
         stored["_samples"] = max(len(samples), stored.get("_samples", 0))
     writer = ProbeWriter(out, stored, shard_size) if stored is not None else None
     done = writer.done() if writer is not None else set()
@@ -218,25 +255,36 @@ def build(probe_set: ProbeSet, samples: list[Sample], settings: BuildSettings, o
         say(f"resuming {out}: {len(samples) - len(todo)} of {len(samples)} samples stored before")
     by_index = {s.index: s for s in samples}
     progress = Progress(len(samples), len(samples) - len(todo), progress_stream)
+    flushed = time.monotonic()
 
     def store(result: JobResult) -> None:
-        nonlocal writer
+        nonlocal writer, flushed
         sample = by_index[int(result.key)]
         if result.ok:
             try:
                 names, maps = read_maps(result.images["maps"], probe_set.kind)
                 if not maps:
                     raise ValueError("the maps file holds no maps")
+            except Exception as exc:  # noqa: BLE001 - one sample's bad file: reported, retried next build
+                result = JobResult(result.key, error=f"{type(exc).__name__}: {exc}")
+        if result.ok:
+            try:
                 if writer is None:
                     layers = [{"name": n, "shape": list(m.shape)} for n, m in zip(names, maps, strict=True)]
                     writer = ProbeWriter(out, {**meta, "layers": layers}, shard_size)
                 writer.add(sample.index, sample.label, sample.seed, maps)
-                outcome.ran.append(sample.index)
-            except Exception as exc:  # noqa: BLE001 - one sample's bad file: reported, retried next build
-                result = JobResult(result.key, error=f"{type(exc).__name__}: {exc}")
-        if not result.ok:
+                if time.monotonic() - flushed > FLUSH_S:
+                    writer.flush()
+                    flushed = time.monotonic()
+            except OSError as exc:
+                raise ValueError(f"--out {out}: cannot store the maps ({exc.strerror or exc}); free space or "
+                                 "choose another --out, then run the same command again") from None
+            outcome.ran.append(sample.index)
+        else:
             outcome.failed.append(result.key)
             say(f"sample {sample.index} ({sample.prompt!r}, seed {sample.seed}) failed: {result.error}")
+            if not outcome.ran and not done:
+                raise ValueError(f"the first sample failed, so every sample would: {result.error}")
         progress.step(result.ok, f"sample {sample.index}")
 
     try:

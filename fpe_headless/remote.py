@@ -67,31 +67,31 @@ def _reason(exc: BaseException) -> str:
 # --- checks before a batch ------------------------------------------------------------------------
 
 
-def check_servers(urls: Iterable[str], checkpoint_name: str) -> None:
+def check_servers(urls: Iterable[str], checkpoint_name: str, node: str = PACK_NODE) -> None:
     """Raise :class:`RemoteError` (one line, every bad server named with its fix) unless each server
     answers, has the pack's nodes and has the checkpoint."""
-    problems = asyncio.run(_check_all([server_url(u) for u in urls], checkpoint_name))
+    problems = asyncio.run(_check_all([server_url(u) for u in urls], checkpoint_name, node))
     if problems:
         raise RemoteError("; ".join(problems))
 
 
-async def _check_all(urls: list[str], checkpoint_name: str) -> list[str]:
+async def _check_all(urls: list[str], checkpoint_name: str, node: str) -> list[str]:
     async with aiohttp.ClientSession(timeout=CHECK_TIMEOUT) as session:
-        found = await asyncio.gather(*(_check(session, url, checkpoint_name) for url in urls))
+        found = await asyncio.gather(*(_check(session, url, checkpoint_name, node) for url in urls))
     return [problem for problem in found if problem]
 
 
-async def _check(session: aiohttp.ClientSession, url: str, checkpoint_name: str) -> str | None:
+async def _check(session: aiohttp.ClientSession, url: str, checkpoint_name: str, node: str) -> str | None:
     try:
-        pack = await _get_json(session, f"{url}/object_info/{PACK_NODE}")
+        pack = await _get_json(session, f"{url}/object_info/{node}")
         loader = await _get_json(session, f"{url}/object_info/CheckpointLoaderSimple")
     except CONNECTION_ERRORS as exc:
         return f"--server {url}: no ComfyUI answers there ({_reason(exc)}); start it or fix the address"
     except (aiohttp.ClientResponseError, ValueError):
         return f"--server {url}: answers, but not as ComfyUI's API does; check the address and port"
-    if not isinstance(pack, dict) or PACK_NODE not in pack:
-        return (f"--server {url}: that ComfyUI lacks the free-prompt-editing nodes; install the pack in its "
-                "custom_nodes and restart it")
+    if not isinstance(pack, dict) or node not in pack:
+        return (f"--server {url}: that ComfyUI lacks the free-prompt-editing node {node} (no pack there, or an "
+                "older version); install or update the pack in its custom_nodes and restart it")
     names = _combo_options(loader, "CheckpointLoaderSimple", "ckpt_name")
     if checkpoint_name not in names:
         has = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "none"

@@ -29,6 +29,11 @@ SAMPLES = ("LATENT", {"tooltip": "The output latent of the sampler that used the
 LAYERS = ("STRING", {"default": "", "multiline": False,
                      "tooltip": "Recorded layers to use, as a block list (in4,in5,mid0,out3-8 · in7.0-4 · #4-14); "
                                 "empty: every recorded layer."})
+CLIP = ("CLIP", {"tooltip": "The CLIP model that encoded the prompt; its tokenizer finds the words' tokens "
+                            "(multi-token words, (word:1.2) weights, SDXL's two encoders)."})
+TEXT = ("STRING", {"default": "", "multiline": True,
+                   "tooltip": "The recorded prompt exactly as it was encoded (the positive prompt for rows 'cond', "
+                              "the negative for 'uncond')."})
 ALPHA = ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
                    "tooltip": "Opacity of the heatmap over the image (0: the image only, 1: the heatmap only)."})
 IMAGE = ("IMAGE", {"tooltip": "Optional: the decoded picture to draw on (VAE Decode of the same latent). Without "
@@ -90,11 +95,8 @@ class FPEWordHeatmap:
             "required": {
                 "fpe_record": RECORD,
                 "samples": SAMPLES,
-                "clip": ("CLIP", {"tooltip": "The CLIP model that encoded the prompt; its tokenizer finds the words' "
-                                             "tokens (multi-token words, (word:1.2) weights, SDXL's two encoders)."}),
-                "text": ("STRING", {"default": "", "multiline": True,
-                                    "tooltip": "The recorded prompt exactly as it was encoded (the positive prompt "
-                                               "for rows 'cond', the negative for 'uncond')."}),
+                "clip": CLIP,
+                "text": TEXT,
                 "words": ("STRING", {"default": "", "multiline": False,
                                      "tooltip": "Words of the prompt, comma separated: one heatmap each. 'red car' "
                                                 "(two words in one item) sums both words' attention."}),

@@ -12,7 +12,7 @@ from ..fpe_attention.layers import key_name
 from ..fpe_attention.probe_maps import SELF_SIDE, cross_word_maps, self_maps
 from ..fpe_attention.validate import check_number
 from . import CATEGORY
-from .attention_maps import RECORD, SAMPLES
+from .attention_maps import CLIP, RECORD, SAMPLES, TEXT
 
 
 class FPESaveAttentionMaps:
@@ -26,7 +26,8 @@ class FPESaveAttentionMaps:
         "Saves what a probe learns from (paper §3.3, supplement §7.1): for each recorded cross-attention layer the "
         "word's map (its tokens' attention, averaged over heads and the recorded steps), and each recorded "
         "self-attention layer's map (maps of 256x256 and more area-averaged to 256x256), as one safetensors file in "
-        "ComfyUI's temp folder. `fpe probe build` collects these files from many prompts and seeds.")
+        "ComfyUI's temp folder (which ComfyUI empties when it starts). `fpe probe build` collects these files "
+        "from many prompts and seeds.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -34,9 +35,8 @@ class FPESaveAttentionMaps:
             "required": {
                 "fpe_record": RECORD,
                 "samples": SAMPLES,
-                "clip": ("CLIP", {"tooltip": "The CLIP model that encoded the prompt (its tokenizer finds the word)."}),
-                "text": ("STRING", {"default": "", "multiline": True,
-                                    "tooltip": "The recorded prompt exactly as it was encoded."}),
+                "clip": CLIP,
+                "text": TEXT,
                 "word": ("STRING", {"default": "", "multiline": False,
                                     "tooltip": "The word whose cross-attention maps are saved (several words: their "
                                                "tokens summed). Empty: self-attention maps only."}),
@@ -46,9 +46,14 @@ class FPESaveAttentionMaps:
                 "filename_prefix": ("STRING", {"default": "fpe_maps",
                                                "tooltip": "Name of the file in the temp folder (a counter is added)."}),
             },
+            "optional": {
+                "release_run": ("BOOLEAN", {"default": False,
+                                            "tooltip": "Free the run's maps from the record once saved (for many "
+                                                       "samples in a row; picture nodes can no longer show it)."}),
+            },
         }
 
-    def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix):
+    def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix, release_run=False):
         import folder_paths
         from safetensors.torch import save_file
 
@@ -80,4 +85,6 @@ class FPESaveAttentionMaps:
             filename_prefix, folder_paths.get_temp_directory())
         filename = f"{name}_{counter:05}_.safetensors"
         save_file({k: v.float().contiguous() for k, v in tensors.items()}, f"{folder}/{filename}", metadata=meta)
+        if release_run:
+            run.clear_maps()  # a self-attention run at 512 px is ~340 MB the record would keep for 4 runs
         return {"ui": {"fpe_maps": [{"filename": filename, "subfolder": subfolder, "type": "temp"}]}}

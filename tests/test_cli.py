@@ -37,7 +37,7 @@ def test_edit_is_the_main_job_and_help_names_the_commands():
     edit = fpe("edit", "--help")
     assert edit.returncode == 0 and edit.stdout.startswith("usage: fpe edit") and "--checkpoint" in edit.stdout
     bare = fpe("--help")  # no command: the main job, as bash run.sh runs it
-    assert bare.returncode == 0 and "`fpe batch|eval|datasets`" in bare.stdout
+    assert bare.returncode == 0 and "`fpe batch|eval|datasets|probe`" in bare.stdout
 
 
 def test_batch_and_eval_mistakes_are_one_line_before_comfyui_starts(tmp_path):

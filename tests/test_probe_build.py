@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,10 @@ def test_sets_have_the_papers_counts_and_interleave_classes():
     assert probing.article("elephant") == "an"
     again = probing.plan(probing.SETS["color-car"], seeds=3)
     assert [s.seed for s in again] == [s.seed for s in probing.plan(probing.SETS["color-car"], seeds=3)]
-    assert len({s.seed for s in again}) == 30  # every sample its own seed
+    # the seeds are shared by the classes ('a red car' and 'a blue car' from the same noise), as the paper's
+    # "ten categories of color words using 200 random seeds"
+    assert len({s.seed for s in again}) == 3 and len({s.seed for s in again[:10]}) == 1
+    assert [s.seed for s in again[:20]] == [s.seed for s in probing.plan(probing.SETS["color-car"], seeds=5)[:20]]
 
 
 @pytest.mark.parametrize("kind", ["cross", "self"])
@@ -129,3 +133,21 @@ def test_killed_build_resumes_and_colour_words_are_separable(executor, tiny_sd15
     assert text.count("| Class | Layer 1 | Layer 2 |") == 2 and "| Avg. |" in text
     assert (report_dir / "accuracy_heatmap.png").is_file() and (report_dir / "table_2.csv").is_file()
     assert probe_cli.main(["train", str(tmp_path / "nothing")], "fpe probe") == 2
+
+
+def test_the_verdict_compares_one_prompt_family_only():
+    from fpe_headless.probe_cli import comparable
+    from fpe_headless.probe_train import ProbeResult, ProbeSettings
+
+    def result(set_name, kind, shuffled=False, size=512):
+        return ProbeResult(classes=["red", "blue"], layers=["in1.0"], per_class=np.ones((1, 2)),
+                           accuracy=np.ones(1), confusion=np.zeros((1, 2, 2)),
+                           settings=ProbeSettings(shuffled_labels=shuffled), n_train=8, n_test=2,
+                           test_per_class=[1, 1], ood=False,
+                           dataset={"set": set_name, "kind": kind, "checkpoint": "m", "size": size, "steps": 50})
+
+    cross, self_ = result("color-car", "cross"), result("self-color-car", "self")
+    assert comparable(cross, self_)
+    assert not comparable(result("color-car-a", "cross"), self_)  # the word 'a' is not the colour
+    assert not comparable(cross, result("self-color-car", "self", shuffled=True))  # a control
+    assert not comparable(cross, result("self-color-car", "self", size=256))  # other generations

@@ -130,7 +130,7 @@ def test_check_servers_names_each_bad_server_and_its_fix(servers, tiny_sd15_ckpt
     bare = ThreadingHTTPServer(("127.0.0.1", 0), NoPack)
     threading.Thread(target=bare.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(RemoteError, match="lacks the free-prompt-editing nodes; install the pack"):
+        with pytest.raises(RemoteError, match="lacks the free-prompt-editing node FPESourceCapture .*install or update"):
             check_servers([f"http://127.0.0.1:{bare.server_port}"], tiny_sd15_ckpt)
     finally:
         bare.shutdown()
