@@ -46,12 +46,12 @@ def chosen_layers(record: AttentionRecord, run: RunRecord, attention: str, text:
 
 
 
-def word_items(tokens: PromptTokens, words: str) -> list[tuple[str, list[int]]]:
+def word_items(tokens: PromptTokens, words: str, name: str = "words") -> list[tuple[str, list[int]]]:
     """(label, context positions) for each comma-separated item of ``words``; an item of several words
     (e.g. 'red car') takes all their tokens. A word not in the prompt is an error listing its words."""
     items = [item.strip() for item in re.split(r"[,;\n]+", words) if item.strip()]
     if not items:
-        raise FPEError(f"words: name at least one word of the prompt, comma separated; its words are: "
+        raise FPEError(f"{name}: name at least one word of the prompt, comma separated; its words are: "
                        f"{tokens.describe()}")
     out = []
     for item in items:
@@ -59,11 +59,11 @@ def word_items(tokens: PromptTokens, words: str) -> list[tuple[str, list[int]]]:
         for word in (w for w in item.split() if _plain(w)):
             found = tokens.find(word)
             if not found:
-                raise FPEError(f"words: {word!r} is not a word of the prompt (text). Its words are: "
+                raise FPEError(f"{name}: {word!r} is not a word of the prompt (text). Its words are: "
                                f"{tokens.describe()}")
             positions += [p for i in found for p in tokens.positions[i]]
         if not positions:
-            raise FPEError(f"words: {item!r} holds no word; the prompt's words are: {tokens.describe()}")
+            raise FPEError(f"{name}: {item!r} holds no word; the prompt's words are: {tokens.describe()}")
         out.append((item, positions))
     return out
 

@@ -26,6 +26,7 @@ from .main_job import (
     check_out,
     find_comfyui,
     is_comfyui,
+    tiny_checkpoint_name,
 )
 
 DEFAULT_TIMEOUT_S, DEFAULT_RETRIES = 1800.0, 2
@@ -123,12 +124,6 @@ def _sdxl(workflow: str | None) -> bool:
     return any(node.get("type") == "CLIPTextEncodeSDXL" for node in data.get("nodes", []))
 
 
-def _tiny_name(sdxl: bool) -> str:
-    from . import tiny_models
-
-    return f"{(tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY).name}.safetensors"
-
-
 def run_batch_command(argv: list[str], prog: str) -> int:
     args = batch_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -161,7 +156,8 @@ def run_batch_command(argv: list[str], prog: str) -> int:
         tiny = checkpoint is None and not remote
         sdxl = _sdxl(args.workflow)
         settings = BatchSettings(
-            checkpoint=(args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else _tiny_name(sdxl)),
+            checkpoint=(args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint
+                        else tiny_checkpoint_name(sdxl)),
             workflow=Path(args.workflow) if args.workflow else None,
             steps=args.steps or (TINY_STEPS if tiny else None), cfg=args.cfg, invert_cfg=args.invert_cfg,
             size=args.size or (TINY_SIZE if tiny else None), seed=args.seed, same_seed=args.same_seed,

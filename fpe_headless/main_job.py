@@ -401,6 +401,13 @@ def _executor_errors_hidden():
             handler.removeFilter(hidden)
 
 
+def tiny_checkpoint_name(sdxl: bool = False) -> str:
+    """The file name the tiny demo model gets in ComfyUI's checkpoints folder."""
+    from . import tiny_models
+
+    return f"{(tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY).name}.safetensors"
+
+
 def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: bool = False, cpu: bool = False,
                say=print, command: str = "bash run.sh", demo: bool = True):
     """Boot ComfyUI in ``workdir`` with the user's checkpoint linked in, or (``demo``) the tiny demo model
@@ -429,7 +436,7 @@ def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: b
         "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
     tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
     spec = tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY
-    name = f"{spec.name}.safetensors"
+    name = tiny_checkpoint_name(sdxl)
     tiny_models.write_checkpoint(spec, workdir / "models" / "checkpoints" / name)
     return host, name
 

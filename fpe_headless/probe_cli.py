@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from . import probing
-from .main_job import TINY_STEPS, HelpFormatter, UserError, check_checkpoint, check_numbers
+from .main_job import TINY_STEPS, HelpFormatter, UserError, check_checkpoint, check_numbers, tiny_checkpoint_name
 
 TINY_PROBE_SIZE = 128  # the tiny demo: small maps, quick
 
@@ -153,10 +153,8 @@ def run_build(args, prog: str) -> int:
             raise UserError(str(exc)) from None
     checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
     tiny = checkpoint is None and not remote
-    from .batch_cli import _tiny_name
-
     settings = probing.BuildSettings(
-        checkpoint=args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else _tiny_name(False),
+        checkpoint=args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else tiny_checkpoint_name(False),
         steps=args.steps or (TINY_STEPS if tiny else 50), cfg=args.cfg, sampler=args.sampler,
         scheduler=args.scheduler, size=args.size or (TINY_PROBE_SIZE if tiny else 512), self_side=args.self_side)
     extra = {"base_seed": args.seed, "objects": list(objects or probe_set.objects),

@@ -71,7 +71,7 @@ class FPESaveAttentionMaps:
                 notify.warn("save attention maps", "the text does not encode to the recorded prompt: the word's "
                                                    "tokens may be another prompt's; give the prompt exactly as encoded")
                 meta["text_differs"] = "1"
-            (_, positions), = word_items(tokens, word.replace(",", " "))  # one item: every word's tokens
+            (_, positions), = word_items(tokens, word.replace(",", " "), "word")  # one item: every word's tokens
             meta.update(word=word.strip(), positions=json.dumps(positions))
             tensors.update({f"cross.{name}": m for name, m in cross_word_maps(run, cross_keys, positions).items()})
         if self_keys:

@@ -151,3 +151,21 @@ def test_the_verdict_compares_one_prompt_family_only():
     assert not comparable(result("color-car-a", "cross"), self_)  # the word 'a' is not the colour
     assert not comparable(cross, result("self-color-car", "self", shuffled=True))  # a control
     assert not comparable(cross, result("self-color-car", "self", size=256))  # other generations
+
+
+def test_save_maps_names_its_input_and_the_next_prompt_is_fresh(tiny_sd15, comfy_host):
+    """A stranger's mistake (a word not in the prompt) is an error naming 'word'; the same node right after,
+    with the right word, saves the maps of that run."""
+    model, clip, _ = tiny_sd15
+    recording, record = call_node("FPEAttentionRecord", model=model, cross_layers="all", cross_custom_layers="",
+                                  self_layers="none", self_custom_layers="", start_percent=0.0, end_percent=1.0,
+                                  rows="cond", image=0)
+    samples = ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1)
+    node = node_class("FPESaveAttentionMaps")()
+    error = pack_submodule("fpe_attention.errors").FPEError
+    with pytest.raises(error, match="^word: 'blue' is not a word of the prompt"):
+        node.save(record, {"samples": samples}, clip, "a red car", "blue", 256, "fpe_test/maps")
+    ui = node.save(record, {"samples": samples}, clip, "a red car", "red", 256, "fpe_test/maps")["ui"]["fpe_maps"][0]
+    names, maps = probing.read_maps((comfy_host.workdir / "temp" / ui["subfolder"] / ui["filename"]).read_bytes(),
+                                    "cross")
+    assert len(maps) == 16 and all(torch.isfinite(m).all() for m in maps)
