@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from .cross import PromptTokens, _plain
+from .cross import PromptTokens, _plain, encodes_alike
 from .errors import FPEError
 from .heatmaps import to_image_size
 from .layers import LayerSelectionError, parse_block_list
@@ -75,20 +75,11 @@ def check_text(run: RunRecord, tokens: PromptTokens) -> None:
             f"one was {run.context_length}: type the prompt exactly as it was encoded for the recorded sampler")
 
 
-TEXT_RTOL = 1e-2  # fp16 UNets see the context rounded (~1e-3); another prompt differs by far more
-
-
 def text_differs(run: RunRecord, encoded: torch.Tensor) -> bool:
     """Whether ``encoded`` (the CLIP's encoding of the typed text, [1, T, C]) is not the recorded context:
     then the words' token positions may be another prompt's. A custom prompt node (other weighting,
     concatenation, averaging) encodes differently, so this is a warning, not an error."""
-    recorded = run.context
-    if recorded is None:
-        return False
-    encoded = encoded.reshape(-1, encoded.shape[-1]).float().cpu()
-    if encoded.shape != recorded.shape:
-        return True
-    return float((encoded - recorded).norm()) > TEXT_RTOL * max(float(recorded.norm()), 1e-12)
+    return run.context is not None and not encodes_alike(encoded, run.context)
 
 
 def word_maps(run: RunRecord, layers: list, items: list[tuple[str, list[int]]]) -> torch.Tensor:

@@ -191,6 +191,14 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
         raise FPEError("sigmas: the schedule needs at least 2 values (1 step)")
     if not all_finite(sigmas):
         raise FPEError("sigmas: the schedule holds NaN or infinite values")
+    rises = [i for i in range(int(sigmas.shape[0]) - 1) if float(sigmas[i + 1]) > float(sigmas[i])]
+    if rises:  # one refusal here, by name, rather than an unpaired sigma at every edit
+        i = rises[0]
+        raise FPEError(
+            f"sigmas: the schedule rises at step {i} (sigma {float(sigmas[i]):.6g} -> {float(sigmas[i + 1]):.6g}), but "
+            f"{maker} samples from noise towards the image over falling sigmas. Remove the FlipSigmas (or other "
+            f"node that reverses the schedule) before it; to start from a real photo, use FPE DDIM Invert, which "
+            f"climbs the schedule itself")
     if settings.rows not in ROWS:
         raise FPEError(f"store_rows: unknown value {settings.rows!r}; choose one of {', '.join(ROWS)}")
     steps = int(sigmas.shape[0]) - 1
@@ -267,5 +275,6 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
             "FPE Source Capture: the source image came out as NaN or infinite values. Likely causes: cfg or denoise "
             "set to NaN/Infinity in the workflow, or a model running in fp16 that overflows (try the model in fp32 "
             "or bf16, or a lower cfg)")
+    source.evaluation_order = tuple(recorder.clock.order)
     source.complete = True  # reached only when sampling returned normally
     return out, source

@@ -20,12 +20,17 @@ from dataclasses import dataclass
 
 ROLES = ("positive", "negative")
 
+# FPE Null-Text Invert's per-step negative carries this key in each entry's options: the fingerprint of
+# the embeddings it was tuned to, which its source records too, so another photo's null text cannot pair.
+NULL_TEXT_KEY = "fpe_null_text"
+
 
 @dataclass(frozen=True)
 class EntryShape:
     area: tuple | str | None  # (h, w, y, x) in latent units, "mask bounds", or None (whole image)
     mask: bool
     timestep_range: tuple[float, float]  # (start_percent, end_percent)
+    null_text: str | None = None  # NULL_TEXT_KEY's value: which FPE Null-Text Invert run tuned it
 
     def describe(self) -> str:
         parts = []
@@ -60,6 +65,10 @@ class Structure:
             return False
         return self.negative is None or other.negative is None or self.negative == other.negative
 
+    def null_texts(self) -> set[str]:
+        """The null-text fingerprints its negative entries carry (FPE Null-Text Invert's null_negative)."""
+        return {e.null_text for e in self.negative or () if e.null_text is not None}
+
     def runs_in_the_same_order(self, other: Structure) -> bool:
         """Whether ComfyUI runs both sides' entries in the same order (only matters with several entries)."""
         several = len(self.positive) > 1 or len(self.negative or ()) > 1
@@ -90,7 +99,9 @@ def _area(entry: dict, latent_hw: tuple[int, int]):
 def entry_shape(entry: dict, latent_hw: tuple[int, int]) -> EntryShape:
     start = float(entry.get("start_percent", 0.0))
     end = float(entry.get("end_percent", 1.0))
-    return EntryShape(_area(entry, latent_hw), entry.get("mask") is not None, (round(start, 4), round(end, 4)))
+    tag = entry.get(NULL_TEXT_KEY)
+    return EntryShape(_area(entry, latent_hw), entry.get("mask") is not None, (round(start, 4), round(end, 4)),
+                      tag if isinstance(tag, str) else None)
 
 
 def _entry_dict(entry):

@@ -69,6 +69,10 @@ class PromptTokens:
         return ", ".join(repr(w) for w in self.words) or "(no words)"
 
 
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def _plain(word: str) -> str:
     return re.sub(r"^\W+|\W+$", "", word.lower())
 
@@ -99,6 +103,23 @@ def prompt_tokens(clip, text: str) -> PromptTokens:
         positions[-1].append(place)
         open_word = not (spelled.endswith("</w>") or spelled == "<embedding>")
     return PromptTokens(text, len(flat), tuple(words), tuple(tuple(p) for p in positions))
+
+
+TEXT_RTOL = 1e-2  # fp16 UNets see the context rounded (~1e-3); another prompt differs by far more
+
+
+def encodes_alike(encoded: torch.Tensor, recorded: torch.Tensor) -> bool:
+    """Whether a typed text's encoding (``[1, T, C]``) is the text context a sampler used (its first T
+    tokens: ComfyUI may tile a context to batch it with a longer one), within ``TEXT_RTOL``."""
+    encoded = encoded.reshape(-1, encoded.shape[-1]).float().cpu()
+    recorded = recorded.reshape(-1, recorded.shape[-2], recorded.shape[-1])[0, :encoded.shape[0]].float().cpu()
+    if encoded.shape != recorded.shape:
+        return False
+    return float((encoded - recorded).norm()) <= TEXT_RTOL * max(float(recorded.norm()), 1e-12)
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    return clip.encode_from_tokens(clip.tokenize(text))
 
 
 def _spell(clip, token) -> str:
@@ -209,7 +230,8 @@ class CrossReplace(Shared):
     """attn2 replace function: the target's cond rows take the source's cross-attention map."""
 
     def __init__(self, source: FPESource, clock, modules: dict, layers: frozenset, window: tuple[int, int],
-                 source_tokens: PromptTokens, target_tokens: PromptTokens, columns: tuple[list, list] | None):
+                 source_tokens: PromptTokens, target_tokens: PromptTokens, columns: tuple[list, list] | None,
+                 target_encoding: torch.Tensor):
         self.source = source
         self.clock = clock  # the Inject's: its attn1 patch locates each UNet call first
         self.modules = modules
@@ -218,6 +240,20 @@ class CrossReplace(Shared):
         self.source_tokens = source_tokens
         self.target_tokens = target_tokens
         self.columns = columns  # None: all tokens
+        self.target_encoding = target_encoding  # target_text as the CLIP encodes it, [1, T, C]
+        self._projected: dict = {}  # (module id, device, dtype) -> target_text's keys in that layer
+
+    def check_target_text(self, module, k: torch.Tensor, rows: slice) -> None:
+        """The target's keys must be target_text's, projected: a stale target_text would pick another word's
+        columns (named words) or pass a word swap that is not one (all tokens)."""
+        place = (id(module), k.device, k.dtype)
+        if place not in self._projected:
+            self._projected[place] = module.to_k(self.target_encoding.to(device=k.device, dtype=k.dtype))
+        if not encodes_alike(self._projected[place], k[rows][:1]):
+            raise FPEError(
+                f"target_text: {_quote(self.target_tokens.text)} does not encode to the target sampler's prompt "
+                f"(its text context differs), so its words' columns would be another prompt's: type the target "
+                f"prompt exactly as encoded for the target sampler, with the CLIP that encoded it")
 
     def __call__(self, q, k, v, extra_options):
         layer = layer_key(extra_options)
@@ -250,6 +286,8 @@ class CrossReplace(Shared):
             edits.append((chunk.rows, n_src, ctx_src))
         if not edits:
             return host_attention(q, k, v, heads, module, extra_options)
+        for rows, _, _ in edits:
+            self.check_target_text(module, k, rows)
         length, own_t, own_s = k.shape[1], self.target_tokens.length, self.source_tokens.length
         if self.columns is None:  # Attention(Q_src, K_src, V_tgt) on the host's kernel
             q_edit, k_edit = q.clone(), k.clone()
@@ -332,11 +370,19 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
         raise FPEError("clip: mode 'cross' needs the CLIP model that encoded the prompts (to find their tokens): "
                        "connect Load Checkpoint's CLIP")
     src, tgt = prompt_tokens(clip, source_text), prompt_tokens(clip, target_text)
-    recorded = {int(t.shape[1]) for key, t in source.cross_context.items() if key.kind == COND}
+    contexts = [t for key, t in source.cross_context.items() if key.kind == COND]
+    recorded = {int(t.shape[1]) for t in contexts}
     if any(length % src.length for length in recorded):
         raise FPEError(
             f"source_text: it encodes to {src.length} context tokens, but the source's prompt had "
             f"{', '.join(map(str, sorted(recorded)))}: type the source prompt's text exactly as it was encoded")
+    # The same token count is not the same prompt: a stale source_text would take another word's columns.
+    encoded = encode_text(clip, source_text)
+    if contexts and not any(encodes_alike(encoded, t) for t in contexts):
+        raise FPEError(
+            f"source_text: {_quote(source_text)} does not encode to the prompt {source.maker} sampled (its text "
+            f"context differs), so its words' columns would be another prompt's: type the source prompt exactly as "
+            f"encoded for the capture, and connect the CLIP that encoded it (after any CLIP Set Last Layer or LoRA)")
     if tokens == "all tokens":
         if src.count != tgt.count:
             raise FPEError(
@@ -355,7 +401,7 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
     from .architecture import unet_of
 
     modules = attn2_modules(unet_of(model))
-    replace = CrossReplace(source, clock, modules, layers, window, src, tgt, columns)
+    replace = CrossReplace(source, clock, modules, layers, window, src, tgt, columns, encode_text(clip, target_text))
     for block_name, number, index in sorted(layers):
         patched.set_model_attn2_replace(replace, block_name, number, index)
     return patched

@@ -105,6 +105,7 @@ class EvaluationClock:
         self._evaluation_run_start = False
         self._seen_kind: Counter = Counter()
         self._seen_entry: Counter = Counter()
+        self.order: list[SigmaKey | None] = []  # the run's evaluations, in order: its sampler's pattern
 
     def begin_run(self, entries: dict | None = None) -> None:
         """The host announces a run (current ComfyUI); ``entries`` maps entry ids to entry indices."""
@@ -199,5 +200,6 @@ class EvaluationClock:
         self._sigma_tensor = sigma_tensor
         self._occurrence = self._counts.get(skey, 0)
         self._counts[skey] = self._occurrence + 1
+        self.order.append(skey)
         self._seen_kind = Counter()
         self._seen_entry = Counter()

@@ -22,6 +22,23 @@ ANCHORS = torch.tensor([[int(c[i:i + 2], 16) / 255.0 for i in (0, 2, 4)] for c i
 
 MARK_COLOUR = (0.0, 1.0, 1.0)  # cyan: a hue inferno never uses, with a black edge for light images
 
+# Bounds on the pictures the nodes make from their inputs (item 12): a picture side at most ComfyUI's
+# MAX_RESOLUTION (nodes.py, the same on every host since 2023: the largest image its own nodes make or
+# load), and one output batch at most 2**27 pixels (1.5 GiB as a float32 RGB IMAGE, before its
+# previews): SDXL's 3 token grids x 32 components at 1024 px, or 64 words at 1024 px, fit.
+MAX_SIDE = 16384
+MAX_PIXELS = 2 ** 27
+
+
+def check_picture(name: str, count: int, height: int, width: int, fix: str) -> None:
+    """An FPEError naming ``name`` (and ``fix``) when ``count`` pictures of height x width px exceed the bounds."""
+    if max(height, width) > MAX_SIDE:
+        raise FPEError(f"{name}: the picture would be {width}x{height} px (width x height; at most {MAX_SIDE} px a "
+                       f"side, ComfyUI's largest image): {fix}")
+    if count * height * width > MAX_PIXELS:
+        raise FPEError(f"{name}: {count} pictures of {width}x{height} px are {count * height * width / 1e6:.0f} "
+                       f"megapixels (at most {MAX_PIXELS / 1e6:.0f} in one output): {fix}")
+
 
 def to_image_size(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Token-grid maps [B, h, w] or [h, w] at image size: [B, height, width], bilinear.

@@ -208,6 +208,7 @@ class InjectPatch(Shared):
                 self._run, self._next_run = self._next_run or RunState(), None
             else:
                 self._flush()  # the last evaluation's end was not reported (a guider without post-CFG)
+            self._check_pattern(call)
         self._check_call(call, extra_options)
         self._checked = call
 
@@ -244,9 +245,26 @@ class InjectPatch(Shared):
                 f"latent through FPE Sweep Latent (it repeats the source's latent {len(self.rows)} times, each with "
                 f"the source's noise), or set the Empty Latent Image batch_size to {len(self.rows)}")
 
+    def _check_pattern(self, call) -> None:
+        """The target's n-th evaluation must be at the sigma of the source's n-th: samplers that evaluate once per
+        step at the schedule's sigmas (euler, ddim, dpmpp_2m, euler_ancestral, ...) pair one to one whichever each
+        side uses; a sampler with correction evaluations (heun, dpm_2, ...) on one side only pairs those with the
+        other side's steps."""
+        order, n = self.source.evaluation_order, len(self.clock.order) - 1
+        if n < 0 or n >= len(order) or order[n] == self.clock.order[n] or "pattern" in self._run.warned:
+            return
+        self._defer("pattern", "the target's sampler evaluates the model in another pattern than the source's",
+                    f"the target sampler's model evaluation #{n} is at {self.source.describe_sigma(self.clock.order[n])}"
+                    f", {self.source.maker}'s was at {self.source.describe_sigma(order[n])} (step {call.step}): a "
+                    f"sampler with correction evaluations (heun, dpm_2, ...) on one side only pairs those with the "
+                    f"other side's steps, so this is not the FPE edit. Give both sides the same sampler (samplers "
+                    f"that evaluate once per step, such as euler, ddim, dpmpp_2m or euler_ancestral, pair exactly "
+                    f"with each other)")
+
     def _source_key(self, chunk, call):
         key, stand_in = self.source.resolve(chunk.key, call.step)
-        if stand_in:
+        pattern = "pattern" in self._run.warned or any(pending[0] == "pattern" for pending in self._pending)
+        if stand_in and not pattern:  # the pattern's warning says it already
             self._defer("stand-in", "extra model evaluations reuse the source's",
                         f"the target evaluates the model more often than the source run did (sigma {call.sigma:.6g}, "
                         f"step {call.step}): another sampler, or a guidance node (SAG, PAG, ...) on one side only? "

@@ -205,6 +205,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
                                    sigmas.to(model.load_device, copy=True), positive, negative, samples,
                                    callback=progress.phase(stop - first), disable_pbar=True, seed=0)
     source.trajectory = trajectory
+    source.evaluation_order = tuple(recorder.clock.order)
     source.complete = True  # reached only when both passes returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top

@@ -35,6 +35,7 @@ the FPE source and the edit both read it, so the structure check pairs them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .conditioning import NULL_TEXT_KEY
 from .errors import FPEError
 from .replay import ChainedWrapper, run_unet
 
@@ -149,13 +151,23 @@ def step_bands(model_sampling, sigmas: torch.Tensor) -> list[tuple[float, float]
     return bands
 
 
-def per_step_negative(negative, embeddings: list[torch.Tensor], bands: list[tuple[float, float]]):
-    """A CONDITIONING with one entry per step: the step's embedding, acting in the step's band only."""
+def null_text_fingerprint(embeddings: list[torch.Tensor], sigmas: torch.Tensor) -> str:
+    """What the tuned embeddings are (their values and schedule): equal only for the same tuning result."""
+    digest = hashlib.sha256()
+    for t in [*embeddings, sigmas]:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def per_step_negative(negative, embeddings: list[torch.Tensor], bands: list[tuple[float, float]], tag: str):
+    """A CONDITIONING with one entry per step: the step's embedding, acting in the step's band only,
+    each tagged with ``tag`` (the run's fingerprint, checked against the source's by the Inject)."""
     _, options = negative[0]
     out = []
     for embedding, (start, end) in zip(embeddings, bands, strict=True):
         entry = dict(options)
         entry["start_percent"], entry["end_percent"] = start, end
+        entry[NULL_TEXT_KEY] = tag
         out.append([embedding.detach().clone(), entry])
     return out
 
@@ -456,7 +468,8 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     if not all(math.isfinite(v) for v in result.last_loss) or not all(all_finite(e) for e in result.embeddings):
         raise FPEError(f"{MAKER}: the optimisation diverged (NaN or infinite loss). Lower learning_rate, or run the "
                        "model in fp32/bf16")
-    null_negative = per_step_negative(negative, result.embeddings, bands)
+    null_negative = per_step_negative(negative, result.embeddings, bands,
+                                      null_text_fingerprint(result.embeddings, sigmas))
 
     # 3. The source branch: sampled from the inverted noise with the source prompt and the null embeddings.
     patched = attach_recorder(model, recorder)
@@ -471,6 +484,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     # checks both, and the cfg the embeddings were tuned for).
     source.trajectory = [t.detach().cpu() for t in trajectory]
     source.tuned_cfg = cfg
+    source.evaluation_order = tuple(recorder.clock.order)
     source.complete = True  # reached only when every pass returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top

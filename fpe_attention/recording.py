@@ -131,6 +131,7 @@ class RunRecord:
         self.started = False
         self.planned = False
         self.skipped: Counter = Counter()  # why calls were not recorded
+        self.released_by: str | None = None  # the node that freed the maps (FPE Save Attention Maps' release_run)
 
     @property
     def evaluations(self) -> int:
@@ -146,6 +147,11 @@ class RunRecord:
 
     def layers(self, attention: str) -> list[LayerKey]:
         return list((self.cross if attention == "cross" else self.self_maps).keys())
+
+    def release(self, by: str) -> None:
+        """Free the maps for good (the run stays recognisable, so a later reader is told who freed it)."""
+        self.clear_maps()
+        self.released_by = by
 
     def clear_maps(self) -> None:
         self.cross.clear()
@@ -427,6 +433,12 @@ class AttentionRecord:
                 f"noise or of dpm_fast / dpm_adaptive")
         if run is self.current:  # the 2024 host never says a run ended: it has, as its picture is asked for
             self._close()
+        if run.released_by is not None:
+            raise FPEError(
+                f"samples: the run that made this latent was recorded, but {run.released_by} freed its maps "
+                f"(release_run on) before this node read them; ComfyUI may run that node first. Turn release_run off "
+                f"there, or keep it on only where no other node reads the same run, then run the sampler again "
+                f"(change its seed) to record it anew")
         return run
 
 

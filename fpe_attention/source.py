@@ -37,11 +37,61 @@ def model_signature(model) -> tuple:
             tuple((layer.key, layer.channels, layer.heads) for layer in layers))
 
 
-def weights_fingerprint(model) -> tuple:
-    """Which weights a model samples with: its base module and the weight patches (LoRAs) on it."""
+_SAMPLES_PER_TENSOR = 64  # values read from each weight (strided over the tensor)
+
+
+def _sampled(t: torch.Tensor) -> torch.Tensor | None:
+    """A fixed, strided sample of ``t``'s values as float32 (None for a tensor type that cannot be read so)."""
+    if t.device.type == "meta":  # not loaded (yet): nothing to read
+        return None
+    try:
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+        return flat[::step][:_SAMPLES_PER_TENSOR].float()
+    except Exception:  # a quantised / GGUF tensor type: its identity is all we can compare cheaply
+        return None
+
+
+def _digest_into(digest, obj, depth: int = 0) -> None:
+    """Hash what a weight patch holds: tensors (sampled), numbers, and the nested tuples or adapters."""
+    if depth > 6:
+        return
+    if torch.is_tensor(obj):
+        sample = _sampled(obj)
+        digest.update(repr((tuple(obj.shape), str(obj.dtype))).encode())
+        digest.update(sample.cpu().numpy().tobytes() if sample is not None else repr(id(obj)).encode())
+    elif isinstance(obj, (tuple, list)):
+        digest.update(b"(")
+        for item in obj:
+            _digest_into(digest, item, depth + 1)
+        digest.update(b")")
+    elif isinstance(obj, (int, float, str, bool)) or obj is None:
+        digest.update(repr(obj).encode())
+    else:  # current ComfyUI's weight adapters keep their tensors in .weights
+        digest.update(type(obj).__name__.encode())
+        _digest_into(digest, getattr(obj, "weights", None), depth + 1)
+
+
+def weights_fingerprint(model) -> str:
+    """What weights a model samples with, by content: a strided sample of every weight of its base model and
+    every weight patch (LoRA) on it. Two loaders of one checkpoint file give the same fingerprint (ComfyUI of
+    early 2024 makes two module objects), another checkpoint or LoRA another. Costs one small copy per model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    tensors = [t for _, t in sorted(model.model.state_dict().items())]
+    samples = [_sampled(t) for t in tensors]
+    readable = [x for x in samples if x is not None]
+    if readable:
+        device = readable[0].device
+        digest.update(torch.cat([x.to(device) for x in readable]).cpu().numpy().tobytes())
+    digest.update(repr([(tuple(t.shape), str(t.dtype)) for t in tensors]).encode())
+    digest.update(repr([id(t) for t, x in zip(tensors, samples, strict=True) if x is None]).encode())
     patches = getattr(model, "patches", {}) or {}
-    return (id(model.model), getattr(model, "patches_uuid", None),
-            tuple(sorted((key, len(value)) for key, value in patches.items())))
+    for key in sorted(patches):
+        digest.update(key.encode())
+        _digest_into(digest, patches[key])
+    return digest.hexdigest()
 
 
 def describe_signature(signature: tuple) -> str:
@@ -76,7 +126,7 @@ class FPESource:
     storage_device: str
     entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
     evaluations: dict[EvalKey, int | None] = field(default_factory=dict)  # every evaluation chunk seen -> step
-    weights: tuple = ()  # weights_fingerprint of the capture's model, to warn about another checkpoint/LoRA
+    weights: str = ""  # weights_fingerprint of the capture's model, to warn about another checkpoint/LoRA
     first_input: torch.Tensor | None = None  # the run's first model input x, to warn about another seed/latent
     structure: Structure | None = None  # the conditioning's entries, for pairing them one by one
     planned_bytes: int = 0  # the size the capture planned for (memory check)
@@ -94,6 +144,9 @@ class FPESource:
     cross_layers: frozenset[LayerKey] = frozenset()
     cross_entries: dict[EvalKey, dict[LayerKey, torch.Tensor]] = field(default_factory=dict)
     cross_context: dict[EvalKey, torch.Tensor] = field(default_factory=dict)
+    # The capture's evaluations in order (their SigmaKeys): its sampler's pattern, which a target pairs with
+    # one to one only if its sampler evaluates the same sigmas in the same order.
+    evaluation_order: tuple = ()
     complete: bool = False
 
     @property
@@ -224,6 +277,14 @@ class FPESource:
                 "twin's, or use a current ComfyUI, which pairs entries by id")
         if self.structure.pairs_with(target):
             return
+        tuned, given = self.structure.null_texts(), target.null_texts()
+        if self.maker == "FPE Null-Text Invert" and given and given != tuned:
+            # the same shape of negative, tuned by another run: another photo, prompt or setting
+            raise FPEError(
+                f"the target sampler's negative is the null text of another FPE Null-Text Invert run (tuned "
+                f"{'/'.join(sorted(given))}; this source's is {'/'.join(sorted(tuned))}), so it was tuned for another "
+                f"photo, prompt or settings: connect the null_negative output of the same {self.maker} node whose "
+                f"fpe_source goes to this FPE Self-Attn Inject")
         if self.maker == "FPE Null-Text Invert" and target.negative != self.structure.negative:
             # its negative is one entry per step, tuned for this photo
             raise FPEError(
@@ -265,16 +326,16 @@ class FPESource:
                         k.occurrence, k.entry[1])
 
             return max(here, key=preference), True
-        skey = key.sigma
-        if skey is None:
-            where = "outside its schedule"
-        elif skey[0] == "s":
-            where = f"at schedule sigma #{skey[1]} ({self.schedule[skey[1]]:.6g})"
-        else:
-            where = f"between schedule sigmas #{skey[1]} and #{skey[1] + 1}"
         raise FPEError(
-            f"the target sampler evaluates the model ({kind_name(key.kind)} rows, step {step}) {where}, where the "
-            f"source run never did. Fix: {self.fix_schedule}.")
+            f"the target sampler evaluates the model ({kind_name(key.kind)} rows, step {step}) at "
+            f"{self.describe_sigma(key.sigma)}, where the source run never did. Fix: {self.fix_schedule}.")
+
+    def describe_sigma(self, skey) -> str:
+        if skey is None:
+            return "outside the schedule"
+        if skey[0] == "s":
+            return f"sigma #{skey[1]} ({self.schedule[skey[1]]:.6g})"
+        return f"between sigmas #{skey[1]} and #{skey[1] + 1}"
 
     def source_input(self, key: EvalKey, step: int) -> SourceInput:
         """storage replay: the UNet inputs of the source evaluation chunk ``key``."""

@@ -23,6 +23,7 @@ from .heatmaps import normalise
 from .validate import check_number
 
 METHODS = ("randomized", "full")
+MAX_COMPONENTS = 32  # per token grid: the paper shows 6; each is one picture at image size
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from .errors import FPEError
+from .heatmaps import MAX_SIDE
 
 AXES = ("start", "end", "layers")
 MAX_SETTINGS = 64  # one batched run; more images than this is a pasted mistake, not a sweep
 MAX_CHARS = 2000
+MAX_TITLE_CHARS = 2 * MAX_CHARS  # a title is parts of the sweep (or a custom block list) with ', ' between
 _SYNTAX = "write e.g. end=0.2,0.4,0.6,0.8; layers=official,all (quote custom block lists: layers=\"in4,in5\",all)"
 
 
@@ -139,6 +141,16 @@ def read_labels(text: str, name: str = "sweep_labels") -> tuple[list[str], list[
         raise FPEError(f"{name}: not the sweep_labels output of FPE Self-Attn Inject: connect that output") from None
     if not rows or not columns:
         raise FPEError(f"{name}: no rows or columns: connect the sweep_labels output of FPE Self-Attn Inject")
+    # An API prompt can hand any text to this input: the Inject's limits hold here too, before a latent
+    # or grid of that many images is allocated.
+    if len(rows) * len(columns) > MAX_SETTINGS:
+        raise FPEError(f"{name}: {len(rows)} x {len(columns)} = {len(rows) * len(columns)} settings (at most "
+                       f"{MAX_SETTINGS} images in one batched run): connect the sweep_labels output of FPE Self-Attn "
+                       "Inject, and sweep fewer values there")
+    longest = max(map(len, rows + columns))
+    if longest > MAX_TITLE_CHARS:
+        raise FPEError(f"{name}: a title of {longest} characters (at most {MAX_TITLE_CHARS}): connect the "
+                       "sweep_labels output of FPE Self-Attn Inject")
     return rows, columns
 
 
@@ -184,9 +196,14 @@ def fit_text(font, text: str, width: int) -> str:
     """``text`` cut with an ellipsis to fit ``width`` pixels."""
     if text_width(font, text) <= width:
         return text
-    while text and text_width(font, text + "…") > width:
-        text = text[:-1]
-    return text + "…" if text else ""
+    low, high = 0, len(text)  # the longest fitting prefix, by bisection: a long title costs log(n) measures
+    while low < high:
+        middle = (low + high + 1) // 2
+        if text_width(font, text[:middle] + "…") <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…" if low else ""
 
 
 def _wrap(font, text: str, width: int, lines: int) -> list[str]:
@@ -226,6 +243,11 @@ def draw_grid(images: torch.Tensor, rows: list[str], columns: list[str], source:
     pad = 4
     grid_w = margin + (len(columns) + extra) * (width + pad) + pad
     grid_h = header + len(rows) * (height + pad) + pad
+    if max(grid_w, grid_h) > MAX_SIDE:
+        raise FPEError(f"images: {len(rows)} x {len(columns) + extra} images of {width}x{height} px make a grid "
+                       f"{grid_w}x{grid_h} px (width x height; at most {MAX_SIDE} px a side, ComfyUI's largest "
+                       "image): scale the images down before the grid (e.g. Upscale Image By 0.5), or sweep fewer "
+                       "values of the last setting (the columns)")
     canvas = Image.new("RGB", (grid_w, grid_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
 

@@ -16,8 +16,15 @@ from ..fpe_attention.attention_maps import (
 )
 from ..fpe_attention.cross import prompt_tokens
 from ..fpe_attention.errors import FPEError
-from ..fpe_attention.heatmaps import colormap, mark_point, normalise, overlay, to_image_size
-from ..fpe_attention.structure import METHODS, component_grid, query_attention, top_components
+from ..fpe_attention.heatmaps import check_picture, colormap, mark_point, normalise, overlay, to_image_size
+from ..fpe_attention.structure import (
+    MAX_COMPONENTS,
+    METHODS,
+    _count,
+    component_grid,
+    query_attention,
+    top_components,
+)
 from ..fpe_attention.validate import check_number
 from . import CATEGORY
 from .preview import captioned, preview_ui
@@ -38,16 +45,20 @@ ALPHA = ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
                    "tooltip": "Opacity of the heatmap over the image (0: the image only, 1: the heatmap only)."})
 IMAGE = ("IMAGE", {"tooltip": "Optional: the decoded picture to draw on (VAE Decode of the same latent). Without "
                               "it the maps are drawn on grey at the latent's size x 8."})
+MAX_WORDS = 64  # one heatmap each: more is a pasted list, not words to compare
+_SMALLER = "connect a smaller image (e.g. Upscale Image By 0.5 of the decoded one)"
 
 
 def _canvas(run, image, what: str) -> tuple[torch.Tensor, int, int]:
     """The background [H, W, 3] the maps are drawn on: the recorded image's picture, or grey."""
     h, w = run.latent_hw
     if image is None:
+        check_picture("samples", 1, h * 8, w * 8, "connect a smaller image to draw on (image)")
         return torch.full((h * 8, w * 8, 3), 0.25), h * 8, w * 8
     if image.ndim != 4 or image.shape[-1] != 3:
         raise FPEError(f"image: expected an IMAGE (batch, height, width, 3), got shape {tuple(image.shape)}")
     height, width = int(image.shape[1]), int(image.shape[2])
+    check_picture("image", 1, height, width, _SMALLER)
     if abs(height / width - h / w) > 0.02 * (h / w):
         raise FPEError(f"image: it is {width}x{height} px but the recorded latent is {w * 8}x{h * 8}: connect the "
                        f"decoded picture of the sampler whose {what} you are looking at")
@@ -118,8 +129,12 @@ class FPEWordHeatmap:
                                         "words' places may be another prompt's: paste the prompt exactly as encoded "
                                         "(custom prompt nodes with their own weighting also trigger this)")
         items = word_items(tokens, words)
+        if len(items) > MAX_WORDS:
+            raise FPEError(f"words: {len(items)} items (at most {MAX_WORDS} heatmaps in one node): name fewer words, "
+                           "or split them over several FPE Word Heatmap nodes")
         keys = chosen_layers(fpe_record, run, "cross", layers, "layers")
         canvas, height, width = _canvas(run, image, "heatmaps")
+        check_picture("image", len(items), height, width, f"name fewer words, or {_SMALLER}")
         heat = normalise(to_image_size(word_maps(run, keys, items), height, width))
         pictures = overlay(canvas, heat, alpha)
         notes = _notes(fpe_record, run)
@@ -149,7 +164,7 @@ class FPESelfAttnComponents:
                 "fpe_record": RECORD,
                 "samples": SAMPLES,
                 "layers": LAYERS,
-                "components": ("INT", {"default": 6, "min": 1, "max": 32,
+                "components": ("INT", {"default": 6, "min": 1, "max": MAX_COMPONENTS,
                                        "tooltip": "How many components per resolution (the paper shows the top 6)."}),
                 "method": (list(METHODS), {
                     "default": "randomized",
@@ -160,7 +175,11 @@ class FPESelfAttnComponents:
         }
 
     def draw(self, fpe_record, samples, layers, components, method, image=None, alpha=0.6):
+        components = _count("components", components, 1, MAX_COMPONENTS)  # a linked INT skips the widget's max
         alpha, run, keys, canvas, height, width = _self_attention(fpe_record, samples, layers, alpha, image)
+        grids = {run.grids[key] for key in keys}
+        count = sum(min(components, h * w) for h, w in grids)
+        check_picture("image", count, height, width, f"set fewer components, choose fewer layers, or {_SMALLER}")
         pictures, captions = [], []
         for grid, mean, group in self_groups(run, keys):
             k = min(int(components), grid[0] * grid[1])

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fpe_attention.errors import FPEError
+from ..fpe_attention.heatmaps import MAX_SIDE
 from . import CATEGORY
 
 
@@ -29,13 +30,27 @@ class FPESideBySide:
 
     def combine(self, image_a, image_b):
         image_a, image_b = _rgb(image_a, "image_a"), _rgb(image_b, "image_b").to(image_a.device)
-        height = image_a.shape[1]
-        parts = [image_a[i] for i in range(image_a.shape[0])]
+        count_a, height, width_a = image_a.shape[:3]
+        # image_b at image_a's height, aspect kept: the widths are known before anything is resized, so an
+        # extreme shape (1 px high beside 64 px: 64x wider) is refused before it allocates.
+        b_height, b_width = image_b.shape[1:3]
+        width_b = b_width if b_height == height else max(1, round(b_width * height / b_height))
+        total = count_a * width_a + image_b.shape[0] * width_b
+        if max(total, height) > MAX_SIDE:
+            if count_a * width_a > MAX_SIDE or height > MAX_SIDE:
+                name, what = "image_a", f"{count_a} image(s) of {width_a}x{height} px"
+            else:
+                name, what = "image_b", (f"{image_b.shape[0]} image(s) of {b_width}x{b_height} px"
+                                         + (f", {width_b} px wide at image_a's height of {height} px"
+                                            if b_height != height else ""))
+            raise FPEError(f"{name}: side by side, {what} make a picture {total}x{height} px (width x height; at "
+                           f"most {MAX_SIDE} px a side, ComfyUI's largest image): give images of similar shape "
+                           "(scale or crop them alike), fewer images, or lay a batch out with FPE Sweep Grid")
+        parts = [image_a[i] for i in range(count_a)]
         for i in range(image_b.shape[0]):
             image = image_b[i]
             if image.shape[0] != height:  # [H, W, C]: keep the aspect ratio at image_a's height
-                width = max(1, round(image.shape[1] * height / image.shape[0]))
-                image = F.interpolate(image.movedim(-1, 0)[None], size=(height, width), mode="bilinear",
+                image = F.interpolate(image.movedim(-1, 0)[None], size=(height, width_b), mode="bilinear",
                                       align_corners=False)[0].movedim(0, -1)
             parts.append(image)
         return (torch.cat(parts, dim=1)[None],)

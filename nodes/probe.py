@@ -49,11 +49,15 @@ class FPESaveAttentionMaps:
             "optional": {
                 "release_run": ("BOOLEAN", {"default": False,
                                             "tooltip": "Free the run's maps from the record once saved (for many "
-                                                       "samples in a row; picture nodes can no longer show it)."}),
+                                                       "samples in a row). Nodes that read the same run later (a "
+                                                       "Word Heatmap, another save) then stop with an error naming "
+                                                       "this node: keep it off when they share the run."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix, release_run=False):
+    def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix, release_run=False,
+             unique_id=None):
         import folder_paths
         from safetensors.torch import save_file
 
@@ -86,5 +90,6 @@ class FPESaveAttentionMaps:
         filename = f"{name}_{counter:05}_.safetensors"
         save_file({k: v.float().contiguous() for k, v in tensors.items()}, f"{folder}/{filename}", metadata=meta)
         if release_run:
-            run.clear_maps()  # a self-attention run at 512 px is ~340 MB the record would keep for 4 runs
+            # a self-attention run at 512 px is ~340 MB the record would keep for 4 runs
+            run.release(f"FPE Save Attention Maps{f' (node {unique_id})' if unique_id is not None else ''}")
         return {"ui": {"fpe_maps": [{"filename": filename, "subfolder": subfolder, "type": "temp"}]}}

@@ -328,3 +328,27 @@ def test_a_model_already_injected_is_refused_naming_this_node(tiny_sd15):
     with pytest.raises(Exception, match="model: this model already carries an FPE Self-Attn Inject edit, so FPE "
                                         "Attention Replace would not run as asked"):
         replace(injected, source, clip, mode="self")
+
+
+def test_a_stale_prompt_text_is_an_error_not_another_prompt_s_columns(tiny_sd15, fpe_error):
+    """The prompt edited, its text widget not: same token count, other tokens, so the named word's columns
+    would silently be another prompt's. Both texts are checked against what was encoded."""
+    model, clip, _ = tiny_sd15
+    cross = pack_submodule("fpe_attention.cross")
+    _, source = _source(model, clip)
+    stale = "a photo of green cats running on road"
+    assert cross.prompt_tokens(clip, stale).count == cross.prompt_tokens(clip, SRC).count
+    with pytest.raises(fpe_error, match="source_text: 'a photo of green cats running on road' does not encode to "
+                                        "the prompt FPE Source Capture sampled"):
+        replace(model, source, clip, tokens="named words", words="green", source_text=stale, target=SWAP)
+    # target_text stale: the sampler's prompt was edited to another of the same length.
+    sampled = "a photo of rubber cats running on road"
+    assert cross.prompt_tokens(clip, sampled).count == cross.prompt_tokens(clip, SWAP).count
+    for tokens, words in (("named words", "rubber"), ("all tokens", "")):
+        with pytest.raises(Exception, match="target_text: 'a photo of rubber ducks walking on street' does not "
+                                            "encode to the target sampler's prompt"):
+            ksampler(replace(model, source, clip, tokens=tokens, words=words, target=SWAP), clip, text=sampled,
+                     steps=STEPS, latent_image=latent())
+    # The right texts still run (typed with other spacing/case the encoding is the same prompt's).
+    ksampler(replace(model, source, clip, tokens="named words", words="rubber", target=SWAP), clip, text=SWAP,
+             steps=STEPS, latent_image=latent())

@@ -31,7 +31,23 @@ def test_extra_evaluations_of_another_sampler_are_warned(tiny_sd15, small_source
     # heun evaluates the capture's (euler) sigmas, some twice: runs, reusing the source's evaluation, and says so.
     with caplog.at_level("WARNING"):
         _edit(tiny_sd15, small_source, sampler="heun")
-    assert "the target evaluates the model more often than the source run did" in caplog.text
+    assert "the target sampler's model evaluation #2 is at sigma #1" in caplog.text
+
+
+def test_a_flipped_schedule_is_refused_once_by_name_at_the_capture(tiny_sd15, fpe_error):
+    """FlipSigmas on the capture (and the target): the capture would sample away from the image; refused there,
+    naming the input, instead of a false 'not where the capture's schedule puts it' at the target."""
+    model, clip, _ = tiny_sd15
+    sigmas = call_node("BasicScheduler", model=model, scheduler="normal", steps=3, denoise=1.0)[0]
+    flipped = call_node("FlipSigmas", sigmas=sigmas)[0]
+    with pytest.raises(fpe_error, match=r"^sigmas: the schedule rises at step 0 .*FlipSigmas"):
+        capture(model, clip, SRC, latent_image=latent(W, H), sigmas=flipped)
+    with pytest.raises(fpe_error, match=r"^sigmas: the schedule rises at step 1 .*FlipSigmas"):  # the same for
+        call_node("FPEDDIMInvert", model=model, positive=call_node("CLIPTextEncode", clip=clip, text="")[0],
+                  latent={"samples": torch.randn(1, 4, H // 8, W // 8)}, steps=3, scheduler="normal", cfg=1.0,
+                  denoise=1.0, store_layers="official", store_custom_layers="in4", store_end=0.8, store_rows="cond",
+                  storage="auto", precision="exact", reconstruction_check=False,
+                  sigmas=torch.tensor([14.6, 2.0, 3.0, 0.0]))
 
 
 def test_another_checkpoint_or_lora_is_warned(tiny_sd15, small_source, caplog):
@@ -45,6 +61,25 @@ def test_another_checkpoint_or_lora_is_warned(tiny_sd15, small_source, caplog):
     with caplog.at_level("WARNING"):
         inject(tiny_sd15[0].clone(), small_source)
     assert "other LoRAs" not in caplog.text
+
+
+def test_the_model_is_compared_by_its_weights_not_by_the_loader(tiny_sd15_ckpt, small_source, comfy_host, caplog):
+    """The capture's checkpoint loaded again by another loader node (ComfyUI of early 2024 makes a second module):
+    no warning. The same layout with other weights (a fine-tune): warned."""
+    import safetensors.torch
+
+    again = call_node("CheckpointLoaderSimple", ckpt_name=tiny_sd15_ckpt)[0]
+    with caplog.at_level("WARNING"):
+        inject(again, small_source)
+    assert "another checkpoint" not in caplog.text
+    folder = comfy_host.workdir / "models" / "checkpoints"
+    weights = safetensors.torch.load_file(str(folder / tiny_sd15_ckpt))
+    tuned = {k: v * 1.01 if k.startswith("model.diffusion_model.") else v for k, v in weights.items()}
+    safetensors.torch.save_file(tuned, str(folder / "tiny_sd15_finetune.safetensors"))
+    other = call_node("CheckpointLoaderSimple", ckpt_name="tiny_sd15_finetune.safetensors")[0]
+    with caplog.at_level("WARNING"):
+        inject(other, small_source)
+    assert "gets another checkpoint or other LoRAs than FPE Source Capture used" in caplog.text
 
 
 def test_target_sigmas_must_be_the_captures(tiny_sd15, fpe_error):

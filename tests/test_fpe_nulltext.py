@@ -234,7 +234,10 @@ def test_a_null_text_source_serves_the_cross_attention_comparison(tiny_sd15):
                         cross_start=0.0, cross_end=0.8, tokens="all tokens", words="", source_text=SRC,
                         target_text=SRC, clip=clip)[0]
     plain = sample(model, clip, inverted, null_negative, steps=3)
-    assert torch.equal(sample(patched, clip, inverted, null_negative, text=SRC, steps=3), plain)
+    back = sample(patched, clip, inverted, null_negative, text=SRC, steps=3)
+    # Equal up to float rounding: the replacement projects the source's rows alone, the host the batched rows,
+    # and a BLAS kernel may round a 1-row and a 2-row product differently (5e-7 relative seen on some CPUs).
+    assert max_abs(back, plain) <= 1e-5 * float(plain.abs().max())
 
 
 def test_the_target_is_held_to_the_inverted_latent_ddim_and_the_tuned_cfg(tiny_sd15, caplog):
@@ -425,3 +428,17 @@ def test_cancel_stops_the_optimisation_and_the_next_run_starts_afresh(tiny_sd15,
     fresh = null_text(model, clip, steps=3, inner_steps=2)
     assert torch.equal(after[0]["samples"], fresh[0]["samples"])
     assert all(torch.equal(a[0], b[0]) for a, b in zip(after[2], fresh[2], strict=True))
+
+
+def test_another_photo_s_null_text_is_named_not_paired(tiny_sd15):
+    """Two Null-Text Invert runs of the same shape (same settings, another photo): the target sampler
+    given photo B's null_negative beside photo A's source would edit with the wrong embeddings."""
+    model, clip, _ = tiny_sd15
+    inverted, source, null_a, _ = _once(model, clip)
+    _, _, null_b, _ = null_text(model, clip, latent=encoded_photo(W, H, seed=12), inner_steps=2)
+    assert [e[1]["start_percent"] for e in null_b] == [e[1]["start_percent"] for e in null_a]  # same shape
+    assert max_abs(null_b[0][0], null_a[0][0]) > 0  # other embeddings
+    with pytest.raises(Exception, match="null text of another FPE Null-Text Invert run") as caught:
+        sample(inject(model, source), clip, inverted, null_b, text=TGT)
+    assert "connect the null_negative output of the same FPE Null-Text Invert node" in str(caught.value)
+    sample(inject(model, source), clip, inverted, null_a, text=TGT)  # its own null text still pairs

@@ -186,6 +186,41 @@ def test_grid_lays_out_the_images_with_titles_and_checks_the_count():
         call_node("FPESweepGrid", images=images, sweep_labels="end=0.2")
 
 
+def _labels(rows, columns):
+    return json.dumps({"fpe_sweep": 1, "rows": rows, "columns": columns})
+
+
+@pytest.mark.parametrize("node", ["FPESweepLatent", "FPESweepGrid"])
+def test_the_64_setting_limit_holds_on_every_sweep_path(node):
+    """An API prompt can give sweep_labels any text: 5000 labels would be a 5000-image latent (328 MB at 512 px)."""
+    def call(labels):
+        if node == "FPESweepLatent":
+            return _sweep_latent(labels)["samples"]
+        return call_node(node, images=torch.rand(64, 8, 8, 3), sweep_labels=labels)[0]
+
+    for rows, columns, message in [
+        ([""], [f"end={k}" for k in range(5000)], r"1 x 5000 = 5000 settings"),
+        ([f"start={k}" for k in range(8)], [f"end={k}" for k in range(9)], r"8 x 9 = 72 settings"),
+    ]:
+        with pytest.raises(_error(), match=r"sweep_labels: " + message + r" \(at most 64 images in one batched "
+                                           r"run\): connect the sweep_labels output of FPE Self-Attn Inject"):
+            call(_labels(rows, columns))
+    with pytest.raises(_error(), match=r"sweep_labels: a title of 5000 characters \(at most 4000\)"):
+        call(_labels([""], ["x" * 5000] + [f"end={k}" for k in range(63)]))
+    out = call(_labels([f"start={k}" for k in range(8)], [f"end={k}" for k in range(8)]))  # 64: allowed
+    assert out.shape[0] == (64 if node == "FPESweepLatent" else 1)
+
+
+def test_grid_larger_than_comfyui_makes_is_refused():
+    """64 columns of 300 px images are a 19,400 px wide grid: refused, naming the images and the fix."""
+    images = torch.full((1, 1, 1, 3), 0.5).expand(64, 48, 300, 3)  # no memory: the bound holds before drawing
+    with pytest.raises(_error(), match=r"images: 1 x 64 images of 300x48 px make a grid \d+x\d+ px \(width x "
+                                       r"height; at most 16384 px a side.*scale the images down"):
+        call_node("FPESweepGrid", images=images, sweep_labels=_labels([""], [f"end={k / 64:.3f}" for k in range(64)]))
+    grid = call_node("FPESweepGrid", images=images[:, :, :200], sweep_labels=_labels([""], [f"e{k}" for k in range(64)]))
+    assert grid[0].shape[2] == 64 * (200 + 4) + 4  # 13,060 px: within the bound
+
+
 def test_sweep_workflow_saves_a_grid_of_every_setting(executor, tiny_for_shipped, comfy_host):
     api = shrink(to_api(use_tiny_checkpoints(load_workflow(WORKFLOW), tiny_for_shipped)))
     inject = next(n for n in api.values() if n["class_type"] == "FPESelfAttnInject")["inputs"]

@@ -169,3 +169,28 @@ def test_save_maps_names_its_input_and_the_next_prompt_is_fresh(tiny_sd15, comfy
     names, maps = probing.read_maps((comfy_host.workdir / "temp" / ui["subfolder"] / ui["filename"]).read_bytes(),
                                     "cross")
     assert len(maps) == 16 and all(torch.isfinite(m).all() for m in maps)
+
+
+def test_a_released_run_names_the_node_that_freed_it(tiny_sd15):
+    """release_run frees the run's maps; a Word Heatmap of that run ComfyUI happens to execute after it must say
+    so (naming the node), not blame a record setting that is already right."""
+    model, clip, _ = tiny_sd15
+    recording, record = call_node("FPEAttentionRecord", model=model, cross_layers="all", cross_custom_layers="",
+                                  self_layers="none", self_custom_layers="", start_percent=0.0, end_percent=1.0,
+                                  rows="cond", image=0)
+    samples = {"samples": ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1)}
+    heatmap = {"fpe_record": record, "samples": samples, "clip": clip, "text": "a red car", "words": "red",
+               "layers": "", "alpha": 0.6}
+    call_node("FPEWordHeatmap", **heatmap)  # before the release: the picture
+    node_class("FPESaveAttentionMaps")().save(record, samples, clip, "a red car", "red", 256, "fpe_test/maps",
+                                              release_run=True, unique_id="12")
+    error = pack_submodule("fpe_attention.errors").FPEError
+    for read in (lambda: call_node("FPEWordHeatmap", **heatmap),
+                 lambda: node_class("FPESaveAttentionMaps")().save(record, samples, clip, "a red car", "red", 256,
+                                                                   "fpe_test/maps")):
+        with pytest.raises(error, match=r"FPE Save Attention Maps \(node 12\) freed its maps \(release_run on\)") as e:
+            read()
+        assert "cross_layers" not in str(e.value)
+    # A new run on the same record is recorded and shown as usual.
+    again = {"samples": ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1, seed=7)}
+    call_node("FPEWordHeatmap", **{**heatmap, "samples": again})
