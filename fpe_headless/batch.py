@@ -9,7 +9,8 @@ so a killed batch restarts where it stopped (``run_batch``).
 
 The batch folder::
 
-    batch.json          what was asked (dataset, workflow, checkpoint, settings): a resume must match it
+    batch.json          what was asked (dataset, workflow, checkpoint and its content's fingerprint,
+                        settings): a resume must match it
     items.json          the items as run (prompts, photos, masks): what ``fpe eval`` reads
     manifest.jsonl      one line per finished item (the last line of an item counts): status, files, metrics
     images/             <id>_source.png, <id>_edit.png
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import re
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -71,6 +73,34 @@ class BatchSettings:
     dataset: str = "dataset"  # the name in the report
     method: str = "FPE"  # the method's name in the report (Table 5 compares methods)
     staging: Path | None = None  # where resized photos are written before they go to ComfyUI's input folder
+    checkpoint_file: str | None = None  # the local file given (None: --server's name, or the tiny demo)
+    checkpoint_content: str | None = None  # its ``checkpoint_fingerprint``: a resume needs the same weights
+
+
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 8, 64 * 1024
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """The checkpoint's content in short, "<size>:<sha256>": sha256 over the size, a safetensors file's header
+    (every tensor's name, dtype, shape and offsets) and 8 blocks of 64 KiB at 0, 1/7, ..., 7/7 of the tensor
+    data (a .ckpt: of the whole file). About half a MiB read for any size; a fine-tune of the same model has
+    the same header but other blocks, a copy of the file elsewhere gives the same fingerprint."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        start = 0
+        head = handle.read(8)
+        if path.suffix.lower() in (".safetensors", ".sft") and len(head) == 8:
+            (length,) = struct.unpack("<Q", head)
+            if length <= size - 8:
+                digest.update(head + handle.read(length))
+                start = 8 + length
+        span = max(size - start - FINGERPRINT_BLOCK, 0)
+        for k in range(FINGERPRINT_BLOCKS):
+            handle.seek(start + span * k // (FINGERPRINT_BLOCKS - 1))
+            digest.update(handle.read(FINGERPRINT_BLOCK))
+    return f"{size}:{digest.hexdigest()[:32]}"
 
 
 def seed_for(base: int, group: str) -> int:
@@ -312,8 +342,22 @@ def item_fingerprint(item: datasets.EditItem) -> str:
 
 def asked(settings: BatchSettings, workflow_bytes: bytes) -> dict:
     values = {k: v for k, v in asdict(settings).items() if k in ASKED}
-    values.update(dataset=settings.dataset, workflow=hashlib.sha256(workflow_bytes).hexdigest()[:16])
+    values.update(dataset=settings.dataset, workflow=hashlib.sha256(workflow_bytes).hexdigest()[:16],
+                  checkpoint_file=settings.checkpoint_file, checkpoint_content=settings.checkpoint_content)
     return values
+
+
+def read_json_file(path: Path, fix: str):
+    """A JSON file of a batch folder; empty, cut or otherwise broken: a BatchError naming it and ``fix``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return datasets.loads_strict(text)
+    except datasets.DuplicateKey as exc:  # written by hand since: which value counts is unknown
+        raise BatchError(f"{path}: the key {exc.key!r} appears twice in one JSON object; {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        what = "is empty" if path.is_file() and not path.stat().st_size else (
+            f"is cut or broken ({exc})" if isinstance(exc, ValueError) else f"cannot be read ({exc})")
+        raise BatchError(f"{path}: {what}; {fix}") from None
 
 
 def read_manifest(folder: Path) -> dict[str, dict]:
@@ -322,7 +366,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
     path = folder / MANIFEST
     if not path.is_file():
         return entries
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a damaged line: skipped
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
@@ -350,14 +394,20 @@ def check_folder(out: Path, wanted: dict, restart: bool = False) -> None:
     settings_path = Path(out) / SETTINGS_FILE
     if restart or not settings_path.is_file():
         return
-    try:
-        before = json.loads(settings_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        before = {}
+    before = read_json_file(settings_path, "what the batch was run with is lost: use another --out, or --restart "
+                                           "to discard its results")
+    if not isinstance(before, dict):
+        raise BatchError(f"{settings_path}: not a batch's settings (a JSON object); use another --out, or --restart "
+                         "to discard its results")
     changed = [f"{k}: {before.get(k)!r} -> {wanted.get(k)!r}" for k in ASKED if before.get(k) != wanted.get(k)]
     if changed:
         raise BatchError(f"--out {out} holds a batch with other settings ({'; '.join(changed[:3])}): use another "
                          "--out, or --restart to discard its results")
+    then, now = before.get("checkpoint_content"), wanted.get("checkpoint_content")
+    if then and now and then != now:  # with --server (a name on the servers) or an older folder: the name only
+        raise BatchError(f"--out {out} was made with other weights of the same name: {before.get('checkpoint_file')} "
+                         f"({then}) then, {wanted.get('checkpoint_file')} ({now}) now; use another --out, or "
+                         "--restart to discard its results")
 
 
 def wanted_settings(settings: BatchSettings, items: list[datasets.EditItem]) -> dict:
@@ -372,15 +422,24 @@ def open_folder(out: Path, wanted: dict, restart: bool = False) -> dict[str, dic
         for name in (MANIFEST, SETTINGS_FILE, ITEMS_FILE):
             (out / name).unlink(missing_ok=True)
     settings_path = out / SETTINGS_FILE
-    if not settings_path.is_file():
-        settings_path.write_text(json.dumps(wanted, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    before = read_json_file(settings_path, "use another --out, or --restart") if settings_path.is_file() else None
+    if before is None or (wanted.get("checkpoint_content") and not before.get("checkpoint_content")):
+        # an older folder (or one made with --server) learns the weights it is resumed with: checked from now on
+        record = {**(before or {}), **{k: v for k, v in wanted.items() if v is not None or before is None}}
+        settings_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return read_manifest(out)
 
 
-def write_items(out: Path, items: list[datasets.EditItem], settings: BatchSettings) -> list[datasets.EditItem]:
+def write_items(out: Path, items: list[datasets.EditItem], settings: BatchSettings,
+                say: Callable[[str], None] = print) -> list[datasets.EditItem]:
     """The items as run, and the report's names (``fpe eval`` needs nothing else). Items of earlier runs of
     the folder stay (a later ``--limit 2`` does not hide the results of a ``--limit 5``); returns them all."""
-    earlier = load_items_file(out) if (out / ITEMS_FILE).is_file() else []
+    try:
+        earlier = load_items_file(out) if (out / ITEMS_FILE).is_file() else []
+    except BatchError as exc:  # a kill while it was written (or an edit): rebuilt from this run's items
+        say(f"{exc.args[0].split(';')[0]}: rebuilt from this run's items (items only an earlier, larger run had "
+            "are left out of the report)")
+        earlier = []
     now = {item.id for item in items}
     every = list(items) + [item for item in earlier if item.id not in now]
     data = {"dataset": settings.dataset, "method": settings.method, "items": [asdict(item) for item in every]}
@@ -390,21 +449,45 @@ def write_items(out: Path, items: list[datasets.EditItem], settings: BatchSettin
     return every
 
 
+REBUILD = "run the batch again (the same `fpe batch` command and --out) to rebuild it"
+
+
+def read_items_file(out: Path) -> tuple[dict, list[datasets.EditItem]]:
+    """items.json: (its names: dataset, method; the items). Empty, cut or not a batch's: a BatchError naming
+    the file and the fix."""
+    path = out / ITEMS_FILE
+    data = read_json_file(path, REBUILD)
+    try:
+        names = {"dataset": str(data["dataset"]), "method": str(data["method"])}
+        items = [datasets.EditItem(**{**raw, "blended_words": tuple(raw.get("blended_words") or ()),
+                                      "mask": tuple(raw.get("mask") or ())}) for raw in data["items"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BatchError(f"{path}: not a batch's item list ({type(exc).__name__}: {exc}); {REBUILD}") from None
+    return names, items
+
+
 def load_items_file(out: Path) -> list[datasets.EditItem]:
-    data = json.loads((out / ITEMS_FILE).read_text(encoding="utf-8"))
-    return [datasets.EditItem(**{**raw, "blended_words": tuple(raw.get("blended_words") or ()),
-                                 "mask": tuple(raw.get("mask") or ())}) for raw in data["items"]]
+    return read_items_file(out)[1]
+
+
+def check_eval_folder(out: Path) -> tuple[dict, list[datasets.EditItem], dict[str, dict]]:
+    """What ``fpe eval`` reads of a batch folder (items.json, manifest.jsonl; results.csv and summary.md are
+    rewritten from them): the names, items and entries, or a BatchError naming the broken file and the fix."""
+    if not (out / ITEMS_FILE).is_file():
+        raise BatchError(f"{out}: no {ITEMS_FILE}: not a batch folder, or its batch never started")
+    names, items = read_items_file(out)
+    entries = read_manifest(out)
+    if items and not entries:
+        state = "is empty or cut" if (out / MANIFEST).is_file() else "is missing"
+        raise BatchError(f"{out / MANIFEST} {state}: no finished item is recorded; run the batch again (the same "
+                         "`fpe batch` command and --out) to run its items")
+    return names, items, entries
 
 
 def evaluate_folder(out: Path, scoring: Scoring, recompute: bool = False) -> list[dict]:
     """``fpe eval`` of a batch folder: the missing metrics (all with ``recompute``), then the reports."""
-    path = out / ITEMS_FILE
-    if not path.is_file():
-        raise BatchError(f"{out}: no {ITEMS_FILE}: not a batch folder, or its batch never started")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    items = load_items_file(out)
-    settings = BatchSettings(checkpoint="", dataset=data["dataset"], method=data["method"])
-    entries = read_manifest(out)
+    names, items, entries = check_eval_folder(out)
+    settings = BatchSettings(checkpoint="", dataset=names["dataset"], method=names["method"])
     fill_missing_metrics(out, items, entries, scoring, recompute=recompute)
     return write_reports(out, items, entries, settings)
 
@@ -413,8 +496,19 @@ def evaluate_folder(out: Path, scoring: Scoring, recompute: bool = False) -> lis
 
 @dataclass
 class Scoring:
-    clip: object | None = None  # metrics.ClipScorer, or None: no CS/CDS
+    clip: object | None = None  # metrics.ClipScorer, or None: no CS/CDS/CLIP edited
     clip_scale: float = 100.0
+    dino: object | None = None  # metrics.StructureDistance, or None: no structure distance
+    lpips: object | None = None  # metrics.Lpips, or None: no background LPIPS
+
+    def wanted(self, masked: bool) -> set[str]:
+        """The metrics ``score`` gives an item (``masked``: it has an edit mask)."""
+        names = {"edge_ssim"} | ({"clip_score", "clip_directional"} if self.clip is not None else set())
+        names |= {"structure_distance"} if self.dino is not None else set()
+        if masked:
+            names |= {"bg_psnr"} | ({"bg_lpips"} if self.lpips is not None else set())
+            names |= {"clip_edited"} if self.clip is not None else set()
+        return names
 
     def score(self, item: datasets.EditItem, source_png: Path, edit_png: Path, mask_png: Path | None = None) -> dict:
         """edge_ssim; bg_* where the item has a mask (PIE-Bench runs, or a PNG: white = edited); CS and CDS
@@ -440,10 +534,18 @@ class Scoring:
                 mask = np.array(Image.fromarray(mask).resize(edit.size, Image.NEAREST))
             bg = metrics.background_metrics(source, edit, mask)
             values.update(bg_psnr=bg.psnr, bg_mse=bg.mse, bg_ssim=bg.ssim)
+            if self.lpips is not None:
+                values.update(bg_lpips=self.lpips.background(source, edit, mask), lpips_model=self.lpips.label)
         if self.clip is not None:
             values["clip_score"] = self.clip.clip_score([edit], [item.target_prompt], scale=self.clip_scale)[0]
             values["clip_directional"] = self.clip.directional_similarity(
                 [source], [edit], [item.source_prompt], [item.target_prompt])[0]
+            if mask is not None:
+                values["clip_edited"] = metrics.clip_edited(self.clip, edit, mask, item.target_prompt,
+                                                            scale=self.clip_scale)
+            values["clip_model"] = getattr(self.clip, "label", None)
+        if self.dino is not None:
+            values.update(structure_distance=self.dino.distance(source, edit), structure_model=self.dino.label)
         return values  # NaN stays NaN (PIE-Bench's all-edited mask): computed, undefined
 
 
@@ -536,7 +638,7 @@ def run_batch(items: list[datasets.EditItem], settings: BatchSettings, out: Path
     scoring = scoring or Scoring()
     settings.staging = settings.staging or out / "inputs"
     finished = open_folder(out, wanted_settings(settings, items), restart)
-    every_item = write_items(out, items, settings)
+    every_item = write_items(out, items, settings, say)
     (out / "images").mkdir(exist_ok=True)
     prints = {item.id: item_fingerprint(item) for item in items}
     pending = [item for item in items if not finished_entry(out, finished.get(item.id), prints[item.id])]
@@ -639,14 +741,13 @@ def save_images(out: Path, item: datasets.EditItem, result: JobResult, job: Job)
 def fill_missing_metrics(out: Path, items: list[datasets.EditItem], entries: dict[str, dict], scoring: Scoring,
                          recompute: bool = False) -> int:
     """Metrics for finished items that lack some (CLIP given on a later run, or ``fpe eval``)."""
-    wanted = {"edge_ssim"} | ({"clip_score", "clip_directional"} if scoring.clip is not None else set())
     filled = 0
     for item in items:
         entry = entries.get(item.id)
         if not entry or entry.get("status") != "ok":
             continue
         have = entry.get("metrics") or {}
-        if not recompute and wanted <= set(have) and (not item.mask or "bg_psnr" in have):
+        if not recompute and scoring.wanted(bool(item.mask)) <= set(have):
             continue
         try:
             entry["metrics"] = {**have, **scoring.score(item, out / entry["source_image"], out / entry["edit_image"])}

@@ -1,21 +1,20 @@
 """``fpe batch`` and ``fpe eval``: the command lines over ``batch`` (runs) and ``report`` (results).
 
-Every check that needs no ComfyUI (numbers, files, the dataset, the CLIP folder, the servers) is made
-before ComfyUI starts or any item runs; a mistake is one line with the fix (exit status 2).
+Every check that needs no ComfyUI (numbers, files, the dataset, the CLIP, DINO and LPIPS folders, the servers)
+is made before ComfyUI starts or any item runs; a mistake is one line with the fix (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from . import batch, datasets
 from .batch import BatchError, BatchSettings, Scoring
+from .host import make_workdir, remove_workdir
 from .main_job import (
     TINY_SIZE,
     TINY_STEPS,
@@ -30,6 +29,11 @@ from .main_job import (
 )
 
 DEFAULT_TIMEOUT_S, DEFAULT_RETRIES = 1800.0, 2
+DINO_HELP = ("a transformers ViT folder (facebook/dino-vitb8 saved locally with ViTModel.save_pretrained) for "
+             "PIE-Bench's structure distance; default: none (the column is skipped)")
+LPIPS_HELP = ("a folder with LPIPS' linear layers (squeeze.pth, alex.pth or vgg.pth from the lpips package or "
+              "torchmetrics) and torchvision's checkpoint of that backbone (squeezenet1_1-*.pth, alexnet-*.pth, "
+              "vgg16-*.pth) for PIE-Bench's background LPIPS (squeeze is PIE-Bench's); default: none (skipped)")
 
 
 def batch_parser(prog: str) -> argparse.ArgumentParser:
@@ -73,7 +77,10 @@ def batch_parser(prog: str) -> argparse.ArgumentParser:
                    help="a transformers CLIP folder (e.g. openai/clip-vit-base-patch32 saved locally) for CS and "
                         "CDS; default: none (structure and background metrics only)")
     p.add_argument("--clip-scale", type=float, default=100.0, metavar="X", help="CS = X * max(cos, 0)")
-    p.add_argument("--clip-device", default="cpu", metavar="DEV", help="where CLIP runs (cpu, cuda, cuda:1)")
+    p.add_argument("--clip-device", default="cpu", metavar="DEV",
+                   help="where CLIP, DINO and LPIPS run (cpu, cuda, cuda:1)")
+    p.add_argument("--dino", type=Path, metavar="DIR", help=DINO_HELP)
+    p.add_argument("--lpips", type=Path, metavar="DIR", help=LPIPS_HELP)
     p.add_argument("--server", action="append", default=[], metavar="URL",
                    help="a running ComfyUI (http://host:8188) with this pack; repeat for several; default: none "
                         "(run in this process)")
@@ -103,6 +110,44 @@ def _clip(args) -> object | None:
         return ClipScorer(folder, device=args.clip_device)
     except Exception as exc:  # noqa: BLE001 - transformers' errors are many; the folder is what to fix
         raise UserError(f"--clip {folder}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _dino(args) -> object | None:
+    if args.dino is None:
+        return None
+    from .metrics import MetricsError, StructureDistance
+
+    folder = args.dino.expanduser()
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--dino {folder}: not a transformers ViT folder (no config.json); save facebook/dino-vitb8 "
+                        "there with ViTModel.save_pretrained")
+    try:
+        return StructureDistance(folder, device=args.clip_device)
+    except MetricsError as exc:
+        raise UserError(f"--dino {folder}: {str(exc).splitlines()[0]}; give a folder ViTModel.save_pretrained "
+                        "wrote (facebook/dino-vitb8)") from None
+    except Exception as exc:  # noqa: BLE001 - transformers' errors are many; the folder is what to fix
+        raise UserError(f"--dino {folder}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]}); give "
+                        "a folder ViTModel.save_pretrained wrote (facebook/dino-vitb8)") from None
+
+
+def _lpips(args) -> object | None:
+    if args.lpips is None:
+        return None
+    from .metrics import Lpips, MetricsError
+
+    folder = args.lpips.expanduser()
+    try:
+        return Lpips(folder, device=args.clip_device)
+    except MetricsError as exc:
+        raise UserError(f"--lpips {folder}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - torch's load errors are many; the folder is what to fix
+        raise UserError(f"--lpips {folder}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _scoring(args) -> Scoring:
+    """The metric models, each checked before anything runs (a bad folder: exit 2, before ComfyUI starts)."""
+    return Scoring(_clip(args), args.clip_scale, dino=_dino(args), lpips=_lpips(args))
 
 
 def _comfyui(args) -> Path:
@@ -146,9 +191,12 @@ def run_batch_command(argv: list[str], prog: str) -> int:
         out = check_out(args.out or Path(f"fpe_batch_{batch.safe_name(args.name or name)}"))
         remote = []
         if args.server:
-            from .remote import server_url
+            from .remote import RemoteError, server_url
 
-            remote = list(dict.fromkeys(server_url(url) for url in args.server))
+            try:  # a malformed URL is named before anything connects
+                remote = list(dict.fromkeys(server_url(url) for url in args.server))
+            except RemoteError as exc:
+                raise UserError(str(exc)) from None
         if remote and args.checkpoint is None:
             raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have in "
                             "models/checkpoints")
@@ -162,10 +210,15 @@ def run_batch_command(argv: list[str], prog: str) -> int:
             steps=args.steps or (TINY_STEPS if tiny else None), cfg=args.cfg, invert_cfg=args.invert_cfg,
             size=args.size or (TINY_SIZE if tiny else None), seed=args.seed, same_seed=args.same_seed,
             negative=args.negative, invert_prompt=args.invert_prompt, reconstruction_check=args.reconstruction_check,
-            images=images, dataset=args.name or name, method=args.method)
+            images=images, dataset=args.name or name, method=args.method,
+            # the weights by content (a resume with other weights of the same name is refused); with --server
+            # the checkpoint is a name on the servers, checked by name only
+            checkpoint_file=str(checkpoint) if checkpoint else None,
+            checkpoint_content=batch.checkpoint_fingerprint(checkpoint) if checkpoint else None)
         batch.check_workflow_file(settings, items)
         batch.check_folder(out, batch.wanted_settings(settings, items), args.restart)
-        scoring = Scoring(_clip(args), args.clip_scale)
+        workdir = make_workdir("batch", say)  # before CLIP: transformers imports torch's compiler (its cache)
+        scoring = _scoring(args)
         pending = batch.pending_items(out, items, args.restart)
         runner = None
         if pending:  # nothing left to run: no ComfyUI to start (metrics and reports only)
@@ -179,7 +232,6 @@ def run_batch_command(argv: list[str], prog: str) -> int:
                     raise UserError(str(exc)) from None
             from .main_job import start_host
 
-            workdir = Path(tempfile.mkdtemp(prefix="fpe-batch-"))
             start_host(comfyui, workdir, checkpoint, sdxl=sdxl, cpu=args.cpu or bool(remote), say=say,
                        command=f"{prog} {args.dataset}", demo=not remote)
             import comfy.utils
@@ -204,7 +256,7 @@ def run_batch_command(argv: list[str], prog: str) -> int:
         return 130
     finally:
         if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_workdir(workdir)
     done = sum(1 for row in outcome.rows if row.get("status") == "ok")
     print(f"{done} of {len(outcome.rows)} items edited ({len(outcome.ran)} now, {len(outcome.failed)} failed now); "
           f"results in {outcome.folder}: results.csv, summary.md, contact_sheet_*.png")
@@ -224,7 +276,9 @@ def eval_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="FOLDER_OR_CSV", help="batch folders and/or pair CSV files")
     p.add_argument("--clip", type=Path, metavar="DIR", help="a transformers CLIP folder for CS and CDS; default: none")
     p.add_argument("--clip-scale", type=float, default=100.0, metavar="X", help="CS = X * max(cos, 0)")
-    p.add_argument("--clip-device", default="cpu", metavar="DEV", help="where CLIP runs")
+    p.add_argument("--clip-device", default="cpu", metavar="DEV", help="where CLIP, DINO and LPIPS run")
+    p.add_argument("--dino", type=Path, metavar="DIR", help=DINO_HELP)
+    p.add_argument("--lpips", type=Path, metavar="DIR", help=LPIPS_HELP)
     p.add_argument("--recompute", action="store_true", help="recompute every metric, not only the missing ones")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where a pair CSV's results go; default: fpe_eval_<CSV name> beside where you stand")
@@ -281,6 +335,7 @@ def run_eval_command(argv: list[str], prog: str) -> int:
 
     args = eval_parser(prog).parse_args(argv)
     warnings.simplefilter("ignore", FutureWarning)
+    workdir = None
     try:
         folders, pair_files = [], []
         for given in args.inputs:
@@ -295,7 +350,11 @@ def run_eval_command(argv: list[str], prog: str) -> int:
             raise UserError("--out takes one pair CSV's results; give the CSV files one at a time")
         if args.table is not None and not args.table.expanduser().resolve().parent.is_dir():
             raise UserError(f"--table {args.table}: the folder {args.table.parent} does not exist")
-        scoring = Scoring(_clip(args), args.clip_scale)
+        for folder in folders:  # a broken batch folder is told before the scoring models load
+            batch.check_eval_folder(folder)
+        # transformers imports torch's compiler, whose cache would stay in TMPDIR: a work folder holds it
+        workdir = make_workdir("eval") if any(getattr(args, k, None) for k in ("clip", "dino", "lpips")) else None
+        scoring = _scoring(args)
         rows: list[dict] = []
         for folder in folders:
             rows += batch.evaluate_folder(folder, scoring, recompute=args.recompute)
@@ -307,6 +366,9 @@ def run_eval_command(argv: list[str], prog: str) -> int:
     except (UserError, BatchError, datasets.DatasetError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if workdir is not None:
+            remove_workdir(workdir)
     table = report.summary_markdown(report.summarize(rows))
     if args.table is not None:
         args.table.write_text(table, encoding="utf-8")

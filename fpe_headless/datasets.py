@@ -63,11 +63,41 @@ class Query:
     is_test: bool
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice (``json`` would keep the last value and drop the other)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def loads_strict(text: str):
+    """``json.loads`` that refuses a repeated key in an object (``DuplicateKey``): a PIE-Bench mapping
+    with an id twice would otherwise lose an item without a word."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def duplicate_message(path: Path, key: str) -> str:
+    return (f"{path}: the key {key!r} appears twice in one JSON object (a reader keeps only the last); "
+            "rename or remove one of them")
+
+
 def _load(path: Path):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return loads_strict(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
+    except DuplicateKey as exc:
+        raise DatasetError(duplicate_message(path, exc.key)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not a JSON file ({exc})") from None
 
@@ -221,20 +251,26 @@ def encode_mask(mask: np.ndarray) -> tuple[int, ...]:
 
 def read_csv_rows(path: Path, need: tuple[str, ...]) -> list[tuple[int, dict]]:
     """(line number, row) of a CSV with a header naming ``need`` (more columns allowed): UTF-8, with or
-    without Excel's byte-order mark; blank lines skipped (line numbers stay the file's)."""
+    without Excel's byte-order mark; blank lines skipped (line numbers stay the file's: a row's first line)."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            rows, spans, start = [], [(1, reader.line_num, header)], reader.line_num + 1
+            for fields in reader:
+                if fields:
+                    rows.append((start, {name: fields[i] if i < len(fields) else None
+                                         for i, name in enumerate(header)}))
+                    spans.append((start, reader.line_num, fields))
+                start = reader.line_num + 1
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
     except (OSError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read it as CSV ({exc})") from None
+    _check_quotes(path, header, spans)
     lacking = [name for name in need if name not in header]
     if lacking:
         raise DatasetError(f"{path}: the header lacks {', '.join(lacking)} (it has: {', '.join(header) or 'nothing'}); "
@@ -245,6 +281,37 @@ def read_csv_rows(path: Path, need: tuple[str, ...]) -> list[tuple[int, dict]]:
     if not rows:
         raise DatasetError(f"{path}: no rows under the header {','.join(need)}")
     return rows
+
+
+def _check_quotes(path: Path, header: list[str], spans: list[tuple[int, int, list[str]]]) -> None:
+    """A field with a line break in it is a quote left open: the csv module reads on to the quote that
+    closes it, or to the end of the file, and the rows in between become one field (a prompt, an image
+    name and an id are one line each)."""
+    for first, last, fields in spans:
+        broken = next((i for i, text in enumerate(fields) if "\n" in text or "\r" in text), None)
+        if broken is None:
+            continue
+        column = header[broken] if first > 1 and broken < len(header) else f"field {broken + 1}"
+        if _ends_inside_quotes(path):
+            swallowed = f", and lines {first + 1} to {last} went into that field" if last > first else ""
+            raise DatasetError(f"{path}: line {first}: the quote that opens {column} is never closed (the file ends "
+                               f"inside it){swallowed}; close the quote, or write a quote meant as text as two (\"\")")
+        raise DatasetError(f"{path}: line {first}: the quote that opens {column} closes only on line {last}, so the "
+                           f"lines between went into that field; close it on line {first}, or write a quote meant as "
+                           'text as two ("")')
+
+
+def _ends_inside_quotes(path: Path) -> bool:
+    # The strict reader says "unexpected end of data" where the lenient one ends the open field at EOF.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, strict=True)
+        while True:
+            try:
+                if next(reader, None) is None:
+                    return False
+            except csv.Error as exc:  # other strict complaints ('"a"b') the lenient reader accepts: read on
+                if "unexpected end of data" in str(exc):
+                    return True
 
 
 def read_folder(folder: Path, prompts: Path) -> list[EditItem]:

@@ -10,9 +10,13 @@ run never writes into the ComfyUI it borrows.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +92,110 @@ def link_pack(custom_nodes: Path, folder_name: str = PACK_DIR_NAME) -> Path:
         target.unlink()
     target.symlink_to(PACK_ROOT, target_is_directory=True)
     return target
+
+
+# --- work folders ----------------------------------------------------------------------------------
+# Each command that starts ComfyUI works in a folder of its own in TMPDIR (models linked in, input, output,
+# temp, torch's compile cache), removed when it ends. A killed process cannot remove its folder: the next
+# command removes the folders whose owner is dead, told by the owner file each folder gets.
+
+WORK_PREFIXES = ("fpe-batch-", "fpe-run-", "fpe-probe-", "fpe-eval-")
+OWNER_FILE = ".fpe-owner.json"
+# Caches torch writes under TMPDIR by default (the inductor's torchinductor_<user>, made as soon as
+# torch._inductor.config is imported, which ComfyUI and transformers do): kept in the work folder instead.
+TORCH_CACHE_VARS = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None: no such process (or no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def owner_record(pid: int | None = None) -> dict:
+    """Who a work folder belongs to: the pid, and what tells that pid's process from a later one that got
+    the same number (its start time since boot, and the boot), on this machine."""
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    return {"pid": pid, "start": stat[19] if stat else None, "boot": _boot_id(), "host": socket.gethostname()}
+
+
+def owner_alive(owner: dict) -> bool:
+    """False only when the owner is surely gone; anything unclear counts as alive (its folder stays)."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return True  # another machine (or container) sharing TMPDIR: its processes are not visible here
+    boot = _boot_id()
+    if boot and owner.get("boot") and owner["boot"] != boot:
+        return False  # the machine restarted since
+    if owner.get("start") is not None and Path("/proc/self/stat").is_file():
+        stat = _proc_stat(pid)
+        # gone, a zombie (killed, not yet reaped), or the pid reused by a process started later
+        return stat is not None and stat[0] != "Z" and stat[19] == owner["start"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove the work folders of ours in ``root`` (TMPDIR) whose owner process is dead; the removed ones.
+    A folder without a readable owner file (another program's, or one being made) is left alone."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(WORK_PREFIXES)]
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict) and not owner_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def make_workdir(kind: str, say: Callable[[str], None] | None = None) -> Path:
+    """A new work folder ``fpe-<kind>-*`` in TMPDIR, owned by this process; first the stale ones of killed
+    commands go. torch's caches are pointed into it (unless the user chose where they go)."""
+    removed = remove_stale_workdirs()
+    if removed and say is not None:
+        say(f"(removed {len(removed)} work folder{'s' if len(removed) > 1 else ''} that killed fpe commands left "
+            f"in {removed[0].parent})")
+    workdir = Path(tempfile.mkdtemp(prefix=f"fpe-{kind}-"))
+    part = workdir / (OWNER_FILE + ".part")
+    part.write_text(json.dumps(owner_record()), encoding="utf-8")
+    part.replace(workdir / OWNER_FILE)  # whole or absent: a half-written owner never reads as dead
+    for var, sub in TORCH_CACHE_VARS.items():
+        if var not in os.environ:
+            os.environ[var] = str(workdir / sub)
+    return workdir
+
+
+def remove_workdir(workdir: Path) -> None:
+    """The command's work folder goes; cache variables pointing into it are unset (nothing recreates it)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    for var in TORCH_CACHE_VARS:
+        if os.environ.get(var, "").startswith(str(workdir) + os.sep):
+            del os.environ[var]
 
 
 class _Quiet(logging.Filter):

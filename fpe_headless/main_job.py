@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .host import PACK_ROOT, find_comfyui, is_comfyui
+from .host import PACK_ROOT, find_comfyui, is_comfyui, make_workdir, remove_workdir
 
 WORKFLOWS = PACK_ROOT / "workflows"
 DEFAULT_WORKFLOW = "fpe_generated_edit"
@@ -132,8 +132,13 @@ def resolve_workflow(text: str) -> Path:
 
 
 def load_workflow_file(path: Path) -> dict:
+    from .datasets import DuplicateKey, loads_strict
+
     try:
-        data = json.loads(path.read_text())
+        data = loads_strict(path.read_text())
+    except DuplicateKey as exc:  # a hand-edited file: which of the two values counts is unknown
+        raise UserError(f"--workflow {path}: the key {exc.key!r} appears twice in one JSON object; remove or "
+                        "rename one of them (or save the workflow again from the ComfyUI page)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"--workflow {path}: not a readable workflow JSON ({exc})") from None
     if not isinstance(data, dict) or "nodes" not in data or "links" not in data:
@@ -441,12 +446,54 @@ def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: b
     return host, name
 
 
+# A batch's grid (issue 23, item 15): one file per output node; tests read the layout from tile_layout.
+TILE_PAD, TILE_FONT = 4, 12
+TILE_LINE = TILE_FONT + 6  # one line of caption text
+
+
+def tile_layout(sizes: list[tuple[int, int]]) -> tuple[int, int, list[tuple[int, int]]]:
+    """A batch's grid: (width, height, top-left corner of each picture) for pictures of ``sizes`` (w, h),
+    row-major in about square rows and columns of cells as large as the largest picture, under a title
+    line, each picture over its index line."""
+    columns = math.ceil(math.sqrt(len(sizes)))
+    rows = math.ceil(len(sizes) / columns)
+    top = TILE_LINE + 2 * TILE_PAD
+    cell_w = max(w for w, _ in sizes) + TILE_PAD
+    cell_h = max(h for _, h in sizes) + TILE_LINE + TILE_PAD
+    corners = [(TILE_PAD + (k % columns) * cell_w, top + (k // columns) * cell_h) for k in range(len(sizes))]
+    return TILE_PAD + columns * cell_w, top + rows * cell_h, corners
+
+
+def tile_images(files: list[Path], title: str):
+    """The pictures of one output node as one PIL image: ``title`` above, each picture unchanged in its
+    cell with its index (1-based, the batch order) below it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=TILE_FONT)  # scalable (Pillow >= 10.1)
+    except TypeError:
+        font = ImageFont.load_default()
+    pictures = []
+    for path in files:
+        with Image.open(path) as opened:
+            pictures.append(opened.convert("RGB"))
+    width, height, corners = tile_layout([p.size for p in pictures])
+    width = max(width, 2 * TILE_PAD + 4 + math.ceil(font.getlength(title)))  # the title is never cut
+    canvas = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((TILE_PAD + 2, TILE_PAD), title, fill=(235, 235, 235), font=font)
+    for k, (picture, (x, y)) in enumerate(zip(pictures, corners, strict=True)):
+        canvas.paste(picture, (x, y))
+        draw.text((x + 2, y + picture.height + 2), f"{k + 1} of {len(pictures)}", fill=(235, 235, 235), font=font)
+    return canvas
+
+
 def run(job: Job, say=print) -> list[Path]:
     """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
     from .executor import Executor, PromptFailed
     from .workflow import WorkflowError, to_api
 
-    workdir = Path(tempfile.mkdtemp(prefix="fpe-run-"))
+    workdir = make_workdir("run", say)  # and the work folders killed runs left go
     try:
         host, checkpoint_name = start_host(job.comfyui, workdir, job.checkpoint, sdxl=job.sdxl,
                                            cpu=job.args.cpu, say=say)
@@ -473,11 +520,14 @@ def run(job: Job, say=print) -> list[Path]:
             if images and name in names:  # two nodes of one kind (source and edit): keep both
                 name = f"{name}_node{node_id}"
             names.add(name)
-            for i, image in enumerate(images):
-                src = host.workdir / image["type"] / image["subfolder"] / image["filename"]
-                dst = job.out / (f"{name}.png" if len(images) == 1 else f"{name}_{i}.png")
-                shutil.copy2(src, dst)
-                written.append(dst)
+            files = [host.workdir / image["type"] / image["subfolder"] / image["filename"] for image in images]
+            if len(files) == 1:  # a single picture as the node saved it
+                shutil.copy2(files[0], job.out / f"{name}.png")
+                written.append(job.out / f"{name}.png")
+            elif files:  # a batch: one captioned grid per node, not one file per image
+                title = f"{name} · node {node_id} ({node['class_type']}) · {len(files)} images"
+                tile_images(files, title).save(job.out / f"{name}.png")
+                written.append(job.out / f"{name}.png")
             for text in outputs.get("text", []):
                 say(f"{node['class_type']}: {text}")
         for warning in result.events("free-prompt-editing.warning"):
@@ -487,7 +537,7 @@ def run(job: Job, say=print) -> list[Path]:
             say(f"  {path}")
         return written
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)
 
 
 def main(argv=None) -> int:

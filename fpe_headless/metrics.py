@@ -36,12 +36,48 @@ item; a [1,H,W,3] batch of one is accepted too).
     K2 0.03, averaged over channels and over the windows lying wholly inside the image; PIE-Bench reports
     it x10^2.
   Raw values are returned; scaling is the report's job. An all-edited mask gives NaN (PIE-Bench: "nan").
+
+  SSIM definition: the mean is over the windows lying wholly inside the image (torchmetrics reflect-pads
+  by 5 px and then crops those 5 px off the SSIM map before averaging). torchmetrics 0.2.0 to 1.4.1 define
+  it so, and PIE-Bench (Oct 2023) ran one of those. torchmetrics 1.4.2 (PR #2721, issue #2718, Sep 2024)
+  stopped cropping: from 1.4.2 on the mean includes the 5-px border, whose windows reach into the
+  reflected padding, so its values differ from PIE-Bench's published ones. Variances are clamped at 0
+  as torchmetrics does (float rounding).
+
+* ``StructureDistance`` (PIE-Bench's "Structure Distance", Tumanyan et al.'s splicing-ViT self-similarity
+  loss as PIE-Bench's ``matrics_calculator.py`` computes it): each image as float pixels 0..255 - PIE-Bench
+  does not divide by 255 before ImageNet normalisation, and its published numbers come from that, so
+  neither do we -, resized (bilinear, no antialias: torchvision's tensor ``Resize`` before 0.17) so the
+  short side is 224 (the long side at most 480), ImageNet mean/std, through DINO ViT; the keys of the last
+  layer's self-attention (all heads concatenated per token, CLS token included) give a token x token
+  cosine self-similarity matrix (norm product clamped at 1e-8); the distance is the mean squared
+  difference of the source's and the edit's matrices. PIE-Bench reports it x10^3. The model is a
+  transformers ``ViTModel`` folder (facebook/dino-vitb8 as PIE-Bench uses, saved locally).
+
+* ``Lpips`` (PIE-Bench's background LPIPS: torchmetrics' ``LearnedPerceptualImagePatchSimilarity`` with the
+  SqueezeNet backbone, on both images times the inverted mask, mapped to -1..1): Zhang et al.'s LPIPS
+  v0.1 in plain torch + torchvision. The input is shifted/scaled per channel (shift -.030 -.088 -.188,
+  scale .458 .448 .450), run through the backbone's feature layers (SqueezeNet 1.1: 7 taps, AlexNet: 5,
+  VGG16: 5), each tap's channel vector divided by (its L2 norm + 1e-10) (the ``lpips`` package and
+  torchmetrics up to 1.2.0; torchmetrics 1.2.1+ divides by sqrt(norm^2 + 1e-8), which differs only where
+  a feature vector is near zero), the squared difference weighted per channel by the learned linear
+  layer, averaged over space, summed over taps. PIE-Bench reports it x10^3.
+
+* ``clip_edited`` (PIE-Bench's "CLIP Edited"): the edit image times the edit mask (border included, as
+  PIE-Bench's mask decoder sets it; products rounded down to uint8 as PIE-Bench's ``np.uint8(img * mask)``)
+  scored against the target prompt with ``ClipScorer.clip_score``.
+
+Every model scorer has a ``label``: the folder's name and a short fingerprint (the first 12 hex digits
+of a SHA-256 over the names and bytes of the files it reads), recorded next to each score so a summary
+can say which model scored a column.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +157,8 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
         return F.conv2d(F.conv2d(t, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
 
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
+    var_x = (blur(x * x) - mu_x ** 2).clamp(min=0)
+    var_y = (blur(y * y) - mu_y ** 2).clamp(min=0)
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
@@ -182,6 +218,265 @@ def background_metrics(source, edited, mask, border: bool = True) -> Background:
     return Background(psnr=psnr, mse=mse, ssim=ssim(a, b, data_range=1.0))
 
 
+def _edit_mask(mask, shape: tuple[int, int], border: bool) -> np.ndarray:
+    m = np.array(mask, dtype=bool)
+    if m.shape != shape:
+        raise MetricsError(f"the mask is {m.shape[1] if m.ndim > 1 else '?'}x{m.shape[0]} px, the images "
+                           f"{shape[1]}x{shape[0]}")
+    if border:
+        m[0, :] = m[-1, :] = m[:, 0] = m[:, -1] = True
+    return m
+
+
+def edited_region(image, mask, border: bool = True) -> np.ndarray | None:
+    """The image times the edit mask as uint8 [H,W,3] (PIE-Bench's ``np.uint8(img * mask)`` on the PNG's
+    pixels: float images are quantised as SaveImage does first); None when the mask is empty."""
+    arr = np.asarray(_to_pil(image))
+    m = _edit_mask(mask, arr.shape[:2], border)
+    if not m.any():
+        return None
+    return arr * m[..., None].astype(np.uint8)
+
+
+# --- fingerprints -----------------------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """What identifies a transformers folder: its config and its weight files."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and (p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES))
+
+
+def fingerprint(files: Sequence[Path], digits: int = 12) -> str:
+    """The first ``digits`` hex digits of SHA-256 over each file's name, size and bytes (in the given order)."""
+    h = hashlib.sha256()
+    for path in files:
+        path = Path(path)
+        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:digits]
+
+
+def model_label(folder: Path, files: Sequence[Path], kind: str | None = None) -> str:
+    """"name (sha256 0123456789ab)", or "name, kind (sha256 ...)": what the summary prints per column."""
+    name = Path(folder).name or str(folder)
+    return f"{name}{', ' + kind if kind else ''} (sha256 {fingerprint(files)})"
+
+
+# --- PIE-Bench structure distance (DINO ViT self-similarity) --------------------------------------------
+
+DINO_SHORT_SIDE, DINO_MAX_SIDE = 224, 480  # PIE-Bench: Resize(224, max_size=480)
+DINO_PIXEL_RANGE = 255.0  # PIE-Bench feeds pixels 0..255 to the ImageNet normalisation (not 0..1)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SELF_SIM_EPS = 1e-8
+
+
+def resized_size(height: int, width: int, short: int = DINO_SHORT_SIDE, max_size: int = DINO_MAX_SIDE) -> tuple[int, int]:
+    """torchvision's Resize(short, max_size) output size: the short side to ``short``, the long side scaled
+    and truncated; if that exceeds ``max_size`` the long side is ``max_size`` and the short one scaled."""
+    if height <= width:
+        new_short, new_long = short, int(short * width / height)
+    else:
+        new_short, new_long = short, int(short * height / width)
+    if new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def _key_projection(layer) -> torch.nn.Module:
+    """The key projection of one ViT layer (transformers 5: ``attention.k_proj``; 4: ``attention.attention.key``)."""
+    attention = layer.attention
+    for path in ("k_proj", "attention.key", "key"):
+        module = attention
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.Linear):
+            return module
+    raise MetricsError("this ViT has no key projection where transformers puts it; a transformers ViTModel "
+                       "folder is expected")
+
+
+def _vit_layers(model) -> Sequence:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        layers = model.encoder.layer
+    return layers
+
+
+def self_similarity(keys: torch.Tensor) -> torch.Tensor:
+    """[T,D] keys -> [T,T] cosine similarities (the norm product clamped at 1e-8)."""
+    norms = keys.norm(dim=-1, keepdim=True)
+    return (keys @ keys.T) / (norms @ norms.T).clamp(min=SELF_SIM_EPS)
+
+
+class StructureDistance:
+    """PIE-Bench's structure distance with a transformers ViTModel folder (facebook/dino-vitb8 saved with
+    ``ViTModel.save_pretrained``); local files only."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        from transformers import ViTModel
+
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise MetricsError(f"DINO model folder not found: {self.folder}")
+        try:
+            model_type = json.loads((self.folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError) as exc:
+            raise MetricsError(f"{self.folder} is not a transformers ViT folder: no readable config.json "
+                               f"({exc.__class__.__name__})") from exc
+        if model_type not in ("vit", "dino"):
+            raise MetricsError(f"{self.folder} is not a transformers ViT folder: its config.json has model_type "
+                               f"{model_type!r}, expected 'vit' (facebook/dino-vitb8)")
+        try:
+            self.model = ViTModel.from_pretrained(self.folder, local_files_only=True, add_pooling_layer=False)
+        except (OSError, ValueError) as exc:
+            raise MetricsError(f"could not load the ViT model from {self.folder}: {exc}") from exc
+        self.device = torch.device(device)
+        self.model.to(self.device, torch.float32).eval()
+        self.key = _key_projection(_vit_layers(self.model)[-1])
+        self.label = model_label(self.folder, _folder_files(self.folder))
+
+    def pixels(self, image) -> torch.Tensor:
+        """The model's input for one image: [1,3,h,w], PIE-Bench's preprocessing (module docstring)."""
+        arr = np.asarray(_to_pil(image)).astype(np.float32)  # the PNG's pixels, 0..255
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None] * (DINO_PIXEL_RANGE / 255.0)
+        size = resized_size(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def keys(self, image) -> torch.Tensor:
+        """The last layer's keys [T, hidden] (CLS first; heads side by side as the projection writes them)."""
+        x = self.pixels(image).to(self.device)
+        captured = []
+        handle = self.key.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            size = getattr(self.model.config, "image_size", None)
+            self.model(pixel_values=x, interpolate_pos_encoding=tuple(x.shape[-2:]) != (size, size))
+        finally:
+            handle.remove()
+        return captured[-1][0].float().cpu()
+
+    def self_similarity(self, image) -> torch.Tensor:
+        return self_similarity(self.keys(image))
+
+    def distance(self, source, edited) -> float:
+        """MSE between the two images' key self-similarity matrices (PIE-Bench reports it x10^3)."""
+        a, b = self.self_similarity(source), self.self_similarity(edited)
+        if a.shape != b.shape:
+            raise MetricsError(f"structure distance needs equal image sizes, got {to_array(source).shape[:2]} "
+                               f"and {to_array(edited).shape[:2]}")
+        return float(F.mse_loss(b, a))
+
+
+# --- LPIPS ----------------------------------------------------------------------------------------------------
+
+LPIPS_SHIFT, LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+LPIPS_EPS = 1e-10
+# per backbone: torchvision constructor, checkpoint file prefix, the feature indices that end each tap
+LPIPS_NETS = {
+    "squeeze": ("squeezenet1_1", "squeezenet1_1", (2, 5, 8, 10, 11, 12, 13)),
+    "alex": ("alexnet", "alexnet", (2, 5, 8, 10, 12)),
+    "vgg": ("vgg16", "vgg16", (4, 9, 16, 23, 30)),
+}
+LPIPS_LAYOUT = ("a folder with LPIPS' linear layers (squeeze.pth, alex.pth or vgg.pth, as the lpips package "
+                "ships them in lpips/weights/v0.1/ and torchmetrics in functional/image/lpips_models/) and "
+                "torchvision's ImageNet checkpoint of the same backbone (squeezenet1_1-*.pth, alexnet-*.pth or "
+                "vgg16-*.pth, as torchvision saves them in ~/.cache/torch/hub/checkpoints/)")
+
+
+def lpips_files(folder: Path) -> tuple[str, Path, Path]:
+    """(net, linear layers file, backbone file) found in ``folder``: SqueezeNet (PIE-Bench's) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MetricsError(f"LPIPS folder not found: {folder}")
+    for net, (_, prefix, _) in LPIPS_NETS.items():
+        linear = folder / f"{net}.pth"
+        backbones = sorted(p for p in folder.glob(f"{prefix}*.pth") if p.name != linear.name)
+        if linear.is_file() and backbones:
+            return net, linear, backbones[0]
+    raise MetricsError(f"{folder} holds no complete LPIPS model: expected {LPIPS_LAYOUT}")
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors are many; the file is what to fix
+        raise MetricsError(f"cannot read {path} as a torch state dict ({type(exc).__name__})") from exc
+    if not isinstance(state, dict):
+        raise MetricsError(f"{path} is not a torch state dict")
+    return state
+
+
+class Lpips:
+    """LPIPS v0.1 from local files (``lpips_files``); plain torch + torchvision."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        import torchvision
+
+        self.folder = Path(folder).expanduser()
+        self.net, linear_path, backbone_path = lpips_files(self.folder)
+        constructor, _, ends = LPIPS_NETS[self.net]
+        features = getattr(torchvision.models, constructor)(weights=None).features
+        state = _load_state(backbone_path)
+        wanted = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        try:
+            features.load_state_dict(wanted)
+        except RuntimeError as exc:
+            raise MetricsError(f"{backbone_path} is not torchvision's {constructor} checkpoint: "
+                               f"{str(exc).splitlines()[0]}") from exc
+        self.taps = torch.nn.ModuleList(features[start:end] for start, end in zip((0, *ends[:-1]), ends, strict=True))
+        linear = _load_state(linear_path)
+        self.weights = []
+        for k, tap in enumerate(self.taps):
+            channels = [m.out_channels for m in tap.modules() if isinstance(m, torch.nn.Conv2d)]
+            channels = sum(channels[-2:]) if self.net == "squeeze" and k else channels[-1]  # Fire: expand1x1 + 3x3
+            found = [v for name, v in linear.items() if re.fullmatch(rf"lin{k}\.model\.\d+\.weight", name)]
+            if len(found) != 1 or tuple(found[0].shape) != (1, channels, 1, 1):
+                raise MetricsError(f"{linear_path} does not hold LPIPS' {self.net} linear layer lin{k} "
+                                   f"(1x{channels}x1x1): not the {self.net}.pth of lpips/torchmetrics")
+            self.weights.append(found[0].float())
+        self.device = torch.device(device)
+        self.taps.to(self.device, torch.float32).eval()
+        self.weights = [w.to(self.device) for w in self.weights]
+        self.label = model_label(self.folder, [linear_path, backbone_path], kind=self.net)
+
+    @torch.no_grad()
+    def distance(self, a, b) -> float:
+        """LPIPS of two images given in -1..1 ([H,W,3] arrays or tensors)."""
+        x = torch.stack([torch.as_tensor(np.asarray(a, dtype=np.float32)),
+                         torch.as_tensor(np.asarray(b, dtype=np.float32))]).permute(0, 3, 1, 2).to(self.device)
+        shift = torch.tensor(LPIPS_SHIFT, device=self.device).view(1, 3, 1, 1)
+        scale = torch.tensor(LPIPS_SCALE, device=self.device).view(1, 3, 1, 1)
+        h = (x - shift) / scale
+        total = torch.zeros((), dtype=torch.float64)
+        for tap, weight in zip(self.taps, self.weights, strict=True):
+            h = tap(h)
+            unit = h / (h.norm(dim=1, keepdim=True) + LPIPS_EPS)
+            diff = (unit[0:1] - unit[1:2]) ** 2
+            total += F.conv2d(diff, weight).mean().double().cpu()
+        return float(total)
+
+    def background(self, source, edited, mask, border: bool = True) -> float:
+        """PIE-Bench's background LPIPS: both images times the inverted mask (border forced to edited),
+        mapped to -1..1. NaN when nothing is left outside the mask."""
+        a, b = to_array(source), to_array(edited)
+        if a.shape != b.shape:
+            raise MetricsError(f"LPIPS needs equal image sizes, got {a.shape[:2]} and {b.shape[:2]}")
+        keep = ~_edit_mask(mask, a.shape[:2], border)
+        if not keep.any():
+            return math.nan
+        keep = keep[..., None].astype(np.float64)
+        return self.distance(a * keep * 2 - 1, b * keep * 2 - 1)
+
+
 # --- CLIP ---------------------------------------------------------------------------------------------
 
 def _pooled(out) -> torch.Tensor:
@@ -219,6 +514,7 @@ class ClipScorer:
         self.device, self.dtype = torch.device(device), dtype
         self.model.to(self.device, dtype).eval()
         self.batch_size = max(1, int(batch_size))
+        self.label = model_label(self.folder, _folder_files(self.folder))
 
     # embeddings, L2-normalised, float32 on the CPU
     @torch.no_grad()
@@ -267,6 +563,14 @@ class ClipScorer:
         d_img = d_img / (d_img.norm(dim=-1, keepdim=True) + CDS_EPS)
         d_txt = d_txt / (d_txt.norm(dim=-1, keepdim=True) + CDS_EPS)
         return [float(v) * scale for v in (d_img * d_txt).sum(-1)]
+
+
+def clip_edited(scorer: ClipScorer, edited, mask, text: str, scale: float = 100.0, border: bool = True,
+                clamp: bool = True) -> float:
+    """PIE-Bench's "CLIP Edited": the edit times the edit mask (``border``: its outermost pixels count as
+    edited, as PIE-Bench's decoder sets them), scored against ``text``. NaN when nothing is edited."""
+    region = edited_region(edited, mask, border=border)
+    return math.nan if region is None else scorer.clip_score([region], [text], scale=scale, clamp=clamp)[0]
 
 
 def _same_length(**lists) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from . import probing
+from .batch import checkpoint_fingerprint
+from .host import make_workdir, remove_workdir
 from .main_job import TINY_STEPS, HelpFormatter, UserError, check_checkpoint, check_numbers, tiny_checkpoint_name
 
 TINY_PROBE_SIZE = 128  # the tiny demo: small maps, quick
@@ -112,6 +112,23 @@ def run_list() -> int:
     return 0
 
 
+def _check_weights(out: Path, extra: dict) -> None:
+    """A resume with other weights under the checkpoint's name is refused (probe.json's fingerprint)."""
+    path = out / "probe.json"
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: empty or cut ({type(exc).__name__}); the samples in {out} cannot be checked "
+                        f"against these settings: use another --out, or delete {out} to build it again") from None
+    then, now = (stored.get("_checkpoint_content") if isinstance(stored, dict) else None), extra["_checkpoint_content"]
+    if then and now and then != now:
+        raise UserError(f"--out {out} was built with other weights of the same name: {stored.get('_checkpoint_file')} "
+                        f"({then}) then, {extra['_checkpoint_file']} ({now}) now; use another --out, or delete {out} "
+                        "to build it again")
+
+
 def run_build(args, prog: str) -> int:
     from .batch_cli import _comfyui
 
@@ -144,10 +161,10 @@ def run_build(args, prog: str) -> int:
     if args.server:
         from .remote import RemoteError, check_servers, server_url
 
-        remote = list(dict.fromkeys(server_url(u) for u in args.server))
         if args.checkpoint is None:
             raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have")
-        try:
+        try:  # a malformed URL is named before anything connects
+            remote = list(dict.fromkeys(server_url(u) for u in args.server))
             check_servers(remote, args.checkpoint.as_posix(), node="FPESaveAttentionMaps")
         except RemoteError as exc:
             raise UserError(str(exc)) from None
@@ -158,7 +175,11 @@ def run_build(args, prog: str) -> int:
         steps=args.steps or (TINY_STEPS if tiny else 50), cfg=args.cfg, sampler=args.sampler,
         scheduler=args.scheduler, size=args.size or (TINY_PROBE_SIZE if tiny else 512), self_side=args.self_side)
     extra = {"base_seed": args.seed, "objects": list(objects or probe_set.objects),
-             "templates": list(templates or probe_set.templates)}
+             "templates": list(templates or probe_set.templates),
+             # the weights by content ("_": bookkeeping a folder made before lacks); --server: the name only
+             "_checkpoint_file": str(checkpoint) if checkpoint else None,
+             "_checkpoint_content": checkpoint_fingerprint(checkpoint) if checkpoint else None}
+    _check_weights(out, extra)
     try:  # a folder built with other settings is refused before ComfyUI starts
         probing.check_resume(out, probing.build_meta(probe_set, samples, settings, extra))
     except ValueError as exc:
@@ -166,7 +187,7 @@ def run_build(args, prog: str) -> int:
     comfyui = _comfyui(args)
     from .main_job import start_host
 
-    workdir = Path(tempfile.mkdtemp(prefix="fpe-probe-"))
+    workdir = make_workdir("probe", print)  # and the work folders killed runs left go
     try:
         start_host(comfyui, workdir, checkpoint, cpu=args.cpu or bool(remote), command=f"{prog} {args.set}",
                    demo=not remote)
@@ -187,7 +208,7 @@ def run_build(args, prog: str) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)
     size = sum(f.stat().st_size for f in (out / "shards").glob("*.safetensors")) if (out / "shards").is_dir() else 0
     print(f"{len(samples) - len(outcome.failed)} of {len(samples)} samples stored ({len(outcome.ran)} now, "
           f"{len(outcome.failed)} failed now) in {out}: {size / 2**20:.1f} MiB")

@@ -8,10 +8,17 @@ gets a websocket (``/ws?clientId=``) for its messages and up to ``depth`` prompt
 Scheduling: the jobs of one ``group`` (edits of one source) go to one server in order, so its cache
 pays the source once; a server that has nothing left takes an untouched group, else the tail of
 another server's group when that ends the batch sooner (counting the source it must pay again as
-one item). A server that stops answering (refused, reset, websocket closed) or runs one item past
-``timeout`` is out for the rest of the batch: its items go back to the others, and each item it had
-in flight counts one failure; an item that failed on ``retries`` + 1 servers ends with an error.
-When no server is left, every remaining item ends with an error: the batch never hangs.
+one item). Among servers free for a new group, the one with the shortest queue as it reports it (other
+clients' prompts included: the websocket's ``status``) takes it. A server that stops answering (refused,
+reset, websocket closed, no answer within ``answer_s``) or runs one item past ``timeout`` is out for the
+rest of the batch: its items go back to the others, and each item it had in flight counts one failure;
+an item that failed on ``retries`` + 1 servers ends with an error. When no server is left, every
+remaining item ends with an error: the batch never hangs.
+
+Each prompt is sent with an id chosen here (``prompt_id``, which current ComfyUI uses, and
+``extra_data.fpe_prompt_id``, which both it and ComfyUI of 2024 keep in ``/queue`` and ``/history``).
+Neither host refuses a duplicate, so when the answer to ``POST /prompt`` is lost the server's queue and
+history are searched for that id before the prompt is sent again: one item never runs twice there.
 
 Nothing is deleted on the servers: ComfyUI has no API to delete outputs, so the images stay in each
 server's output folder, as if its user had queued them.
@@ -27,6 +34,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -37,8 +45,15 @@ DEFAULT_TIMEOUT = 1800.0  # seconds one item may run on a server: a CPU server c
 DEFAULT_RETRIES = 2
 DEFAULT_DEPTH = 2  # prompts queued per server: one running, one waiting, so it never idles
 POLL_S = 5.0  # how often in-flight prompts are looked up in /history when the websocket is quiet
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=15)  # one request (an upload, an image)
-CHECK_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+# Every call to a server is bounded: a server that accepts a connection and never answers would
+# otherwise hold the batch forever. --timeout (an item's run time) is a different limit.
+CONNECT_S = 10.0  # a TCP connect: milliseconds for any running server
+CHECK_ANSWER_S = 10.0  # before the batch: an idle ComfyUI answers /object_info in well under a second
+ANSWER_S = 30.0  # during the batch: a server busy running items may answer more slowly
+REQUEST_TOTAL_S = 300.0  # one whole request (an upload, an image), however it trickles
+HEARTBEAT_S = 30.0  # websocket ping; no pong within half of it closes the websocket
+HISTORY_LOOKBACK = 256  # finished prompts searched for one whose POST /prompt answer was lost
+ID_KEY = "fpe_prompt_id"  # our id in extra_data: kept in /queue and /history by every host
 PACK_NODE = "FPESourceCapture"
 WARNING_EVENT = "free-prompt-editing.warning"
 NOT_RUN = "not run"  # ``where`` of a job that could not be made into a prompt (``Job.error``), as ``batch`` says
@@ -52,9 +67,34 @@ class RemoteError(Exception):
 
 
 def server_url(text: str) -> str:
-    """``host:port`` or a URL -> ``http://host:port`` (no trailing slash)."""
-    text = text.strip().rstrip("/")
-    return text if "://" in text else f"http://{text}"
+    """``host:port`` or an ``http(s)://host[:port][/]`` URL -> ``http://host:port`` (no trailing slash).
+    Anything else raises :class:`RemoteError` naming the URL and the fix, before any connection."""
+    given = text.strip()
+    url = given if "://" in given else f"http://{given}"
+    fix = "give http://HOST:PORT (or https://), e.g. http://127.0.0.1:8188"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ of an IPv6 address
+        raise RemoteError(f"--server {given}: not a URL: {fix}") from None
+    try:
+        port = parts.port
+    except ValueError:  # out of 0..65535, or not a number
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        number = parts.netloc.rpartition(":")[2] or "(none)"
+        raise RemoteError(f"--server {given}: port {number} is not a port number 1 to 65535 (ComfyUI's default "
+                          f"is 8188): {fix}")
+    scheme = parts.scheme.lower()
+    if scheme in ("ws", "wss"):
+        raise RemoteError(f"--server {given}: give the server's http:// address, not its websocket's (that one is "
+                          f"found from it): {fix}")
+    if scheme not in ("http", "https"):
+        raise RemoteError(f"--server {given}: unknown scheme {parts.scheme!r}: {fix}")
+    if not parts.hostname:
+        raise RemoteError(f"--server {given}: no host: {fix}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise RemoteError(f"--server {given}: only the server's address is wanted, not a path, query or user: {fix}")
+    return f"{scheme}://{parts.netloc}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -62,6 +102,20 @@ def _reason(exc: BaseException) -> str:
         return "no answer in time"
     text = _one_line(exc) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _no_answer(exc: BaseException, waited_for: str, answer_s: float) -> str | None:
+    """What a timed-out call waited for ("accepted the connection but did not answer GET /x within 10 s"),
+    or None when ``exc`` is not a timeout."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"did not accept a connection within {CONNECT_S:g} s"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"accepted the connection but did not answer {waited_for} within {answer_s:g} s"
+    return None
+
+
+def _timeouts(answer_s: float, total: float | None = REQUEST_TOTAL_S) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=CONNECT_S, sock_read=answer_s)
 
 
 # --- checks before a batch ------------------------------------------------------------------------
@@ -76,16 +130,22 @@ def check_servers(urls: Iterable[str], checkpoint_name: str, node: str = PACK_NO
 
 
 async def _check_all(urls: list[str], checkpoint_name: str, node: str) -> list[str]:
-    async with aiohttp.ClientSession(timeout=CHECK_TIMEOUT) as session:
+    async with aiohttp.ClientSession(timeout=_timeouts(CHECK_ANSWER_S, total=6 * CHECK_ANSWER_S)) as session:
         found = await asyncio.gather(*(_check(session, url, checkpoint_name, node) for url in urls))
     return [problem for problem in found if problem]
 
 
 async def _check(session: aiohttp.ClientSession, url: str, checkpoint_name: str, node: str) -> str | None:
+    path = f"/object_info/{node}"
     try:
-        pack = await _get_json(session, f"{url}/object_info/{node}")
-        loader = await _get_json(session, f"{url}/object_info/CheckpointLoaderSimple")
+        pack = await _get_json(session, url + path)
+        path = "/object_info/CheckpointLoaderSimple"
+        loader = await _get_json(session, url + path)
     except CONNECTION_ERRORS as exc:
+        waited = _no_answer(exc, f"GET {path}", CHECK_ANSWER_S)
+        if waited is not None:
+            return (f"--server {url}: {waited}; restart that ComfyUI if it is stuck, or fix the address if another "
+                    "program listens there")
         return f"--server {url}: no ComfyUI answers there ({_reason(exc)}); start it or fix the address"
     except (aiohttp.ClientResponseError, ValueError):
         return f"--server {url}: answers, but not as ComfyUI's API does; check the address and port"
@@ -113,8 +173,8 @@ def _combo_options(object_info: dict, node: str, name: str) -> list[str]:
     return []
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str, timeout=None):
-    async with session.get(url, timeout=timeout) as response:
+async def _get_json(session: aiohttp.ClientSession, url: str):
+    async with session.get(url) as response:
         response.raise_for_status()
         return json.loads(await response.read())
 
@@ -126,11 +186,13 @@ class RemoteRunner:
     """Jobs on running ComfyUI servers (``urls``), each with the pack and the batch's checkpoint."""
 
     def __init__(self, urls: Iterable[str], *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 depth: int = DEFAULT_DEPTH, say: Callable[[str], None] | None = print, poll: float = POLL_S):
+                 depth: int = DEFAULT_DEPTH, say: Callable[[str], None] | None = print, poll: float = POLL_S,
+                 answer_s: float = ANSWER_S):
         self.urls = list(dict.fromkeys(server_url(u) for u in urls))
         if not self.urls:
             raise ValueError("RemoteRunner needs at least one server URL")
         self.timeout, self.retries, self.depth, self.poll = timeout, retries, max(1, depth), poll
+        self.answer_s = answer_s  # how long any one answer may take (``timeout`` is an item's run time)
         self.say = say or (lambda line: None)
 
     def run(self, jobs: Iterable[Job], on_result: OnResult) -> None:
@@ -183,11 +245,16 @@ class _Server:
         self.last_poll = time.monotonic()
         self.uploaded: set[str] = set()
         self.sending: _Item | None = None  # taken from todo, POST /prompt not answered yet
+        self.reported = 0  # prompts in its queue, running included, as its last websocket status said
         self.wake = asyncio.Event()
 
     def load(self) -> int:
         """Items this server still has to run."""
         return len(self.todo) + len(self.flights) + (self.sending is not None)
+
+    def foreign(self) -> int:
+        """Other clients' prompts in its queue: ours wait behind them."""
+        return max(0, self.reported - len(self.flights) - (self.sending is not None))
 
 
 class _Batch:
@@ -214,8 +281,11 @@ class _Batch:
             self.emit(JobResult(job.key, error=job.error, where=NOT_RUN))
         if self.finished.is_set():
             return
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
-            drivers = [asyncio.create_task(self.drive(session, server)) for server in self.servers]
+        # No total on the session: the websocket lives as long as the batch (request() bounds each request).
+        async with aiohttp.ClientSession(timeout=_timeouts(self.runner.answer_s, total=None)) as session:
+            # Every websocket first, so the first groups go by every server's reported queue.
+            await asyncio.gather(*(self.connect(session, server) for server in self.servers))
+            drivers = [asyncio.create_task(self.drive(session, server)) for server in self.servers if server.alive]
             finished = asyncio.create_task(self.finished.wait())
             pending = {finished, *drivers}
             try:
@@ -248,14 +318,28 @@ class _Batch:
 
     # -- one server --------------------------------------------------------------------------------
 
-    async def drive(self, session: aiohttp.ClientSession, server: _Server) -> None:
-        reader = None
+    async def connect(self, session: aiohttp.ClientSession, server: _Server) -> None:
+        """The server's websocket, and its first message (ComfyUI's ``status``: its queue); else it is out."""
+        answer_s = self.runner.answer_s
         try:
             try:
                 server.ws = await session.ws_connect(f"{_ws_base(server.url)}/ws?clientId={server.client_id}",
-                                                     heartbeat=30, max_msg_size=64 * 2**20)
+                                                     heartbeat=HEARTBEAT_S, max_msg_size=64 * 2**20)
             except (*CONNECTION_ERRORS, aiohttp.WSServerHandshakeError) as exc:
-                raise _ServerGone(f"does not answer ({_reason(exc)})") from None
+                waited = _no_answer(exc, "the websocket handshake (GET /ws)", answer_s)
+                raise _ServerGone(waited or f"does not answer ({_reason(exc)})") from None
+            try:
+                message = await asyncio.wait_for(server.ws.receive(), answer_s)
+            except asyncio.TimeoutError:
+                raise _ServerGone(f"opened its websocket but sent no status within {answer_s:g} s") from None
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.heard_text(server, message.data)
+        except _ServerGone as gone:
+            self.lost(server, str(gone))
+
+    async def drive(self, session: aiohttp.ClientSession, server: _Server) -> None:
+        reader = None
+        try:
             reader = asyncio.create_task(self.read(server))
             while server.alive and not self.finished.is_set():
                 if server.ws_closed:
@@ -290,24 +374,33 @@ class _Batch:
         ws = server.ws
         try:
             async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue  # binary frames are previews
-                try:
-                    event = json.loads(message.data)
-                    kind, data = event.get("type"), event.get("data") or {}
-                except (ValueError, AttributeError):
-                    continue
-                self.heard(server, kind, data)
+                if message.type == aiohttp.WSMsgType.TEXT:  # binary frames are previews
+                    self.heard_text(server, message.data)
         except CONNECTION_ERRORS as exc:
             server.ws_closed = f"websocket: {_reason(exc)}"
         else:
-            server.ws_closed = "its websocket closed"
+            if isinstance(ws.exception(), asyncio.TimeoutError):  # the heartbeat's pong never came
+                server.ws_closed = f"its websocket did not answer a ping within {HEARTBEAT_S / 2:g} s"
+            else:
+                server.ws_closed = "its websocket closed"
         server.wake.set()
+
+    def heard_text(self, server: _Server, text: str) -> None:
+        try:
+            event = json.loads(text)
+            kind, data = event.get("type"), event.get("data") or {}
+        except (ValueError, AttributeError):
+            return
+        self.heard(server, kind, data)
 
     def heard(self, server: _Server, kind: str, data: dict) -> None:
         now = time.monotonic()
         prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
-        if kind == "execution_start" and prompt_id:
+        if kind == "status" and isinstance(data, dict):
+            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            if isinstance(remaining, int):
+                server.reported = remaining
+        elif kind == "execution_start" and prompt_id:
             server.running = prompt_id
             server.seen.setdefault(prompt_id, _Seen()).started = now
         elif kind == WARNING_EVENT and server.running:  # sent to the client whose prompt runs: ours
@@ -363,19 +456,33 @@ class _Batch:
 
     def next_item(self, server: _Server) -> _Item | None:
         if not server.todo and self.pool:
+            lighter = self.lightest_free(server)
+            if lighter is not None:  # it starts a new source sooner: leave the group to it
+                lighter.wake.set()
+                return None
             server.todo = self.pool.popleft()
+            if self.pool:
+                self.wake_all()  # a server that left the last group to this one may take the next
         if not server.todo:
             self.steal_for(server)
         return server.todo.popleft() if server.todo else None
 
+    def lightest_free(self, server: _Server) -> _Server | None:
+        """Another server free for a new group whose queue (ours and other clients') is shorter, or None."""
+        queued = len(server.flights) + server.foreign()
+        free = [s for s in self.servers if s is not server and s.alive and not s.todo and s.sending is None
+                and len(s.flights) < self.runner.depth and len(s.flights) + s.foreign() < queued]
+        return min(free, key=lambda s: len(s.flights) + s.foreign(), default=None)
+
     def steal_for(self, thief: _Server) -> None:
         """Take the tail of the busiest server's group when that ends the batch sooner: the thief ends at
-        its load + the source it pays again + m items, the owner at its load - m."""
+        its queue + the source it pays again + m items, the owner at its queue - m (a queue counts other
+        clients' prompts too)."""
         best, best_m = None, 0
         for owner in self.servers:
             if owner is thief or not owner.alive or not owner.todo:
                 continue
-            m = min(len(owner.todo), (owner.load() - len(thief.flights) - 1) // 2)
+            m = min(len(owner.todo), (owner.load() + owner.foreign() - len(thief.flights) - thief.foreign() - 1) // 2)
             if m > best_m:
                 best, best_m = owner, m
         if best is not None:
@@ -405,8 +512,21 @@ class _Batch:
                                     where=server.url))
                 return
             server.uploaded.add(name)
-        status, answer = await self.request(session, server, "POST", "/prompt",
-                                            json={"prompt": job.prompt, "client_id": server.client_id})
+        prompt_id = str(uuid.uuid4())
+        body = {"prompt": job.prompt, "client_id": server.client_id, "prompt_id": prompt_id,
+                "extra_data": {ID_KEY: prompt_id}}
+        for sent in range(2):
+            try:
+                status, answer = await self.request(session, server, "POST", "/prompt", json=body)
+                break
+            except _ServerGone:
+                # The answer is lost, not necessarily the prompt: send it again only if the server lacks it.
+                queued_as = await self.find_prompt(session, server, prompt_id)
+                if queued_as is not None:
+                    server.flights[queued_as] = _Flight(item, queued_as, time.monotonic(), {})
+                    return
+                if sent:
+                    raise
         answer = answer if isinstance(answer, dict) else {}
         if status == 200 and answer.get("prompt_id"):
             server.flights[answer["prompt_id"]] = _Flight(item, answer["prompt_id"], time.monotonic(),
@@ -418,6 +538,23 @@ class _Batch:
         else:
             self.emit(JobResult(job.key, error=f"{server.url} did not queue the prompt (HTTP {status}: "
                                 f"{_one_line(answer)[:200]})", where=server.url))
+
+    async def find_prompt(self, session: aiohttp.ClientSession, server: _Server, prompt_id: str) -> str | None:
+        """The server's id of our prompt ``prompt_id`` if it queued, runs or ran it (ComfyUI of 2024 picks its
+        own ids: ours is in extra_data), else None; raises :class:`_ServerGone` if it does not answer."""
+        status, entry = await self.request(session, server, "GET", f"/history/{prompt_id}")
+        if status == 200 and isinstance(entry, dict) and entry.get(prompt_id):
+            return prompt_id
+        status, queue = await self.request(session, server, "GET", "/queue")  # before history: it moves there
+        queue = queue if status == 200 and isinstance(queue, dict) else {}
+        for queued in [*(queue.get("queue_running") or []), *(queue.get("queue_pending") or [])]:
+            if _is_ours(queued, prompt_id):
+                return queued[1]
+        status, history = await self.request(session, server, "GET", f"/history?max_items={HISTORY_LOOKBACK}")
+        for key, entry in (history.items() if status == 200 and isinstance(history, dict) else ()):
+            if isinstance(entry, dict) and _is_ours(entry.get("prompt"), prompt_id):
+                return key
+        return None
 
     # -- taking results ----------------------------------------------------------------------------
 
@@ -475,9 +612,8 @@ class _Batch:
             ours = list(server.flights)
             try:
                 if server.running == flight.prompt_id:
-                    await self.request(session, server, "POST", "/interrupt", json={"prompt_id": flight.prompt_id},
-                                       timeout=CHECK_TIMEOUT)
-                await self.request(session, server, "POST", "/queue", json={"delete": ours}, timeout=CHECK_TIMEOUT)
+                    await self.request(session, server, "POST", "/interrupt", json={"prompt_id": flight.prompt_id})
+                await self.request(session, server, "POST", "/queue", json={"delete": ours})
             except _ServerGone:
                 pass
             self.lost(server, f"ran item {flight.item.job.key} past the {self.runner.timeout:g} s timeout "
@@ -531,12 +667,14 @@ class _Batch:
 
     async def request(self, session: aiohttp.ClientSession, server: _Server, method: str, path: str, *,
                       raw: bool = False, **kwargs) -> tuple[int, object]:
-        """(status, JSON or bytes); a connection failure raises :class:`_ServerGone`."""
+        """(status, JSON or bytes); a connection failure or no answer in time raises :class:`_ServerGone`."""
         try:
-            async with session.request(method, server.url + path, **kwargs) as response:
+            async with session.request(method, server.url + path, timeout=_timeouts(self.runner.answer_s),
+                                       **kwargs) as response:
                 body = await response.read()
         except CONNECTION_ERRORS as exc:
-            raise _ServerGone(f"stopped answering ({_reason(exc)})") from None
+            waited = _no_answer(exc, f"{method} {path.split('?')[0]}", self.runner.answer_s)
+            raise _ServerGone(waited or f"stopped answering ({_reason(exc)})") from None
         if raw:
             return response.status, body
         try:
@@ -558,6 +696,13 @@ def _failure(job: Job, entry: dict) -> str | None:
         if event == "execution_interrupted":
             return f"{_label(job.prompt, data.get('node_id'))} was interrupted on the server (Cancel pressed there?)"
     return "the prompt failed on the server (its history gives no reason)"
+
+
+def _is_ours(queued, prompt_id: str) -> bool:
+    """A /queue item or history ``prompt`` ([number, id, prompt, extra_data, ...]) sent with our id."""
+    if not isinstance(queued, list) or len(queued) < 4:
+        return False
+    return queued[1] == prompt_id or (isinstance(queued[3], dict) and queued[3].get(ID_KEY) == prompt_id)
 
 
 def _ws_base(url: str) -> str:

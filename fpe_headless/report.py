@@ -9,7 +9,10 @@ Tables 4 and 5, and contact sheets of source | edit pairs. Plain Python + numpy 
   it stands for. Failed items only count in ``items``/``failed``.
 * Markdown: one method -> Table 4's layout (rows = datasets); several -> Table 5's (rows = methods, a
   column group per dataset, then seconds per edit per dataset). A metric nobody has is left out.
-  Background metrics use PIE-Bench's scales (MSE x10^4, SSIM x10^2) so its published numbers compare.
+  PIE-Bench's columns use its scales (structure distance x10^3, LPIPS x10^3, MSE x10^4, SSIM x10^2; PSNR
+  and CLIP as they are) so its published numbers compare, and a "Scored with" line names the model of
+  each model-based column (the ``*_model`` cells: folder name + SHA-256 fingerprint, see ``metrics``); a
+  model-based column that is absent gets a line saying which option fills it.
 * Contact sheets: pairs "source | edit", each image fitted into a ``cell`` square, a caption of at most
   two lines under the pair, ``columns`` pairs per row, ``per_sheet`` pairs per PNG.
 """
@@ -30,10 +33,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 # --- the per-item CSV ------------------------------------------------------------------------------------
 
-METRIC_COLUMNS = ("clip_score", "clip_directional", "edge_ssim", "bg_psnr", "bg_mse", "bg_ssim")
+METRIC_COLUMNS = ("clip_score", "clip_edited", "clip_directional", "edge_ssim", "structure_distance", "bg_psnr",
+                  "bg_lpips", "bg_mse", "bg_ssim")
+# which model scored a metric: the row's cell names it (metrics' ``label``); weight-free metrics have none
+MODEL_COLUMNS = {"clip_model": ("clip_score", "clip_edited", "clip_directional"),
+                 "structure_model": ("structure_distance",), "lpips_model": ("bg_lpips",)}
 RESULT_COLUMNS = (
     "id", "dataset", "method", "status", "source_prompt", "target_prompt", "seed", "seconds",
-    *METRIC_COLUMNS,
+    *METRIC_COLUMNS, *MODEL_COLUMNS,
     "source_image", "edit_image", "where", "error",
 )
 INT_COLUMNS = frozenset({"seed"})
@@ -117,6 +124,8 @@ class Summary:
     means: dict[str, float] = field(default_factory=dict)  # only metrics with at least one value
     counts: dict[str, int] = field(default_factory=dict)  # every metric: how many values its mean is over
     seconds_per_edit: float | None = None  # mean wall time of the ok items
+    # model column -> {label: how many of the means' values it scored} ("unrecorded" for rows without one)
+    models: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _number(value) -> float | None:
@@ -128,6 +137,22 @@ def _number(value) -> float | None:
 
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
+
+
+UNRECORDED = "unrecorded"
+
+
+def _models(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per model column, the labels of the rows that have one of its metrics (a row from before labels were
+    recorded counts as "unrecorded")."""
+    models: dict[str, dict[str, int]] = {}
+    for column, metric_names in MODEL_COLUMNS.items():
+        for row in rows:
+            if any(_number(row.get(m)) is not None for m in metric_names):
+                label = str(row.get(column) or UNRECORDED)
+                models.setdefault(column, {}).setdefault(label, 0)
+                models[column][label] += 1
+    return models
 
 
 def summarize(rows: Iterable[dict]) -> list[Summary]:
@@ -150,6 +175,7 @@ def summarize(rows: Iterable[dict]) -> list[Summary]:
         summaries.append(Summary(
             dataset=dataset, method=method, items=len(group), ok=len(ok_rows), failed=len(group) - len(ok_rows),
             means=means, counts=counts, seconds_per_edit=_mean(seconds) if seconds else None,
+            models=_models(ok_rows),
         ))
     return summaries
 
@@ -165,20 +191,35 @@ class _Column:
     legend: str
 
 
-# The paper prints CS with 2 decimals and CDS with 4; the background scales are PIE-Bench's.
+# The paper prints CS with 2 decimals and CDS with 4; PIE-Bench's columns keep its scales and its 2 decimals
+# (its order: structure, PSNR, LPIPS, MSE, SSIM, CLIP whole = CS, CLIP edited).
 MARKDOWN_COLUMNS = (
-    _Column("clip_score", "CS ↑", 1.0, 2, "CS = 100·max(cos, 0) of the edit image and the target text"),
+    _Column("clip_score", "CS ↑", 1.0, 2, "CS = 100·max(cos, 0) of the edit image and the target text "
+                                           "(PIE-Bench's CLIP Whole)"),
+    _Column("clip_edited", "CLIP edited ↑", 1.0, 2,
+            "CLIP edited = CS of the edit times the edit mask (PIE-Bench's CLIP Edited)"),
     _Column("clip_directional", "CDS ↑", 1.0, 4,
             "CDS = cos(ΔI, ΔT), ΔI = edit − source image embedding, ΔT = target − source text embedding"),
     _Column("edge_ssim", "Edge SSIM ↑", 1.0, 4,
             "Edge SSIM = SSIM of the Sobel edge maps of source and edit (a weight-free structure figure)"),
+    _Column("structure_distance", "Structure ×10³ ↓", 1e3, 2,
+            "Structure = MSE of the DINO ViT last-layer key self-similarities of source and edit (PIE-Bench)"),
     _Column("bg_psnr", "BG PSNR ↑", 1.0, 2, "BG = outside the edit mask, PIE-Bench's definition"),
-    _Column("bg_ssim", "BG SSIM ×10² ↑", 100.0, 2, ""),
+    _Column("bg_lpips", "BG LPIPS ×10³ ↓", 1e3, 2, ""),
     _Column("bg_mse", "BG MSE ×10⁴ ↓", 1e4, 2, ""),
+    _Column("bg_ssim", "BG SSIM ×10² ↑", 100.0, 2,
+            "BG SSIM = mean over the windows wholly inside the image (torchmetrics ≤ 1.4.1, as PIE-Bench)"),
 )
+BG_LEGEND = MARKDOWN_COLUMNS[5].legend
 SECONDS_HEADER = "s / edit ↓"
 SECONDS_LEGEND = "s / edit = mean wall time of a successful edit"
 CLIP_HINT = "CS/CDS: give --clip DIR (a transformers CLIP folder) to score the edits."
+DINO_HINT = ("Structure ×10³ (PIE-Bench's structure distance): skipped; give --dino DIR (facebook/dino-vitb8 saved "
+             "with ViTModel.save_pretrained) to score it.")
+LPIPS_HINT = ("BG LPIPS ×10³: skipped; give --lpips DIR (LPIPS' squeeze.pth and torchvision's squeezenet1_1 "
+              "checkpoint, as PIE-Bench) to score it.")
+MODEL_NAMES = {"clip_model": "CLIP (CS, CLIP edited, CDS)", "structure_model": "Structure",
+               "lpips_model": "BG LPIPS"}
 MISSING = "-"  # as the paper marks a number it does not have
 
 
@@ -247,6 +288,29 @@ def _table5(summaries: Sequence[Summary]) -> tuple[list[str], list[_Column]]:
     return _table(header, 1, body), used
 
 
+def _scored_with(summaries: Sequence[Summary], shown: set[str]) -> list[str]:
+    """"Scored with: CLIP (...): name (sha256 ...); ..." for the model columns of the metrics shown; a column
+    scored by several models lists each with its count."""
+    parts = []
+    for column, metric_names in MODEL_COLUMNS.items():
+        if not shown & set(metric_names):
+            continue
+        labels: dict[str, int] = {}
+        for s in summaries:
+            for label, n in s.models.get(column, {}).items():
+                labels[label] = labels.get(label, 0) + n
+        if not labels:
+            continue
+        if len(labels) == 1:
+            parts.append(f"{MODEL_NAMES[column]}: {_escape(next(iter(labels)))}")
+        else:
+            mixed = ", ".join(f"{_escape(label)} ×{n}" for label, n in labels.items())
+            parts.append(f"{MODEL_NAMES[column]}: MIXED, {mixed} items (`fpe eval --recompute` rescores every item with one model)")
+    if not parts:
+        return []
+    return ["Scored with: " + "; ".join(parts) + ".", ""]
+
+
 def summary_markdown(summaries: Sequence[Summary], title: str | None = None) -> str:
     """The summary as GitHub markdown: Table 4's layout for one method, Table 5's for several."""
     lines = [f"## {title}", ""] if title else []
@@ -263,9 +327,14 @@ def summary_markdown(summaries: Sequence[Summary], title: str | None = None) -> 
     metrics = {c.metric for c in columns}
     if not metrics & {"clip_score", "clip_directional"} and any(s.ok for s in summaries):
         lines += [CLIP_HINT, ""]
+    if "structure_distance" not in metrics and any(s.ok for s in summaries):
+        lines += [DINO_HINT, ""]
+    if "bg_lpips" not in metrics and metrics & {"bg_psnr", "bg_mse", "bg_ssim"}:
+        lines += [LPIPS_HINT, ""]
+    lines += _scored_with(summaries, metrics)
     legend = [c.legend for c in columns if c.legend]
-    if metrics & {"bg_ssim", "bg_mse"} and "bg_psnr" not in metrics:
-        legend.append(MARKDOWN_COLUMNS[3].legend)
+    if metrics & {"bg_lpips", "bg_ssim", "bg_mse"} and "bg_psnr" not in metrics:
+        legend.append(BG_LEGEND)
     if any(s.seconds_per_edit is not None for s in summaries):
         legend.append(SECONDS_LEGEND)
     if any(0 < s.counts.get(c.metric, 0) < s.ok for s in summaries for c in columns):

@@ -262,3 +262,84 @@ def test_item_checks_before_comfyui_starts(tmp_path):
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(DatasetError, match="not a JSON file"):
         batch.load_items(str(tmp_path / "bad.json"))
+
+
+def other_weights(source: Path, copy: Path) -> Path:
+    """A checkpoint like a fine-tune of ``source``: the same tensors (the same safetensors header), other values."""
+    import safetensors.torch
+    from safetensors import safe_open
+
+    with safe_open(str(source), "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no iter
+        meta = handle.metadata()
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, str(copy),
+                                metadata=meta)
+    return copy
+
+
+def test_resume_checks_the_checkpoint_by_content(executor, tiny_sd15_ckpt, comfy_host, tmp_path):
+    weights = comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt
+    same = tmp_path / "copy" / tiny_sd15_ckpt
+    same.parent.mkdir()
+    shutil.copy2(weights, same)
+    other = other_weights(weights, tmp_path / "other" / tiny_sd15_ckpt)
+    def header(path):
+        data = path.read_bytes()
+        return json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+
+    assert header(other) == header(weights)  # the same tensors at the same places: only the sampled blocks differ
+    assert batch.checkpoint_fingerprint(same) == batch.checkpoint_fingerprint(weights) != \
+        batch.checkpoint_fingerprint(other)
+
+    def made_with(path):
+        return settings(tiny_sd15_ckpt, checkpoint_file=str(path), checkpoint_content=batch.checkpoint_fingerprint(path))
+
+    out = tmp_path / "b"
+    batch.run_batch(SIX[:2], made_with(weights), out, InProcessRunner(executor), say=lambda s: None)
+    recorded = json.loads((out / batch.SETTINGS_FILE).read_text())
+    assert recorded["checkpoint_content"] == batch.checkpoint_fingerprint(weights)
+    runner = CountingRunner(executor)
+    with pytest.raises(BatchError) as caught:  # other weights under the same name: refused before anything runs
+        batch.run_batch(SIX, made_with(other), out, runner, say=lambda s: None)
+    assert str(weights) in str(caught.value) and str(other) in str(caught.value) and "--restart" in str(caught.value)
+    assert runner.ran == []
+    runner = CountingRunner(executor)  # the same weights elsewhere: the batch goes on
+    batch.run_batch(SIX[:3], made_with(same), out, runner, say=lambda s: None)
+    assert runner.ran == ["2"]
+    runner = CountingRunner(executor)  # --server: a name on the servers, checked by name (documented)
+    batch.run_batch(SIX[:3], settings(tiny_sd15_ckpt), out, runner, say=lambda s: None)
+    assert runner.ran == []
+
+
+def test_a_damaged_batch_folder_is_named(executor, tiny_sd15_ckpt, tmp_path):
+    out = tmp_path / "b"
+    batch.run_batch(SIX[:2], settings(tiny_sd15_ckpt), out, InProcessRunner(executor), say=lambda s: None)
+    items_json = (out / batch.ITEMS_FILE).read_text()
+    for broken, what in (("", "is empty"), (items_json[:len(items_json) // 2], "is cut or broken"),
+                         ("[]", "not a batch's item list"), ('{"dataset": "x"}', "not a batch's item list")):
+        (out / batch.ITEMS_FILE).write_text(broken)
+        with pytest.raises(BatchError, match=rf"items.json: {what}.*run the batch again"):
+            batch.evaluate_folder(out, Scoring())
+    (out / batch.ITEMS_FILE).write_text(items_json[:len(items_json) // 2])  # a resume rebuilds it, and says so
+    said = []
+    runner = CountingRunner(executor)
+    batch.run_batch(SIX[:3], settings(tiny_sd15_ckpt), out, runner, say=said.append)
+    assert runner.ran == ["2"] and any("items.json: is cut" in line and "rebuilt" in line for line in said)
+    assert [item.id for item in batch.load_items_file(out)] == ["0", "1", "2"]
+
+    manifest = (out / batch.MANIFEST).read_text()
+    (out / batch.MANIFEST).write_text("")
+    with pytest.raises(BatchError, match=r"manifest.jsonl is empty or cut: no finished item"):
+        batch.evaluate_folder(out, Scoring())
+    (out / batch.MANIFEST).write_text(manifest)
+    (out / "results.csv").write_text('id,status\n"0,o')  # cut: eval rewrites it from the manifest
+    rows = batch.evaluate_folder(out, Scoring())
+    assert [row["id"] for row in rows] == ["0", "1", "2"]
+    assert [row["id"] for row in report.read_results_csv(out / "results.csv")] == ["0", "1", "2"]
+
+    for broken, what in (("", "is empty"), ('{"steps": 2, "si', "is cut or broken"), ('{"steps": 2, "steps": 3}',
+                                                                                       "the key 'steps' appears twice")):
+        (out / batch.SETTINGS_FILE).write_text(broken)
+        with pytest.raises(BatchError, match=rf"batch.json: {what}.*--restart"):
+            batch.check_folder(out, batch.wanted_settings(settings(tiny_sd15_ckpt), SIX))

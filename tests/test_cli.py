@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,3 +91,133 @@ def test_batch_command_killed_and_resumed(tmp_path):
     assert "it/s" not in done.stderr  # the batch's bar replaces one bar per sampling
     after = [line for line in manifest.read_text().splitlines() if line.endswith("}")]
     assert after[:len(before)] == before and len(after) == 6  # nothing finished was run or written again
+
+
+def one_line_error(done, *parts):
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
+    for part in parts:
+        assert str(part) in done.stderr, (part, done.stderr)
+
+
+def test_broken_input_files_are_one_line(tmp_path):
+    """A repeated key in a dataset JSON, an unclosed quote in a CSV, a batch folder's files empty or cut."""
+    entry = '{"image_path": "a.png", "original_prompt": "a [cat]", "editing_prompt": "a [dog]", "mask": []}'
+    mapping = tmp_path / "mapping_file.json"
+    mapping.write_text('{"000000000001": ' + entry + ', "000000000001": ' + entry + "}")
+    one_line_error(fpe("batch", mapping), mapping, "the key '000000000001' appears twice")
+    (tmp_path / "cat.png").write_bytes(b"png")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,"a cat,a dog\ncat.png,a cat,a fox\n')
+    one_line_error(fpe("batch", prompts), prompts, "line 2: the quote that opens source_prompt is never closed")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text('source_image,edit_image,source_prompt,target_prompt\ncat.png,cat.png,a cat,"a dog\n')
+    one_line_error(fpe("eval", pairs), pairs, "line 2: the quote that opens target_prompt is never closed")
+
+    folder = tmp_path / "b"  # what `fpe batch` leaves, then damaged
+    made = fpe("batch", "car-fake-edit", "--limit", "2", "--steps", "2", "--size", "64", "--out", folder)
+    assert made.returncode == 0, made.stderr[-2000:]
+    items = (folder / "items.json").read_text()
+    for text in ("", items[:len(items) // 3]):
+        (folder / "items.json").write_text(text)
+        one_line_error(fpe("eval", folder), folder / "items.json", "run the batch again")
+    (folder / "items.json").write_text(items)
+    manifest = (folder / "manifest.jsonl").read_text()
+    (folder / "manifest.jsonl").write_text(manifest[:20])
+    one_line_error(fpe("eval", folder), folder / "manifest.jsonl", "empty or cut", "run the batch again")
+    (folder / "manifest.jsonl").write_text(manifest)
+    (folder / "results.csv").write_text("")
+    (folder / "batch.json").write_text("")
+    scored = fpe("eval", folder)  # eval rewrites results.csv and does not need batch.json's content
+    assert scored.returncode == 0 and "| car-fake-edit | 2/2 |" in scored.stdout, scored.stderr[-2000:]
+    one_line_error(fpe("batch", "car-fake-edit", "--limit", "2", "--steps", "2", "--size", "64", "--out", folder),
+                   folder / "batch.json", "is empty", "--restart")
+
+
+def test_resume_with_other_weights_of_the_same_name_is_refused(executor, tiny_sd15_ckpt, comfy_host, tmp_path):
+    """`fpe batch` and `fpe probe build` record the checkpoint's content; other weights under the file name the
+    folder was made with are refused, naming both files, before ComfyUI starts."""
+    from test_batch import other_weights
+
+    from fpe_headless import batch, datasets, probing
+    from fpe_headless.jobs import InProcessRunner
+
+    weights = tmp_path / "a" / tiny_sd15_ckpt
+    weights.parent.mkdir()
+    weights.write_bytes((comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt).read_bytes())
+    other = other_weights(weights, tmp_path / "other" / tiny_sd15_ckpt)
+    fingerprint = batch.checkpoint_fingerprint(weights)
+
+    out = tmp_path / "b"  # a batch as `fpe batch car-fake-edit --limit 1 --steps 2 --size 64 --checkpoint a/...` makes it
+    made_with = batch.BatchSettings(checkpoint=tiny_sd15_ckpt, steps=2, size=64, dataset="car-fake-edit",
+                                    checkpoint_file=str(weights), checkpoint_content=fingerprint)
+    batch.run_batch(datasets.car_fake_edit()[:1], made_with, out, InProcessRunner(executor), say=lambda s: None)
+    resumed = fpe("batch", "car-fake-edit", "--limit", "2", "--steps", "2", "--size", "64", "--checkpoint", other,
+                  "--out", out)
+    one_line_error(resumed, "other weights of the same name", weights, other, "--restart")
+
+    probe_out = tmp_path / "p"
+    probe_set = probing.SETS["color-car"]
+    probing.build(probe_set, probing.plan(probe_set)[:1], probing.BuildSettings(checkpoint=tiny_sd15_ckpt, steps=1,
+                                                                                  size=64), probe_out,
+                  InProcessRunner(executor), extra_meta={"_checkpoint_file": str(weights),
+                                                         "_checkpoint_content": fingerprint}, say=lambda s: None)
+    built = fpe("probe", "build", "color-car", "--steps", "1", "--size", "64", "--checkpoint", other, "--out",
+                probe_out)
+    one_line_error(built, "other weights of the same name", weights, other, "use another --out")
+
+
+def test_killed_batch_work_folder_goes_with_the_next_run(tmp_path):
+    """A SIGKILLed batch cannot remove its work folder in TMPDIR; the next command removes it (and only the
+    folders of dead fpe processes). torch's compile cache stays inside the work folder: TMPDIR ends empty."""
+    owner_file = ".fpe-owner.json"  # {pid, start: field 22 of /proc/<pid>/stat, boot, host}, as docs/DESIGN.md says
+
+    def owner(pid, start):
+        return {"pid": pid, "start": start, "boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                "host": socket.gethostname()}
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "b"
+    args = ["batch", "car-fake-edit", "--limit", "4", "--steps", "4", "--size", "128", "--out", out]
+    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe", TMPDIR=str(tmp))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    batch_run = subprocess.Popen([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and batch_run.poll() is None:
+        if manifest.is_file() and manifest.read_text().count("\n") >= 1:
+            batch_run.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    batch_run.wait(timeout=60)
+    assert batch_run.returncode == -signal.SIGKILL, batch_run.communicate()[1][-2000:]
+    (left,) = [p for p in tmp.iterdir() if p.name.startswith("fpe-batch-")]
+    assert (left / "models" / "checkpoints").is_dir()
+    assert not list(tmp.glob("torchinductor_*"))  # torch's cache went into the work folder
+
+    keep = []  # what the next run must not touch: a live fpe process's folder, another program's folder
+    started = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+    for name, record in (("fpe-run-live", owner(os.getpid(), started)), ("fpe-probe-foreign", None)):
+        (tmp / name).mkdir()
+        if record:
+            (tmp / name / owner_file).write_text(json.dumps(record))
+        keep.append(name)
+    reused = tmp / "fpe-batch-reused"  # its pid now belongs to a later process (this one): its owner is gone
+    reused.mkdir()
+    (reused / owner_file).write_text(json.dumps(owner(os.getpid(), "1")))
+
+    done = subprocess.run([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "removed 2 work folders that killed fpe commands left" in done.stderr
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(keep)  # the killed and the reused-pid folders went
+    assert not left.exists() and not reused.exists()
+
+    for name in keep:
+        shutil.rmtree(tmp / name)
+    edited = subprocess.run([sys.executable, "-m", "fpe_headless", "edit", "--steps", "2", "--size", "64", "--out",
+                             tmp_path / "edit"], env=env, capture_output=True, text=True, timeout=300)
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    assert list(tmp.iterdir()) == []  # no work folder, no torchinductor_<user>

@@ -117,3 +117,56 @@ def test_a_folder_of_photos_with_a_prompt_file(tmp_path):
     prompts.write_text("image,source_prompt,target_prompt\ncat.png,a cat,a dog\nowl.png,an owl,a hawk\n")
     with pytest.raises(datasets.DatasetError, match=r"line 3: no image 'owl.png'"):
         datasets.read_folder(tmp_path / "photos", prompts)
+
+
+def test_a_repeated_key_is_a_broken_file(tmp_path):
+    """A JSON object naming a key twice loses a value without a word (json keeps the last): refused by name."""
+    def entry(image):
+        return json.dumps({"image_path": image, "original_prompt": "a [white] horse",
+                           "editing_prompt": "a [black] horse", "mask": []})
+
+    mapping = tmp_path / "mapping_file.json"
+    mapping.write_text('{"000000000001": ' + entry("a.jpg") + ',\n "000000000001": ' + entry("b.jpg") + "}")
+    with pytest.raises(datasets.DatasetError, match=r"mapping_file.json: the key '000000000001' appears twice"):
+        datasets.read_pie_bench(mapping)
+    paper = tmp_path / "Car_fake_edit.json"  # the paper's layout: a row with two edit_prompt
+    paper.write_text('[{"soure_prompt": "a red car", "edit_prompt": "a blue car", "edit_prompt": "a gold car"}]')
+    with pytest.raises(datasets.DatasetError, match=r"Car_fake_edit.json: the key 'edit_prompt' appears twice"):
+        datasets.read_official(paper)
+    queries = tmp_path / "ImageNet.json"
+    queries.write_text('[{"path": "a.JPEG", "source": "cat", "target": "dog", "target": "fox", "is_test": "True"}]')
+    with pytest.raises(datasets.DatasetError, match=r"ImageNet.json: the key 'target' appears twice"):
+        datasets.read_imagenet_queries(queries)
+    mapping.write_text('{"000000000001": ' + entry("a.jpg") + ',\n "000000000002": ' + entry("b.jpg") + "}")
+    assert [item.image for item in datasets.read_pie_bench(mapping)] == ["a.jpg", "b.jpg"]  # distinct keys read
+
+
+def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
+    (tmp_path / "cat.png").write_bytes(b"png")
+    (tmp_path / "owl.png").write_bytes(b"png")
+    prompts = tmp_path / "prompts.csv"
+    # the issue's file: the csv module reads to the end of the file inside the quote, and the check that
+    # followed blamed "line 3 has an empty target_prompt"
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,"a cat,a dog\nowl.png,an owl,a hawk\n')
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.read_folder(tmp_path, prompts)
+    message = str(caught.value)
+    assert "line 2: the quote that opens source_prompt is never closed" in message and "lines 3 to 3" in message
+    assert "empty" not in message and "\n" not in message
+    # a stray quote that a later one closes: the rows between became one field
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,"a cat,a dog\nowl.png,an owl,a hawk\n'
+                       'cat.png,"a cat",a fox\n')
+    with pytest.raises(datasets.DatasetError, match=r"line 2: the quote that opens source_prompt closes only on "
+                                                    r"line 4"):
+        datasets.read_folder(tmp_path, prompts)
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,a cat,"a ""big"" dog\n')  # the last field
+    with pytest.raises(datasets.DatasetError, match=r"line 2: the quote that opens target_prompt is never closed "
+                                                    r"\(the file ends inside it\); close the quote"):
+        datasets.read_folder(tmp_path, prompts)
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,"a ""big"" cat",a dog\n\nowl.png,an owl,'
+                       'a 5" hawk\n')  # quotes as CSV writes them, a blank line, a quote inside a plain field
+    items = datasets.read_folder(tmp_path, prompts)
+    assert [(i.source_prompt, i.target_prompt) for i in items] == [('a "big" cat', "a dog"), ("an owl", 'a 5" hawk')]
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,a cat,a dog\n\nowl.png,an owl,\n')
+    with pytest.raises(datasets.DatasetError, match=r"line 4 has an empty target_prompt"):  # lines stay the file's
+        datasets.read_folder(tmp_path, prompts)

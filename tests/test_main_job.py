@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,13 @@ def _real_workflow_wanting(tmp_path, photo):
     return path
 
 
+def _workflow_with_a_repeated_key(tmp_path):
+    text = (REPO / "workflows" / "fpe_generated_edit.json").read_text()
+    path = tmp_path / "twice.json"
+    path.write_text(text.replace('{', '{"version": 0.1, ', 1))  # the file's own "version" follows: twice
+    return path
+
+
 def _lora_file(tmp_path):
     path = tmp_path / "lora.safetensors"
     safetensors.torch.save_file({"lora_unet_down_blocks_0.alpha": torch.ones(1)}, str(path))
@@ -126,6 +134,8 @@ def _lora_file(tmp_path):
     (lambda t: ["--checkpoint", _lora_file(t)], r"--checkpoint .*lora.safetensors: holds no Stable Diffusion UNet"),
     (lambda t: ["--workflow", "fpe_no_such_edit"], r"--workflow fpe_no_such_edit: no such file, and no shipped "
                                                     r"workflow of that name \(shipped: fpe_attention_maps, fpe_generated_edit, "),
+    (lambda t: ["--workflow", _workflow_with_a_repeated_key(t)],
+     r"--workflow .*twice.json: the key 'version' appears twice in one JSON object"),
     (lambda t: ["--out", _text_file(t, "taken")], r"--out .*taken: is a file; give a folder"),
     (lambda t: ["--out", _text_file(t, "file") / "sub"], r"--out .*file/sub: cannot write there"),
     (lambda t: ["--steps", 0], r"--steps 0: must be 1 to 10000"),
@@ -243,6 +253,54 @@ def test_attention_maps_workflow_follows_the_prompts_and_keeps_every_picture(tmp
                     "--target-prompt", "a photo of a zebra in the park", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "output").iterdir())
-    assert len([n for n in names if n.startswith("word_heatmap")]) == 3  # source: white, horse; edit: zebra
-    assert len([n for n in names if n.startswith("self_attn_components")]) >= 2 * 6
-    assert "layer_overview.png" in names and "attention_maps_side_by_side.png" in names
+    # one file per output node (item 15): source heatmaps (white, horse: a grid), the edit's (zebra: as saved)
+    assert names == ["attention_maps_side_by_side.png", "layer_overview.png", "self_attn_components.png",
+                     "self_attn_components_node16.png", "word_heatmap.png", "word_heatmap_node15.png"]
+
+
+# Runs the main job with tile_images watched: each batch's pictures, as the node saved them, are kept
+# (copied in batch order) before the work folder goes, so a test can compare the grid's tiles with them.
+_WATCHED_MAIN = """
+import json, shutil, sys
+from pathlib import Path
+from fpe_headless import main_job
+keep, seen, tile = Path(sys.argv[1]), {}, main_job.tile_images
+def watched(files, title):
+    seen[title] = [str(shutil.copy2(f, keep / f"{len(seen)}_{k}.png")) for k, f in enumerate(files)]
+    (keep / "seen.json").write_text(json.dumps(seen))
+    return tile(files, title)
+main_job.tile_images = watched
+sys.exit(main_job.main(sys.argv[2:]))
+"""
+
+
+def test_attention_maps_workflow_writes_one_captioned_grid_per_batch_node(tmp_path):
+    """48 self_attn_components_*.png files were one per image: a batch is now one grid holding every image."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    args = (kept, "--workflow", "fpe_attention_maps", "--steps", 2, "--size", 64, "--out", tmp_path / "out")
+    done = subprocess.run([sys.executable, "-c", _WATCHED_MAIN, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    # 6 output nodes, 6 files: the word heatmaps (2 words each) and components are batches, the rest single
+    assert len(written) == 6 and not any(re.search(r"_\d+\.png$", name) for name in written), written
+    seen = json.loads((kept / "seen.json").read_text())
+    # components: 6 per token grid, at most one per token: the 64 px latent's 8x8, 4x4, 2x2 and 1x1 grids
+    expected = {"word_heatmap": (2, 9), "word_heatmap_node15": (2, 15), "self_attn_components": (6 + 6 + 4 + 1, 10),
+                "self_attn_components_node16": (6 + 6 + 4 + 1, 16)}
+    assert sorted(title.split(" · ")[0] for title in seen) == sorted(expected)
+    for title, files in seen.items():
+        name = title.split(" · ")[0]
+        count, node = expected[name]
+        assert f"node {node} (" in title and title.endswith(f"{len(files)} images")
+        assert len(files) == count
+        grid = np.asarray(Image.open(tmp_path / "out" / f"{name}.png").convert("RGB"))
+        pictures = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        width, height, corners = main_job.tile_layout([(p.shape[1], p.shape[0]) for p in pictures])
+        assert grid.shape[0] == height and grid.shape[1] >= width
+        for k, (picture, (x, y)) in enumerate(zip(pictures, corners, strict=True)):
+            assert np.array_equal(grid[y:y + picture.shape[0], x:x + picture.shape[1]], picture), (name, k)
+        assert len(set(map(bytes, (p.tobytes() for p in pictures)))) == len(pictures)  # distinct images, not one
+        assert (grid[:main_job.TILE_LINE, :] > 200).any()  # the title is drawn

@@ -1,6 +1,7 @@
 """Batches on real ComfyUI servers (``fpe_headless.remote``): two servers on loopback, the pack installed
 in each as ComfyUI-Manager does, running ``fpe batch``'s jobs. The checks before a batch; an item's failure
-worded as in-process; a group split between servers; a stuck item retried elsewhere until no server is
+worded as in-process; a group split between servers; a lost answer to POST /prompt not run twice; a new
+source sent to the server with the shorter queue; a stuck item retried elsewhere until no server is
 left; and one server stopped mid-batch, the batch still completing with images equal, pixel for pixel, to
 the in-process run of the same prompts."""
 
@@ -12,6 +13,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -174,6 +176,141 @@ def test_an_idle_server_takes_the_tail_of_a_busy_servers_group(servers, tiny_sd1
     owner = next(r.where for r in order if r.key == "car-0")
     assert [r.key for r in order if r.where == owner] == ["car-0", "car-1"]
     assert [r.key for r in order if r.where != owner] == ["car-2"]
+
+
+class AnswerLosingProxy:
+    """A loopback TCP proxy to ``port`` that passes every byte both ways (HTTP and the websocket alike), except
+    the answer to the first ``POST /prompt``: the server gets the request and answers, and the answer is read
+    and dropped (a lost answer), its connection held until the client gives up. Stops itself on ``stop()``."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.lost = threading.Event()  # the answer to a POST /prompt was dropped
+        self.stopping = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            dropping = threading.Event()  # this connection's answers are dropped
+            threading.Thread(target=self.pump, args=(client, server, dropping, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, dropping, False), daemon=True).start()
+
+    def pump(self, source, sink, dropping, to_server):
+        source.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            if to_server and data.startswith(b"POST /prompt ") and not self.lost.is_set():
+                self.lost.set()
+                dropping.set()
+            if not to_server and dropping.is_set():
+                continue
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+
+
+def post_json(server, path: str, body: dict):
+    request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        data = response.read()
+    return json.loads(data) if data else None
+
+
+def runs_of(servers, prompt: dict) -> list[str]:
+    """Where ``prompt`` ran or runs, one entry per time it was queued: the servers' /history and /queue."""
+    prompt = json.loads(json.dumps(prompt))
+    found = []
+    for server in servers:
+        found += [server.url for entry in server.get_json("/history").values() if entry["prompt"][2] == prompt]
+        queue = server.get_json("/queue")
+        found += [server.url for item in queue["queue_running"] + queue["queue_pending"] if item[2] == prompt]
+    return found
+
+
+def test_a_lost_answer_to_post_prompt_does_not_run_the_item_twice(servers, tiny_sd15_ckpt):
+    """The server queued the prompt but its answer never came: past the answer timeout the runner finds the
+    prompt there by the id it chose, and takes its result; it neither sends it again nor moves it on."""
+    job, = edit_jobs([("ducks-lost", "a photo of plastic ducks walking on street")], tiny_sd15_ckpt, seed=4)
+    proxy = AnswerLosingProxy(int(servers[0].url.rsplit(":", 1)[1]))
+    notices = []
+    started = time.monotonic()
+    try:
+        results = run_all(RemoteRunner([proxy.url, servers[1].url], answer_s=3.0, say=notices.append), [job])
+    finally:
+        proxy.stop()
+    assert proxy.lost.is_set()  # the first server got the group, and its answer was lost
+    result = results["ducks-lost"]
+    assert result.ok, result.error
+    assert result.where == proxy.url and set(result.images) == {"source", "edit"}
+    assert notices == [] and time.monotonic() - started < 60
+    assert runs_of(servers, job.prompt) == [servers[0].url]  # queued once, on the server it was sent to
+
+
+def test_a_new_source_goes_to_the_server_with_the_shortest_queue(servers, tiny_sd15_ckpt):
+    """Another client keeps the first server busy: the group goes to the second, whose reported queue is
+    shorter, and its tail is not moved back behind the other client's prompt."""
+    busy, idle = servers
+    foreign = {  # another user's long plain generation
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_sd15_ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": SIDE, "height": SIDE, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0], "seed": 5,
+            "steps": 10000, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    foreign_id = post_json(busy, "/prompt", {"prompt": foreign, "client_id": "another-user"})["prompt_id"]
+    try:
+        deadline = time.monotonic() + 60
+        while not busy.get_json("/queue")["queue_running"]:
+            assert time.monotonic() < deadline, "the other user's prompt never started"
+            time.sleep(0.2)
+        jobs = edit_jobs([(f"ducks-{n}", target) for n, target in enumerate(TARGETS["ducks"])], tiny_sd15_ckpt,
+                         seed=6)
+        order = []
+        RemoteRunner([busy.url, idle.url], say=None).run(jobs, order.append)
+        assert all(r.ok for r in order), [r.error for r in order]
+        assert [r.where for r in order] == [idle.url] * 3
+        running = busy.get_json("/queue")["queue_running"]
+        assert [item[1] for item in running] == [foreign_id]  # busy the whole time: the premise held
+    finally:
+        post_json(busy, "/interrupt", {})
+        post_json(busy, "/queue", {"clear": True})
+        deadline = time.monotonic() + 60
+        while busy.get_json("/queue")["queue_running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def test_an_item_past_the_timeout_is_retried_elsewhere_and_the_batch_ends(servers, tiny_sd15_ckpt):

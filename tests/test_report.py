@@ -102,9 +102,9 @@ def test_table4_layout_one_method_two_datasets():
     ]
     markdown = report.summary_markdown(report.summarize(rows), title="Car edits")
     lines = _table_lines(markdown)
-    assert lines[0] == ("| Dataset | Items (ok/all) | CS ↑ | CDS ↑ | Edge SSIM ↑ | BG PSNR ↑ | BG SSIM ×10² ↑ "
-                        "| BG MSE ×10⁴ ↓ | s / edit ↓ |")
-    assert lines[2] == "| Car-fake-edit | 2/3 | 26.02 | 0.2659 | 0.8500 | 30.50 | 92.50 | 20.00 | 6.30 |"
+    assert lines[0] == ("| Dataset | Items (ok/all) | CS ↑ | CDS ↑ | Edge SSIM ↑ | BG PSNR ↑ | BG MSE ×10⁴ ↓ "
+                        "| BG SSIM ×10² ↑ | s / edit ↓ |")  # PIE-Bench's order: PSNR, (LPIPS,) MSE, SSIM
+    assert lines[2] == "| Car-fake-edit | 2/3 | 26.02 | 0.2659 | 0.8500 | 30.50 | 20.00 | 92.50 | 6.30 |"
     assert lines[3] == "| Car-real-edit | 1/1 | 24.85 | 0.2605 | 0.7000 | - | - | - | 10.75 |"
     assert markdown.startswith("## Car edits\n")
     assert "Method: fpe" in markdown
@@ -146,8 +146,8 @@ def test_table5_layout_methods_by_dataset_groups():
 def test_table5_group_has_only_its_datasets_metrics_and_escapes_pipes():
     rows = [_row("a|b", "PIE", bg_psnr=20.0, bg_mse=0.01, bg_ssim=0.5), _row("c", "Gen", clip_score=30.0)]
     lines = _table_lines(report.summary_markdown(report.summarize(rows)))
-    assert lines[0] == "| Method | Items (ok/all) | PIE BG PSNR ↑ | PIE BG SSIM ×10² ↑ | PIE BG MSE ×10⁴ ↓ | Gen CS ↑ |"
-    assert lines[2] == "| a\\|b | 1/1 | 20.00 | 50.00 | 100.00 | - |"
+    assert lines[0] == "| Method | Items (ok/all) | PIE BG PSNR ↑ | PIE BG MSE ×10⁴ ↓ | PIE BG SSIM ×10² ↑ | Gen CS ↑ |"
+    assert lines[2] == "| a\\|b | 1/1 | 20.00 | 100.00 | 50.00 | - |"
 
 
 # --- contact sheets --------------------------------------------------------------------------------------
@@ -250,3 +250,34 @@ def test_old_pillow_without_font_sizes_falls_back_to_the_bitmap_font(tmp_path, r
     font = report._font(12)
     assert isinstance(font, ImageFont.ImageFont)
     assert report._fit_lines("a 猫 " + "long " * 30, font, 64)[-1].endswith("...")
+
+
+def test_pie_bench_columns_use_its_units_and_name_each_columns_model():
+    dino, lp, clip = "dino-vitb8 (sha256 0123456789ab)", "lpips, squeeze (sha256 ba9876543210)", "clip-l (sha256 1)"
+    rows = [_row("fpe", "PIE", n=i, structure_distance=0.01 + i * 0.002, bg_psnr=27.0 + i, bg_lpips=0.05 + i * 0.01,
+                 bg_mse=0.003 + i * 0.001, bg_ssim=0.84 + i * 0.01, clip_score=25.0 + i, clip_edited=22.0 + i,
+                 structure_model=dino, lpips_model=lp, clip_model=clip) for i in range(2)]
+    markdown = report.summary_markdown(report.summarize(rows))
+    lines = _table_lines(markdown)
+    assert lines[0] == ("| Dataset | Items (ok/all) | CS ↑ | CLIP edited ↑ | Structure ×10³ ↓ | BG PSNR ↑ "
+                        "| BG LPIPS ×10³ ↓ | BG MSE ×10⁴ ↓ | BG SSIM ×10² ↑ |")
+    # means x PIE-Bench's scales: structure 0.011 -> 11.00, LPIPS 0.055 -> 55.00, MSE 0.0035 -> 35.00, SSIM 84.50
+    assert lines[2] == "| PIE | 2/2 | 25.50 | 22.50 | 11.00 | 27.50 | 55.00 | 35.00 | 84.50 |"
+    assert f"Scored with: CLIP (CS, CLIP edited, CDS): {clip}; Structure: {dino}; BG LPIPS: {lp}." in markdown
+    assert report.DINO_HINT not in markdown and report.LPIPS_HINT not in markdown
+    # the CSV keeps the model cells as text
+    assert {"structure_model", "lpips_model", "clip_model"} <= set(report.RESULT_COLUMNS)
+
+    # two models behind one column (a later run with another --dino, without --recompute): said, with counts
+    rows[1]["structure_model"] = "other-dino (sha256 ffffffffffff)"
+    del rows[0]["lpips_model"]  # a row scored before models were recorded
+    mixed = report.summary_markdown(report.summarize(rows))
+    assert (f"Structure: MIXED, {dino} ×1, other-dino (sha256 ffffffffffff) ×1 items "
+            "(`fpe eval --recompute` rescores every item with one model)") in mixed
+    assert f"BG LPIPS: MIXED, unrecorded ×1, {lp} ×1 items" in mixed
+
+    # background metrics without LPIPS, no structure: both skipped with the option that fills them
+    plain = [_row("fpe", "PIE", bg_psnr=20.0, bg_mse=0.01, bg_ssim=0.5, clip_score=20.0)]
+    text = report.summary_markdown(report.summarize(plain))
+    assert report.DINO_HINT in text.splitlines() and report.LPIPS_HINT in text.splitlines()
+    assert "Scored with: CLIP (CS, CLIP edited, CDS): unrecorded." in text
