@@ -82,7 +82,11 @@ def test_replay_serves_uncond_branches_batches_and_cfg_1(tiny_sd15):
         edits = [ksampler(inject(model, s, branches=branches), clip, latent_image=size, steps=4, cfg=cfg)
                  for s in (stored, replayed)]
         plain = ksampler(model, clip, latent_image=size, steps=4, cfg=cfg)
-        assert max_abs(*edits) <= 1e-5 * float(edits[0].abs().max()), (cfg, branches)
+        # Replay runs the source rows in one UNet call with the target's (8 rows here, the record's run had 4):
+        # a BLAS kernel may round other batch sizes differently, and 4 steps at cfg 7.5 of this peaky tiny model
+        # amplify that to 6.4e-5 of the latent scale on some CPUs (1e-6 on others). In float64 the two edits are
+        # equal to the last float32 bit (measured), so this is rounding, not another computation.
+        assert max_abs(*edits) <= 2e-4 * float(edits[0].abs().max()), (cfg, branches)
         assert max_abs(edits[0], plain) > 1e-3 * float(plain.abs().max())
 
 

@@ -69,7 +69,8 @@ def test_each_image_of_a_sweep_is_the_single_edit_with_its_setting(tiny_sd15, st
     # 6 gives plain sampling too (1e-4 to 3e-4 of the latent scale on CPU, by host: the UNet's kernels take
     # other paths for 12 rows than for 2), and each row is the edit of its own setting, not a neighbour's
     # (measured: 6-11x closer to its own single edit than to the closest other one).
-    assert max(errors) <= 2 * floor + 1e-6 * scale
+    # Replay's calls hold the source's rows too (7 to 14 rows): a third batch layout, with its own rounding.
+    assert max(errors) <= (3 if storage == "replay" else 2) * floor + 1e-6 * scale
     assert all(other > 3 * err for other, err in zip(others, errors, strict=True))
     assert min(effects) > 100 * max(errors)
 
