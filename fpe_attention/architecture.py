@@ -48,3 +48,31 @@ def unet_of(model):
         f"model: FPE edits the self-attention layers of UNet models (SD1.x, SD2.x, SDXL and their fine-tunes); this "
         f"model is {type(inner).__name__} with a {type(backbone).__name__} backbone, which has none: load an SD1.x, "
         f"SD2.x or SDXL checkpoint")
+
+
+def check_inputs_fit(model, samples, latent_name: str, prompts: dict) -> None:
+    """Before sampling: the latent's channels and each prompt's width are what this model takes, so a VAE
+    or CLIP of another model family is named instead of failing inside the UNet with a shape error.
+    ``prompts``: input name -> CONDITIONING (None: not connected)."""
+    from .layers import transformer_layers
+
+    inner = getattr(model, "model", None)
+    # Every UNet family FPE serves takes 4-channel latents; the 2024 host's latent formats do not say so.
+    channels = getattr(getattr(inner, "latent_format", None), "latent_channels", 4)
+    if getattr(samples, "ndim", 0) == 4 and int(samples.shape[1]) != channels:
+        raise FPEError(
+            f"{latent_name}: the latent has {int(samples.shape[1])} channels but {family(model)} takes {channels}: "
+            f"encode the image with this checkpoint's VAE (another model family's latent does not fit)")
+    widths = {int(t.attn2.to_k.in_features) for _, t, _ in transformer_layers(unet_of(model))
+              if getattr(getattr(t, "attn2", None), "to_k", None) is not None
+              and hasattr(t.attn2.to_k, "in_features")}
+    if len(widths) != 1:
+        return  # no cross-attention to check against (or an unusual layout): the host will say
+    width = widths.pop()
+    for name, conditioning in prompts.items():
+        for entry in conditioning or []:
+            tensor = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+            if hasattr(tensor, "shape") and len(tensor.shape) == 3 and int(tensor.shape[-1]) != width:
+                raise FPEError(
+                    f"{name}: the prompt is encoded {int(tensor.shape[-1])} wide, but {family(model)}'s "
+                    f"cross-attention takes {width}: encode it with the CLIP of the same checkpoint as the model")

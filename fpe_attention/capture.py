@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .architecture import check_inputs_fit
 from .conditioning import entry_ids, sampler_conds, structure_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
@@ -194,11 +195,13 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     rises = [i for i in range(int(sigmas.shape[0]) - 1) if float(sigmas[i + 1]) > float(sigmas[i])]
     if rises:  # one refusal here, by name, rather than an unpaired sigma at every edit
         i = rises[0]
-        raise FPEError(
-            f"sigmas: the schedule rises at step {i} (sigma {float(sigmas[i]):.6g} -> {float(sigmas[i + 1]):.6g}), but "
-            f"{maker} samples from noise towards the image over falling sigmas. Remove the FlipSigmas (or other "
-            f"node that reverses the schedule) before it; to start from a real photo, use FPE DDIM Invert, which "
-            f"climbs the schedule itself")
+        what = (f"{maker} samples from noise towards the image over falling sigmas. Remove the FlipSigmas (or other "
+                "node that reverses the schedule) before it; to start from a real photo, use FPE DDIM Invert, which "
+                "climbs the schedule itself") if maker == "FPE Source Capture" else (
+                f"{maker} takes the edit's falling schedule and climbs it itself. Remove the FlipSigmas (or other "
+                "node that reverses the schedule) before it")
+        raise FPEError(f"sigmas: the schedule rises at step {i} (sigma {float(sigmas[i]):.6g} -> "
+                       f"{float(sigmas[i + 1]):.6g}), but {what}")
     if settings.rows not in ROWS:
         raise FPEError(f"store_rows: unknown value {settings.rows!r}; choose one of {', '.join(ROWS)}")
     steps = int(sigmas.shape[0]) - 1
@@ -256,6 +259,7 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
                    latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
                    settings: CaptureSettings) -> tuple[dict, FPESource]:
     """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
+    check_inputs_fit(model, latent["samples"], "latent_image", {"positive": positive, "negative": negative})
     if sampler_name == "dpm_adaptive":
         raise FPEError("sampler_name: dpm_adaptive picks its own steps from the model's output, so a target with "
                        "another prompt never evaluates where the source did: choose another sampler (e.g. dpmpp_2m)")

@@ -286,8 +286,9 @@ class CrossReplace(Shared):
             edits.append((chunk.rows, n_src, ctx_src))
         if not edits:
             return host_attention(q, k, v, heads, module, extra_options)
-        for rows, _, _ in edits:
-            self.check_target_text(module, k, rows)
+        if call.step == first:  # once per layer and run (every run passes its window's first step)
+            for rows, _, _ in edits:
+                self.check_target_text(module, k, rows)
         length, own_t, own_s = k.shape[1], self.target_tokens.length, self.source_tokens.length
         if self.columns is None:  # Attention(Q_src, K_src, V_tgt) on the host's kernel
             q_edit, k_edit = q.clone(), k.clone()
@@ -343,6 +344,13 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
                 start: float, end: float, clip, source_text: str, target_text: str, tokens: str, words: str):
     """Set the cross-attention replacement on ``patched`` (a clone carrying the Inject's patch)."""
     check_cross_source(source)
+    entries = len(source.structure.positive) if source.structure is not None else 1
+    if entries > 1:  # source_text / target_text name one prompt's tokens; several entries hold several prompts
+        raise FPEError(
+            f"cross-attention modes replace one prompt's maps, but {source.maker}'s positive has {entries} entries "
+            f"(Conditioning (Combine), Set Area or Set Mask), whose prompts source_text and target_text cannot all "
+            f"name: give each side one CLIP Text Encode for the cross modes, or use mode 'self', which pairs "
+            f"entries one by one")
     start = check_number("cross_start", start, 0.0, 1.0)
     end = check_number("cross_end", end, 0.0, 1.0)
     if start > end:

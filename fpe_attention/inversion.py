@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from .architecture import check_inputs_fit
 from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, context_shapes, new_source
 from .errors import FPEError
 from .evaluations import UNCOND
@@ -161,6 +162,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     has no effect). Returns (the inverted LATENT, the complete FPESource, whose ``trajectory`` holds
     the inverted latents in sampler space, forward order).
     """
+    check_inputs_fit(model, latent["samples"], "latent", {"positive": positive, "negative": negative})
     import comfy.sample
     import comfy.samplers
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .architecture import check_inputs_fit
 from .conditioning import NULL_TEXT_KEY
 from .errors import FPEError
 from .replay import ChainedWrapper, run_unet
@@ -409,6 +410,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     reconstruction). The source branch samples freely from the inverted noise with the per-step
     null embeddings at ``cfg`` (the notebook does not force it onto the trajectory).
     """
+    check_inputs_fit(model, latent["samples"], "latent", {"positive": positive, "negative": negative})
     import comfy.sample
     import comfy.samplers
 

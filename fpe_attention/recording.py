@@ -30,6 +30,7 @@ LATENT it is given, or says none did; nothing older is shown silently.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,15 @@ def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+_releases = 0  # runs freed so far in this process
+
+
+def release_generation() -> int:
+    """Changes whenever a run's maps were freed: FPE Attention Record's IS_CHANGED, so a prompt queued after a
+    release records anew instead of reusing a cached sampler output whose maps are gone."""
+    return _releases
+
+
 class RunRecord:
     """What one sampling run left: summed maps per layer, evaluation counts, and its fingerprints."""
 
@@ -150,8 +160,11 @@ class RunRecord:
 
     def release(self, by: str) -> None:
         """Free the maps for good (the run stays recognisable, so a later reader is told who freed it)."""
+        global _releases
         self.clear_maps()
         self.released_by = by
+        _releases += 1
+
 
     def clear_maps(self) -> None:
         self.cross.clear()
@@ -185,7 +198,8 @@ class RunRecord:
                 continue
             scale = max(float(fingerprint.norm()), 1e-12)
             distance = float((latent.float() - fingerprint).norm()) / scale
-            best = min(best, (distance if distance > MATCH_RTOL else 0.0, rank))
+            if math.isfinite(distance):
+                best = min(best, (distance if distance > MATCH_RTOL else 0.0, rank))
         return best
 
 
@@ -422,6 +436,9 @@ class AttentionRecord:
             raise FPEError(f"samples: the latent has {samples.shape[0] if samples.ndim >= 4 else 0} image(s) but the "
                            f"record shows batch index {b}: connect the sampler's output LATENT")
         latent = samples[b].detach().float().cpu()
+        if not torch.isfinite(latent).all():  # NaN matches nothing (and would compare as "close" to anything)
+            raise FPEError("samples: the latent holds NaN or infinite values (the sampler's model overflowed: an fp16 "
+                           "model, or a NaN cfg?), so it shows no run: fix the sampler, then queue again")
         (distance, rank), _, run = min(((run.match(latent), -run.number, run) for run in candidates),
                                        key=lambda item: item[:2])
         if distance > MATCH_RTOL:

@@ -73,13 +73,21 @@ def _digest_into(digest, obj, depth: int = 0) -> None:
 
 
 def weights_fingerprint(model) -> str:
-    """What weights a model samples with, by content: a strided sample of every weight of its base model and
-    every weight patch (LoRA) on it. Two loaders of one checkpoint file give the same fingerprint (ComfyUI of
+    """What weights a model samples with, by content: a strided sample of every weight of its UNet and every
+    weight patch (LoRA) on it. Two loaders of one checkpoint file give the same fingerprint (ComfyUI of
     early 2024 makes two module objects), another checkpoint or LoRA another. Costs one small copy per model."""
     import hashlib
 
     digest = hashlib.sha256()
-    tensors = [t for _, t in sorted(model.model.state_dict().items())]
+    # The UNet's weights as loaded from the file: a model loaded for sampling holds its patched weights (LoRA)
+    # in the modules and the originals in the patcher's backup (shared by its clones), so read those there.
+    # model_sampling's buffers are left out: an object patch (ModelSamplingDiscrete) swaps them, not the weights.
+    backup = getattr(model, "backup", None) or {}
+    tensors = []
+    for key, t in sorted(model.model.state_dict().items()):
+        if key.startswith("diffusion_model."):
+            saved = backup.get(key)
+            tensors.append(t if saved is None else getattr(saved, "weight", saved))
     samples = [_sampled(t) for t in tensors]
     readable = [x for x in samples if x is not None]
     if readable:

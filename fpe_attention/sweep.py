@@ -133,12 +133,27 @@ def labels_json(axes: list[SweepAxis], single: str = "") -> str:
 
 
 def read_labels(text: str, name: str = "sweep_labels") -> tuple[list[str], list[str]]:
-    """(row titles, column titles) from an Inject's ``sweep_labels``."""
+    """(row titles, column titles) from an Inject's ``sweep_labels``.
+
+    Only what ``labels_json`` writes is read: a JSON object marked ``"fpe_sweep": 1`` whose rows and columns
+    are lists of text (an API prompt's ``"abc"`` or ``[{...}, NaN]`` would otherwise be drawn as titles)."""
     try:
         data = json.loads(text)
-        rows, columns = [str(r) for r in data["rows"]], [str(c) for c in data["columns"]]
-    except (TypeError, ValueError, KeyError):
-        raise FPEError(f"{name}: not the sweep_labels output of FPE Self-Attn Inject: connect that output") from None
+    except (TypeError, ValueError, RecursionError):
+        data = None
+
+    def titles(key: str) -> list[str] | None:
+        value = data.get(key)
+        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+    def text_or_absent(key: str) -> bool:  # the Inject writes these; a hand-made label set may leave them out
+        return isinstance(data.get(key, ""), str)
+
+    ok = (isinstance(data, dict) and type(data.get("fpe_sweep")) is int and data["fpe_sweep"] == 1
+          and text_or_absent("row_setting") and text_or_absent("column_setting"))
+    rows, columns = (titles("rows"), titles("columns")) if ok else (None, None)
+    if rows is None or columns is None:
+        raise FPEError(f"{name}: not the sweep_labels output of FPE Self-Attn Inject: connect that output")
     if not rows or not columns:
         raise FPEError(f"{name}: no rows or columns: connect the sweep_labels output of FPE Self-Attn Inject")
     # An API prompt can hand any text to this input: the Inject's limits hold here too, before a latent

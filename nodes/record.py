@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..fpe_attention.architecture import family
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
-from ..fpe_attention.recording import KINDS, RecordSettings, record_model
+from ..fpe_attention.recording import KINDS, RecordSettings, record_model, release_generation
 from ..fpe_attention.schedule import model_sampling_of
 from ..fpe_attention.validate import check_number
 from . import CATEGORY, as_fpe_error
@@ -28,6 +28,12 @@ class FPEAttentionRecord:
         "tokens look at which prompt word) and self-attention maps (which image tokens look at which: the layout). "
         "Place it last before the sampler, after FPE Self-Attn Inject if any, to see the maps the sampler used; "
         "before FPE Source Capture or FPE DDIM Invert to see the source's. Memory does not grow with steps.")
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        # After FPE Save Attention Maps freed a run (release_run), record anew: a cached sampler output
+        # would point at maps that are gone, and the prompt's result would depend on the one before.
+        return release_generation()
 
     @classmethod
     def INPUT_TYPES(cls):

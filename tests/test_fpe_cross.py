@@ -352,3 +352,21 @@ def test_a_stale_prompt_text_is_an_error_not_another_prompt_s_columns(tiny_sd15,
     # The right texts still run (typed with other spacing/case the encoding is the same prompt's).
     ksampler(replace(model, source, clip, tokens="named words", words="rubber", target=SWAP), clip, text=SWAP,
              steps=STEPS, latent_image=latent())
+
+
+def test_combined_prompts_are_refused_for_cross_modes_by_what_they_are(tiny_sd15, fpe_error):
+    """Conditioning (Combine) on both sides: the text widgets can name one prompt only, so the cross modes say so
+    at the node (not a 'target_text does not encode' error that blames a text typed exactly)."""
+    model, clip, _ = tiny_sd15
+    combined = call_node("ConditioningCombine", conditioning_1=encode(clip, SRC),
+                         conditioning_2=encode(clip, "a red house"))[0]
+    source = call_node(
+        "FPESourceCapture", model=model, seed=42, steps=2, cfg=7.5, sampler_name="euler", scheduler="normal",
+        positive=combined, negative=encode(clip, ""), latent_image=latent(64, 48), denoise=1.0, store_layers="all",
+        store_custom_layers="in4", store_end=1.0, store_rows="cond", storage="auto", precision="exact",
+        store_cross="all layers")[1]
+    for mode in ("cross", "self + cross"):
+        with pytest.raises(fpe_error, match=r"^cross-attention modes replace one prompt's maps, but FPE Source "
+                                            r"Capture's positive has 2 entries"):
+            replace(model, source, clip, mode=mode)
+    replace(model, source, clip, mode="self")  # self pairs the entries one by one

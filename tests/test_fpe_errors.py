@@ -42,7 +42,7 @@ def test_a_flipped_schedule_is_refused_once_by_name_at_the_capture(tiny_sd15, fp
     flipped = call_node("FlipSigmas", sigmas=sigmas)[0]
     with pytest.raises(fpe_error, match=r"^sigmas: the schedule rises at step 0 .*FlipSigmas"):
         capture(model, clip, SRC, latent_image=latent(W, H), sigmas=flipped)
-    with pytest.raises(fpe_error, match=r"^sigmas: the schedule rises at step 1 .*FlipSigmas"):  # the same for
+    with pytest.raises(fpe_error, match=r"^sigmas: the schedule rises at step 1 .*FlipSigmas"):  # DDIM Invert too
         call_node("FPEDDIMInvert", model=model, positive=call_node("CLIPTextEncode", clip=clip, text="")[0],
                   latent={"samples": torch.randn(1, 4, H // 8, W // 8)}, steps=3, scheduler="normal", cfg=1.0,
                   denoise=1.0, store_layers="official", store_custom_layers="in4", store_end=0.8, store_rows="cond",
@@ -80,6 +80,25 @@ def test_the_model_is_compared_by_its_weights_not_by_the_loader(tiny_sd15_ckpt, 
     with caplog.at_level("WARNING"):
         inject(other, small_source)
     assert "gets another checkpoint or other LoRAs than FPE Source Capture used" in caplog.text
+
+
+def test_a_loaded_lora_or_sampling_patch_is_still_the_capture_s_model(tiny_sd15, caplog):
+    """After the capture the model stays loaded with its LoRA merged into the weights (and ModelSamplingDiscrete's
+    object patch in place): the same MODEL into the Inject is still the capture's, another one is not."""
+    model, clip, _ = tiny_sd15
+    key = "diffusion_model.middle_block.1.transformer_blocks.0.ff.net.2.weight"
+    lora = model.clone()
+    lora.add_patches({key: (torch.ones_like(lora.model.state_dict()[key]) * 0.05,)}, 1.0)
+    zsnr = call_node("ModelSamplingDiscrete", model=lora, sampling="eps", zsnr=True)[0]
+    for patched in (lora, zsnr):
+        _, source = capture(patched, clip, SRC, latent_image=latent(W, H), steps=2)
+        with caplog.at_level("WARNING"):
+            inject(patched, source)  # the capture's model, still loaded with its patches
+        assert "another checkpoint" not in caplog.text
+        with caplog.at_level("WARNING"):
+            inject(tiny_sd15[0], source)  # the plain model: other weights than the capture's
+        assert "gets another checkpoint or other LoRAs than FPE Source Capture used" in caplog.text
+        caplog.clear()
 
 
 def test_target_sigmas_must_be_the_captures(tiny_sd15, fpe_error):
@@ -194,3 +213,29 @@ def test_different_seed_is_warned_on_every_host(tiny_sd15, small_source, caplog)
     with caplog.at_level("WARNING"):
         _edit(tiny_sd15, small_source)
     assert "other noise" not in caplog.text
+
+
+def test_another_family_s_prompt_or_latent_is_named_before_sampling(tiny_sd15, tiny_sdxl, fpe_error):
+    """An SDXL model given SD1.5 prompts, or an SD1.5 model given a 16-channel (SD3/Flux VAE) latent: the source
+    nodes name the input instead of failing inside the UNet with a shape error."""
+    (model, clip, _), (xl_model, _, _) = tiny_sd15, tiny_sdxl
+    positive, negative = (call_node("CLIPTextEncode", clip=clip, text=t)[0] for t in (SRC, ""))
+    wide = {"samples": torch.randn(1, 16, H // 8, W // 8)}
+    store = dict(store_layers="official", store_custom_layers="in4", store_end=0.8, store_rows="cond",
+                 storage="auto", precision="exact")
+    sources = {
+        "FPESourceCapture": ("latent_image", dict(seed=1, steps=2, cfg=7.5, sampler_name="euler",
+                                                  scheduler="normal", denoise=1.0)),
+        "FPEDDIMInvert": ("latent", dict(steps=2, scheduler="normal", cfg=1.0, denoise=1.0,
+                                         reconstruction_check=False)),
+        "FPENullTextInvert": ("latent", dict(steps=2, scheduler="normal", cfg=7.5, inner_steps=1, early_stop=1e-5,
+                                             learning_rate=1e-2)),
+    }
+    for node, (latent_name, settings) in sources.items():
+        extra = {} if node == "FPEDDIMInvert" else {"negative": negative}
+        with pytest.raises(fpe_error, match=r"^positive: the prompt is encoded \d+ wide, but SDXL's cross-attention "
+                                            r"takes \d+: encode it with the CLIP of the same checkpoint"):
+            call_node(node, model=xl_model, positive=positive, **extra,
+                      **{latent_name: {"samples": torch.randn(1, 4, H // 8, W // 8)}}, **settings, **store)
+        with pytest.raises(fpe_error, match=rf"^{latent_name}: the latent has 16 channels but SD1.x takes 4"):
+            call_node(node, model=model, positive=positive, **extra, **{latent_name: wide}, **settings, **store)

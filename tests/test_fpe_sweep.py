@@ -212,6 +212,42 @@ def test_the_64_setting_limit_holds_on_every_sweep_path(node):
     assert out.shape[0] == (64 if node == "FPESweepLatent" else 1)
 
 
+@pytest.mark.parametrize("node", ["FPESweepLatent", "FPESweepGrid"])
+def test_malformed_sweep_labels_are_refused_not_misread(node):
+    """An API prompt's sweep_labels that the Inject never writes: strings where lists belong ('abc' would be read
+    as 3 rows), rows that are objects, NaN or numbers, no fpe_sweep mark, a non-object. Each is the error naming
+    the input; the Inject's own labels (for 2 x 3 settings) still work."""
+    def call(labels, count=6):
+        if node == "FPESweepLatent":
+            return _sweep_latent(labels)["samples"]
+        return call_node(node, images=torch.rand(count, 8, 8, 3), sweep_labels=labels)[0]
+
+    good = {"fpe_sweep": 1, "rows": ["start=0", "start=0.1"], "columns": ["end=0.2", "end=0.5", "end=0.8"]}
+    malformed = [
+        json.dumps({"rows": "abc", "columns": "xy"}),
+        json.dumps({**good, "rows": "ab"}),
+        json.dumps({**good, "columns": "xyz"}),
+        json.dumps({**good, "rows": [{"a": 1}, {"b": 2}]}),
+        json.dumps({**good, "rows": [float("nan"), "start=0.1"]}),  # JSON's NaN
+        json.dumps({**good, "columns": [0.2, 0.5, 0.8]}),
+        json.dumps({**good, "columns": ["end=0.2", None, "end=0.8"]}),
+        json.dumps({**good, "rows": {"start=0": 1, "start=0.1": 2}}),
+        json.dumps({key: value for key, value in good.items() if key != "fpe_sweep"}),
+        json.dumps({**good, "fpe_sweep": True}),
+        json.dumps({**good, "fpe_sweep": 2}),
+        json.dumps({**good, "row_setting": ["start"]}),
+        json.dumps([good]),
+        "[" * 100_000,  # too deep for the JSON reader
+        "",
+    ]
+    for labels in malformed:
+        with pytest.raises(_error(), match=r"^sweep_labels: not the sweep_labels output of FPE Self-Attn Inject: "
+                                           r"connect that output$"):
+            call(labels)
+    for labels in (good, {**good, "row_setting": "start", "column_setting": "end"}):  # as the Inject writes it
+        assert call(json.dumps(labels)).shape[0] == (6 if node == "FPESweepLatent" else 1)
+
+
 def test_grid_larger_than_comfyui_makes_is_refused():
     """64 columns of 300 px images are a 19,400 px wide grid: refused, naming the images and the fix."""
     images = torch.full((1, 1, 1, 3), 0.5).expand(64, 48, 300, 3)  # no memory: the bound holds before drawing

@@ -4,6 +4,7 @@ q and k, a killed build resumed without recomputing, and the tiny model's colour
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,36 @@ def test_save_maps_names_its_input_and_the_next_prompt_is_fresh(tiny_sd15, comfy
     assert len(maps) == 16 and all(torch.isfinite(m).all() for m in maps)
 
 
+def test_a_bad_filename_prefix_is_one_error_naming_it_and_the_next_save_works(tiny_sd15, comfy_host):
+    """filename_prefix from an API prompt: too long, a NUL, absolute, out of the temp folder, or a folder that is
+    a file; each is an FPEError naming the input and the fix (not the file system's or ComfyUI's own error), and
+    the same node right after, with a good name, saves the run's maps."""
+    model, clip, _ = tiny_sd15
+    recording, record = call_node("FPEAttentionRecord", model=model, cross_layers="all", cross_custom_layers="",
+                                  self_layers="none", self_custom_layers="", start_percent=0.0, end_percent=1.0,
+                                  rows="cond", image=0)
+    samples = {"samples": ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1)}
+    node = node_class("FPESaveAttentionMaps")()
+    error = pack_submodule("fpe_attention.errors").FPEError
+    temp = comfy_host.workdir / "temp"
+    temp.mkdir(parents=True, exist_ok=True)
+    (temp / "fpe_test_a_file").write_bytes(b"")  # a subfolder name that is a file: only the save can tell
+    outside = "/tmp/fpe_test_prefix_outside"
+    for prefix, says in [("x" * 10_000, "too long"), ("fpe_test/ma\x00ps", "control character"),
+                         ("fpe_test/ma\nps", "control character"), ("../../fpe_test_escape", "leads out"),
+                         (outside, "absolute path"), ("", "empty"), ("fpe_test/..", "names no file"),
+                         ("fpe_test_a_file/maps", "cannot write")]:
+        with pytest.raises(error, match="^filename_prefix: ") as e:
+            node.save(record, samples, clip, "a red car", "red", 256, prefix)
+        assert says in str(e.value) and "subfolder/name inside ComfyUI's temp folder" in str(e.value), str(e.value)
+        assert len(str(e.value)) < 400
+    assert not any(Path(outside).parent.glob(Path(outside).name + "*"))
+    assert not any(temp.parent.parent.glob("fpe_test_escape*"))
+    ui = node.save(record, samples, clip, "a red car", "red", 256, "fpe_test/after_bad")["ui"]["fpe_maps"][0]
+    names, maps = probing.read_maps((temp / ui["subfolder"] / ui["filename"]).read_bytes(), "cross")
+    assert len(maps) == 16 and all(torch.isfinite(m).all() for m in maps)
+
+
 def test_a_released_run_names_the_node_that_freed_it(tiny_sd15):
     """release_run frees the run's maps; a Word Heatmap of that run ComfyUI happens to execute after it must say
     so (naming the node), not blame a record setting that is already right."""
@@ -194,3 +225,65 @@ def test_a_released_run_names_the_node_that_freed_it(tiny_sd15):
     # A new run on the same record is recorded and shown as usual.
     again = {"samples": ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1, seed=7)}
     call_node("FPEWordHeatmap", **{**heatmap, "samples": again})
+
+
+def _release_prompt(ckpt, prefix, release, heatmap=False):
+    """Record -> KSampler -> FPE Save Attention Maps (release_run as given), and optionally a Word Heatmap."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red car"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "FPEAttentionRecord", "inputs": {
+            "model": ["1", 0], "cross_layers": "all", "cross_custom_layers": "", "self_layers": "none",
+            "self_custom_layers": "", "start_percent": 0.0, "end_percent": 1.0, "rows": "cond", "image": 0}},
+        "9": {"class_type": "KSampler", "inputs": {
+            "model": ["7", 0], "seed": 1, "steps": 2, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "10": {"class_type": "FPESaveAttentionMaps", "inputs": {
+            "fpe_record": ["7", 1], "samples": ["9", 0], "clip": ["1", 1], "text": "a red car", "word": "red",
+            "self_side": 256, "filename_prefix": prefix, "release_run": release}},
+    }
+    if heatmap:
+        prompt["11"] = {"class_type": "FPEWordHeatmap", "inputs": {
+            "fpe_record": ["7", 1], "samples": ["9", 0], "clip": ["1", 1], "text": "a red car", "words": "red",
+            "layers": "", "alpha": 0.6}}
+        prompt["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "fpe_test/hm"}}
+    return prompt
+
+
+def _maps(comfy_host, result):
+    ui = result.outputs["10"]["fpe_maps"][0]
+    return probing.read_maps((comfy_host.workdir / "temp" / ui["subfolder"] / ui["filename"]).read_bytes(), "cross")[1]
+
+
+def test_a_prompt_after_a_release_records_anew(executor, tiny_sd15_ckpt, comfy_host):
+    """release_run frees the run; the next prompt (only the file name changed, the sampler cached otherwise)
+    must not depend on that: the record node runs again, the sampler samples again, the maps are the same."""
+    first = executor.run(_release_prompt(tiny_sd15_ckpt, "fpe_test/a", True))
+    again = executor.run(_release_prompt(tiny_sd15_ckpt, "fpe_test/b", True))
+    assert "9" in again.executed  # sampled anew, not served from the cache with freed maps
+    for a, b in zip(_maps(comfy_host, first), _maps(comfy_host, again), strict=True):
+        assert torch.equal(a, b)
+    # A (no release, a heatmap), B (release), A again: the same as the first A.
+    a1 = executor.run(_release_prompt(tiny_sd15_ckpt, "fpe_test/c", False, heatmap=True))
+    executor.run(_release_prompt(tiny_sd15_ckpt, "fpe_test/d", True, heatmap=False))
+    a2 = executor.run(_release_prompt(tiny_sd15_ckpt, "fpe_test/c", False, heatmap=True))
+    for a, b in zip(_maps(comfy_host, a1), _maps(comfy_host, a2), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_latent_shows_no_run(tiny_sd15):
+    """A latent with NaN (an fp16 overflow) matched nothing but compared as close to the newest run."""
+    model, clip, _ = tiny_sd15
+    recording, record = call_node("FPEAttentionRecord", model=model, cross_layers="all", cross_custom_layers="",
+                                  self_layers="none", self_custom_layers="", start_percent=0.0, end_percent=1.0,
+                                  rows="cond", image=0)
+    a = ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1, seed=1)
+    ksampler(recording, clip, "a red car", latent_image=latent(64, 64), steps=1, seed=2)
+    broken = a.clone()
+    broken[:, :, :4] = float("nan")
+    error = pack_submodule("fpe_attention.errors").FPEError
+    with pytest.raises(error, match="^samples: the latent holds NaN or infinite values"):
+        call_node("FPEWordHeatmap", fpe_record=record, samples={"samples": broken}, clip=clip, text="a red car",
+                  words="red", layers="", alpha=0.6)
