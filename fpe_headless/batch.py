@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -74,33 +73,7 @@ class BatchSettings:
     method: str = "FPE"  # the method's name in the report (Table 5 compares methods)
     staging: Path | None = None  # where resized photos are written before they go to ComfyUI's input folder
     checkpoint_file: str | None = None  # the local file given (None: --server's name, or the tiny demo)
-    checkpoint_content: str | None = None  # its ``checkpoint_fingerprint``: a resume needs the same weights
-
-
-FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 8, 64 * 1024
-
-
-def checkpoint_fingerprint(path: Path) -> str:
-    """The checkpoint's content in short, "<size>:<sha256>": sha256 over the size, a safetensors file's header
-    (every tensor's name, dtype, shape and offsets) and 8 blocks of 64 KiB at 0, 1/7, ..., 7/7 of the tensor
-    data (a .ckpt: of the whole file). About half a MiB read for any size; a fine-tune of the same model has
-    the same header but other blocks, a copy of the file elsewhere gives the same fingerprint."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        start = 0
-        head = handle.read(8)
-        if path.suffix.lower() in (".safetensors", ".sft") and len(head) == 8:
-            (length,) = struct.unpack("<Q", head)
-            if length <= size - 8:
-                digest.update(head + handle.read(length))
-                start = 8 + length
-        span = max(size - start - FINGERPRINT_BLOCK, 0)
-        for k in range(FINGERPRINT_BLOCKS):
-            handle.seek(start + span * k // (FINGERPRINT_BLOCKS - 1))
-            digest.update(handle.read(FINGERPRINT_BLOCK))
-    return f"{size}:{digest.hexdigest()[:32]}"
+    checkpoint_content: str | None = None  # its ``fingerprint.file_fingerprint``: a resume needs the same weights
 
 
 def seed_for(base: int, group: str) -> int:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
 
 from . import batch, datasets
 from .batch import BatchError, BatchSettings, Scoring
+from .fingerprint import file_fingerprint
 from .host import make_workdir, remove_workdir
 from .main_job import (
     TINY_SIZE,
@@ -145,6 +147,13 @@ def _lpips(args) -> object | None:
         raise UserError(f"--lpips {folder}: cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
+def check_clip_scale(args) -> None:
+    """argparse's float takes 'nan' and 'inf': a scale that makes every CS NaN or infinite is a mistake."""
+    if not (math.isfinite(args.clip_scale) and args.clip_scale > 0):
+        raise UserError(f"--clip-scale {args.clip_scale}: must be a number above 0 (the default, 100, is "
+                        "PIE-Bench's)")
+
+
 def _scoring(args) -> Scoring:
     """The metric models, each checked before anything runs (a bad folder: exit 2, before ComfyUI starts)."""
     return Scoring(_clip(args), args.clip_scale, dino=_dino(args), lpips=_lpips(args))
@@ -181,10 +190,13 @@ def run_batch_command(argv: list[str], prog: str) -> int:
     outcome = None
     try:
         check_numbers(args)
+        check_clip_scale(args)
         if args.limit is not None and args.limit < 1:
             raise UserError(f"--limit {args.limit}: must be 1 or more")
-        if args.timeout <= 0 or args.retries < 0:
-            raise UserError("--timeout must be above 0 and --retries 0 or more")
+        if not (math.isfinite(args.timeout) and args.timeout > 0):
+            raise UserError(f"--timeout {args.timeout}: must be a number of seconds above 0")
+        if args.retries < 0:
+            raise UserError(f"--retries {args.retries}: must be 0 or more")
         name, items, images = batch.load_items(args.dataset, args.images)
         items = items[:args.limit] if args.limit else items
         batch.check_items(items, images)
@@ -214,7 +226,7 @@ def run_batch_command(argv: list[str], prog: str) -> int:
             # the weights by content (a resume with other weights of the same name is refused); with --server
             # the checkpoint is a name on the servers, checked by name only
             checkpoint_file=str(checkpoint) if checkpoint else None,
-            checkpoint_content=batch.checkpoint_fingerprint(checkpoint) if checkpoint else None)
+            checkpoint_content=file_fingerprint(checkpoint) if checkpoint else None)
         batch.check_workflow_file(settings, items)
         batch.check_folder(out, batch.wanted_settings(settings, items), args.restart)
         workdir = make_workdir("batch", say)  # before CLIP: transformers imports torch's compiler (its cache)
@@ -305,6 +317,37 @@ def read_pairs(path: Path) -> tuple[list[datasets.EditItem], dict[str, tuple[Pat
     return items, files
 
 
+class PairError(ValueError):
+    """One pair that cannot be scored as given (its message names the files and the fix)."""
+
+
+def check_pair_sizes(csv: Path, source: Path, edit: Path, mask: Path | None) -> None:
+    """A pair's edit and mask must have the source's size: scaled to fit, the metrics would compare pixels that
+    do not correspond (a PairError naming both files and their sizes). Files Pillow cannot read are left to
+    the scoring, which records them."""
+    from PIL import Image, UnidentifiedImageError
+
+    def named(file: Path) -> str:  # as the CSV writes it
+        try:
+            return file.relative_to(csv.parent).as_posix()
+        except ValueError:
+            return str(file)
+
+    try:
+        with Image.open(source) as image:
+            size = image.size
+        for column, file in (("edit_image", edit), ("mask", mask)):
+            if file is None:
+                continue
+            with Image.open(file) as image:
+                if image.size != size:
+                    raise PairError(f"{column} {named(file)} is {image.width}x{image.height} px but source_image "
+                                    f"{named(source)} is {size[0]}x{size[1]}: give the {column.split('_')[0]} at "
+                                    "the source's size")
+    except (OSError, UnidentifiedImageError):
+        return
+
+
 def evaluate_pairs(path: Path, out: Path, scoring: Scoring, method: str) -> list[dict]:
     from . import report
 
@@ -316,9 +359,14 @@ def evaluate_pairs(path: Path, out: Path, scoring: Scoring, method: str) -> list
                "source_prompt": item.source_prompt, "target_prompt": item.target_prompt,
                "source_image": str(source), "edit_image": str(edit)}
         try:
+            check_pair_sizes(path, source, edit, mask)
             row.update(scoring.score(item, source, edit, mask_png=mask))
+        except PairError as exc:
+            row.update(status="error", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one pair's broken file: recorded, the rest go on
             row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        if row["status"] != "ok":
+            print(f"{path}: item {item.id} not scored: {row['error']}", file=sys.stderr)
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     report.write_results_csv(rows, out / "results.csv")
@@ -337,6 +385,7 @@ def run_eval_command(argv: list[str], prog: str) -> int:
     warnings.simplefilter("ignore", FutureWarning)
     workdir = None
     try:
+        check_clip_scale(args)
         folders, pair_files = [], []
         for given in args.inputs:
             path = Path(given).expanduser()

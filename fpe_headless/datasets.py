@@ -299,6 +299,10 @@ def _check_quotes(path: Path, header: list[str], spans: list[tuple[int, int, lis
         raise DatasetError(f"{path}: line {first}: the quote that opens {column} closes only on line {last}, so the "
                            f"lines between went into that field; close it on line {first}, or write a quote meant as "
                            'text as two ("")')
+    if spans and _ends_inside_quotes(path):  # opened on the last line of a file without a final line break
+        first = spans[-1][0]
+        raise DatasetError(f"{path}: line {first}: a quote opened on that line is never closed (the file ends inside "
+                           'it); close the quote, or write a quote meant as text as two ("")')
 
 
 def _ends_inside_quotes(path: Path) -> bool:

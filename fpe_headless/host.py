@@ -122,12 +122,21 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> int | None:
+    """Which pid namespace this process sees (containers sharing TMPDIR and the host name see other ones)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def owner_record(pid: int | None = None) -> dict:
     """Who a work folder belongs to: the pid, and what tells that pid's process from a later one that got
-    the same number (its start time since boot, and the boot), on this machine."""
+    the same number (its start time since boot, and the boot), on this machine, in this pid namespace."""
     pid = os.getpid() if pid is None else pid
     stat = _proc_stat(pid)
-    return {"pid": pid, "start": stat[19] if stat else None, "boot": _boot_id(), "host": socket.gethostname()}
+    return {"pid": pid, "start": stat[19] if stat else None, "boot": _boot_id(), "host": socket.gethostname(),
+            "pid_ns": _pid_namespace()}
 
 
 def owner_alive(owner: dict) -> bool:
@@ -135,6 +144,9 @@ def owner_alive(owner: dict) -> bool:
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
         return True  # another machine (or container) sharing TMPDIR: its processes are not visible here
+    namespace = _pid_namespace()
+    if namespace is None or owner.get("pid_ns") != namespace:
+        return True  # another pid namespace (a container with the host's name), or one we cannot tell
     boot = _boot_id()
     if boot and owner.get("boot") and owner["boot"] != boot:
         return False  # the machine restarted since
@@ -156,6 +168,8 @@ def remove_stale_workdirs(root: Path | None = None) -> list[Path]:
     A folder without a readable owner file (another program's, or one being made) is left alone."""
     root = Path(root or tempfile.gettempdir())
     removed = []
+    if os.name != "posix" or not hasattr(os, "getuid"):
+        return removed  # liveness is read from /proc; elsewhere (Windows: os.kill would end the process) keep all
     try:
         candidates = [p for p in root.iterdir() if p.name.startswith(WORK_PREFIXES)]
     except OSError:

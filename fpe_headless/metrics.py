@@ -250,14 +250,13 @@ def _folder_files(folder: Path) -> list[Path]:
 
 
 def fingerprint(files: Sequence[Path], digits: int = 12) -> str:
-    """The first ``digits`` hex digits of SHA-256 over each file's name, size and bytes (in the given order)."""
+    """The first ``digits`` hex digits of SHA-256 over each file's name and ``file_fingerprint`` (size, header,
+    sampled blocks: a CLIP-L folder costs half a MiB read per file, not 1.7 GB), in the given order."""
+    from .fingerprint import file_fingerprint
+
     h = hashlib.sha256()
     for path in files:
-        path = Path(path)
-        h.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{Path(path).name}\0{file_fingerprint(path)}\0".encode())
     return h.hexdigest()[:digits]
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
 
 from . import probing
-from .batch import checkpoint_fingerprint
+from .fingerprint import file_fingerprint
 from .host import make_workdir, remove_workdir
 from .main_job import TINY_STEPS, HelpFormatter, UserError, check_checkpoint, check_numbers, tiny_checkpoint_name
 
@@ -137,6 +138,8 @@ def run_build(args, prog: str) -> int:
     for flag, value in (("--seeds", args.seeds), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be 1 or more")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # argparse's float takes nan and inf
+        raise UserError(f"--timeout {args.timeout}: must be a number of seconds above 0")
     if not 8 <= args.self_side <= 4096:
         raise UserError(f"--self-side {args.self_side}: must be 8 to 4096")
     probe_set = probing.SETS[args.set]
@@ -178,7 +181,7 @@ def run_build(args, prog: str) -> int:
              "templates": list(templates or probe_set.templates),
              # the weights by content ("_": bookkeeping a folder made before lacks); --server: the name only
              "_checkpoint_file": str(checkpoint) if checkpoint else None,
-             "_checkpoint_content": checkpoint_fingerprint(checkpoint) if checkpoint else None}
+             "_checkpoint_content": file_fingerprint(checkpoint) if checkpoint else None}
     _check_weights(out, extra)
     try:  # a folder built with other settings is refused before ComfyUI starts
         probing.check_resume(out, probing.build_meta(probe_set, samples, settings, extra))
@@ -219,6 +222,15 @@ def run_train(args) -> int:
     from .probe_store import ProbeData
     from .probe_train import ProbeSettings, probe
 
+    # numbers first: no folder is read for a mistyped option
+    if not 0 < args.test_fraction < 1:
+        raise UserError(f"--test-fraction {args.test_fraction}: must be between 0 and 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):  # argparse's float takes nan and inf
+        raise UserError(f"--lr {args.lr}: must be a number above 0 (default 0.001)")
+    for flag, value in (("--hidden", args.hidden), ("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be 1 or more")
+
     def open_data(path: Path, flag: str) -> ProbeData:
         if not (path / "probe.json").is_file():
             raise UserError(f"{flag} {path}: not a probe dataset folder (no probe.json); build one with "
@@ -241,11 +253,6 @@ def run_train(args) -> int:
             raise UserError(f"--device {args.device}: no CUDA GPU here; use --device cpu")
     except (RuntimeError, ValueError):
         raise UserError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1)") from None
-    if not 0 < args.test_fraction < 1:
-        raise UserError(f"--test-fraction {args.test_fraction}: must be between 0 and 1")
-    for flag, value in (("--hidden", args.hidden), ("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise UserError(f"{flag} {value}: must be 1 or more")
     settings = ProbeSettings(hidden=args.hidden, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                              test_fraction=args.test_fraction, seed=args.seed, device=args.device,
                              shuffled_labels=args.shuffled_labels)

@@ -107,7 +107,7 @@ def _reason(exc: BaseException) -> str:
 def _no_answer(exc: BaseException, waited_for: str, answer_s: float) -> str | None:
     """What a timed-out call waited for ("accepted the connection but did not answer GET /x within 10 s"),
     or None when ``exc`` is not a timeout."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):  # aiohttp >= 3.10; older: the next test
         return f"did not accept a connection within {CONNECT_S:g} s"
     if isinstance(exc, asyncio.TimeoutError):
         return f"accepted the connection but did not answer {waited_for} within {answer_s:g} s"

@@ -17,6 +17,7 @@ from fpe_headless import batch, metrics, report
 from fpe_headless.batch import BatchError, BatchSettings, Scoring
 from fpe_headless.batch_cli import evaluate_pairs
 from fpe_headless.datasets import DatasetError, EditItem
+from fpe_headless.fingerprint import file_fingerprint
 from fpe_headless.jobs import InProcessRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,16 +290,16 @@ def test_resume_checks_the_checkpoint_by_content(executor, tiny_sd15_ckpt, comfy
         return json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
 
     assert header(other) == header(weights)  # the same tensors at the same places: only the sampled blocks differ
-    assert batch.checkpoint_fingerprint(same) == batch.checkpoint_fingerprint(weights) != \
-        batch.checkpoint_fingerprint(other)
+    assert file_fingerprint(same) == file_fingerprint(weights) != \
+        file_fingerprint(other)
 
     def made_with(path):
-        return settings(tiny_sd15_ckpt, checkpoint_file=str(path), checkpoint_content=batch.checkpoint_fingerprint(path))
+        return settings(tiny_sd15_ckpt, checkpoint_file=str(path), checkpoint_content=file_fingerprint(path))
 
     out = tmp_path / "b"
     batch.run_batch(SIX[:2], made_with(weights), out, InProcessRunner(executor), say=lambda s: None)
     recorded = json.loads((out / batch.SETTINGS_FILE).read_text())
-    assert recorded["checkpoint_content"] == batch.checkpoint_fingerprint(weights)
+    assert recorded["checkpoint_content"] == file_fingerprint(weights)
     runner = CountingRunner(executor)
     with pytest.raises(BatchError) as caught:  # other weights under the same name: refused before anything runs
         batch.run_batch(SIX, made_with(other), out, runner, say=lambda s: None)

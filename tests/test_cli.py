@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +103,71 @@ def one_line_error(done, *parts):
         assert str(part) in done.stderr, (part, done.stderr)
 
 
+def test_float_options_refuse_nan_and_inf(tmp_path):
+    """argparse's float takes 'nan' and 'inf'; every float option of `fpe eval` and `fpe batch` refuses them in one
+    line (exit 2), before any file is read or ComfyUI starts."""
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    pairs = tmp_path / "pairs.csv"  # a CSV that scores (exit 0) with a good --clip-scale
+    pairs.write_text("source_image,edit_image,source_prompt,target_prompt\na.png,a.png,a cat,a dog\n")
+    for value in ("nan", "inf", "-inf", "0", "-1"):
+        one_line_error(fpe("eval", pairs, f"--clip-scale={value}", cwd=tmp_path), f"--clip-scale {float(value)}: "
+                       "must be a number above 0")
+        one_line_error(fpe("batch", "car-fake-edit", f"--clip-scale={value}", cwd=tmp_path),
+                       f"--clip-scale {float(value)}: must be a number above 0")
+    for value in ("nan", "inf", "0"):
+        one_line_error(fpe("batch", "car-fake-edit", "--timeout", value, cwd=tmp_path),
+                       f"--timeout {float(value)}: must be a number of seconds above 0")
+    for flag in ("--cfg", "--invert-cfg"):
+        one_line_error(fpe("batch", "car-fake-edit", flag, "nan", cwd=tmp_path), f"{flag} nan: must be a number")
+    # and the probing commands' float options
+    one_line_error(fpe("probe", "build", "color-car", "--timeout", "nan", cwd=tmp_path),
+                   "--timeout nan: must be a number of seconds above 0")
+    one_line_error(fpe("probe", "build", "color-car", "--cfg", "inf", cwd=tmp_path), "--cfg inf: must be a number")
+    for flag, value in (("--lr", "nan"), ("--lr", "0"), ("--test-fraction", "nan")):
+        one_line_error(fpe("probe", "train", tmp_path, "--out", tmp_path / "probes", flag, value, cwd=tmp_path),
+                       f"{flag} {float(value)}: must be")
+    assert not list(tmp_path.glob("fpe_*"))  # nothing written
+    assert fpe("eval", pairs, "--clip-scale=1", cwd=tmp_path).returncode == 0
+
+
+def test_eval_pairs_of_other_sizes_fail_by_name_and_the_rest_is_scored(tmp_path):
+    """A pair whose edit (or mask) has another size than its source is not scaled and scored: the item fails
+    with both files and sizes named, like an unreadable file, the others are scored, and the exit status is 1."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"a.png": (64, 64), "b.png": (64, 64), "small.png": (32, 48)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((32, 32), 255, dtype=np.uint8)).save(tmp_path / "masks" / "m.png")
+    Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(tmp_path / "masks" / "full.png")
+    (tmp_path / "pairs.csv").write_text(
+        "id,source_image,edit_image,source_prompt,target_prompt,mask\n"
+        "good,a.png,b.png,a cat,a dog,masks/full.png\n"
+        "edit,a.png,small.png,a cat,a dog,\n"
+        "mask,a.png,b.png,a cat,a dog,masks/m.png\n"
+        "source,small.png,a.png,a cat,a dog,\n")
+    done = fpe("eval", "pairs.csv", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    with open(tmp_path / "out" / "results.csv", newline="", encoding="utf-8") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    assert rows["good"]["status"] == "ok" and rows["good"]["edge_ssim"]
+    expected = {
+        "edit": "edit_image small.png is 32x48 px but source_image a.png is 64x64: give the edit at the source's size",
+        "mask": "mask masks/m.png is 32x32 px but source_image a.png is 64x64: give the mask at the source's size",
+        "source": "edit_image a.png is 64x64 px but source_image small.png is 32x48: give the edit at the source's "
+                  "size",
+    }
+    for item, message in expected.items():
+        assert rows[item]["status"] == "error" and rows[item]["error"] == message, rows[item]
+        assert not rows[item]["edge_ssim"]
+        assert f"item {item} not scored: {message}" in done.stderr
+    assert "| pairs | 1/4 |" in done.stdout, done.stdout
+
+
 def test_broken_input_files_are_one_line(tmp_path):
     """A repeated key in a dataset JSON, an unclosed quote in a CSV, a batch folder's files empty or cut."""
     entry = '{"image_path": "a.png", "original_prompt": "a [cat]", "editing_prompt": "a [dog]", "mask": []}'
@@ -140,13 +208,14 @@ def test_resume_with_other_weights_of_the_same_name_is_refused(executor, tiny_sd
     from test_batch import other_weights
 
     from fpe_headless import batch, datasets, probing
+    from fpe_headless.fingerprint import file_fingerprint
     from fpe_headless.jobs import InProcessRunner
 
     weights = tmp_path / "a" / tiny_sd15_ckpt
     weights.parent.mkdir()
     weights.write_bytes((comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt).read_bytes())
     other = other_weights(weights, tmp_path / "other" / tiny_sd15_ckpt)
-    fingerprint = batch.checkpoint_fingerprint(weights)
+    fingerprint = file_fingerprint(weights)
 
     out = tmp_path / "b"  # a batch as `fpe batch car-fake-edit --limit 1 --steps 2 --size 64 --checkpoint a/...` makes it
     made_with = batch.BatchSettings(checkpoint=tiny_sd15_ckpt, steps=2, size=64, dataset="car-fake-edit",
@@ -170,11 +239,11 @@ def test_resume_with_other_weights_of_the_same_name_is_refused(executor, tiny_sd
 def test_killed_batch_work_folder_goes_with_the_next_run(tmp_path):
     """A SIGKILLed batch cannot remove its work folder in TMPDIR; the next command removes it (and only the
     folders of dead fpe processes). torch's compile cache stays inside the work folder: TMPDIR ends empty."""
-    owner_file = ".fpe-owner.json"  # {pid, start: field 22 of /proc/<pid>/stat, boot, host}, as docs/DESIGN.md says
+    owner_file = ".fpe-owner.json"  # {pid, start: field 22 of /proc/<pid>/stat, boot, host, pid namespace}
 
-    def owner(pid, start):
+    def owner(pid, start, namespace=None):
         return {"pid": pid, "start": start, "boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
-                "host": socket.gethostname()}
+                "host": socket.gethostname(), "pid_ns": namespace or os.stat("/proc/self/ns/pid").st_ino}
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -199,7 +268,10 @@ def test_killed_batch_work_folder_goes_with_the_next_run(tmp_path):
 
     keep = []  # what the next run must not touch: a live fpe process's folder, another program's folder
     started = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
-    for name, record in (("fpe-run-live", owner(os.getpid(), started)), ("fpe-probe-foreign", None)):
+    # a container sharing TMPDIR and the host name: its pids are another namespace's, so "reused" means nothing
+    in_container = owner(os.getpid(), "1", namespace=1)
+    for name, record in (("fpe-run-live", owner(os.getpid(), started)), ("fpe-probe-foreign", None),
+                         ("fpe-eval-container", in_container)):
         (tmp / name).mkdir()
         if record:
             (tmp / name / owner_file).write_text(json.dumps(record))

@@ -163,6 +163,11 @@ def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
     with pytest.raises(datasets.DatasetError, match=r"line 2: the quote that opens target_prompt is never closed "
                                                     r"\(the file ends inside it\); close the quote"):
         datasets.read_folder(tmp_path, prompts)
+    # opened on the last line of a file saved without a final line break: no field holds a line break
+    prompts.write_text('image,source_prompt,target_prompt\ncat.png,a cat,a dog\nowl.png,"an owl,a hawk')
+    with pytest.raises(datasets.DatasetError, match=r"line 3: a quote opened on that line is never closed \(the "
+                                                    r"file ends inside it\)"):
+        datasets.read_folder(tmp_path, prompts)
     prompts.write_text('image,source_prompt,target_prompt\ncat.png,"a ""big"" cat",a dog\n\nowl.png,an owl,'
                        'a 5" hawk\n')  # quotes as CSV writes them, a blank line, a quote inside a plain field
     items = datasets.read_folder(tmp_path, prompts)

@@ -372,11 +372,15 @@ def test_clip_edited_scores_the_masked_edit_against_the_target(scorer, clip_fold
 
 
 def _sha12(*files):
+    """The label's digest written out: each file's name and short content fingerprint (size, header, sampled
+    blocks; tested on its own in test_batch), in order."""
     import hashlib
+
+    from fpe_headless.fingerprint import file_fingerprint
 
     h = hashlib.sha256()
     for f in files:
-        h.update(f"{f.name}\0{f.stat().st_size}\0".encode() + f.read_bytes())
+        h.update(f"{f.name}\0{file_fingerprint(f)}\0".encode())
     return h.hexdigest()[:12]
 
 
