@@ -47,11 +47,11 @@ def top_components(attention: torch.Tensor, k: int, method: str = "randomized", 
                    iterations: int = 4, seed: int = 0) -> Components:
     """The top ``k`` components of a self-attention map [N, N] (rows are queries), by ``method``."""
     n = _square(attention)
-    k = _count("k", k, 1, n)
+    k = check_count("k", k, 1, n)
     if method not in METHODS:
         raise FPEError(f"method: {method!r} is not one of {', '.join(METHODS)}")
-    oversample = _count("oversample", oversample, 0)
-    iterations = _count("iterations", iterations, 0)
+    oversample = check_count("oversample", oversample, 0)
+    iterations = check_count("iterations", iterations, 0)
     dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
     centred = attention.to(dtype)
     centred = centred - centred.mean(dim=1, keepdim=True)
@@ -153,7 +153,7 @@ def _square(attention) -> int:
     return attention.shape[0]
 
 
-def _count(name: str, value, low: int, high: int | None = None) -> int:
+def check_count(name: str, value, low: int, high: int | None = None) -> int:
     try:
         whole = None if isinstance(value, bool) else operator.index(value)  # ints and numpy ints, not floats
     except TypeError:

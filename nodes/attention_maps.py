@@ -20,13 +20,14 @@ from ..fpe_attention.heatmaps import check_picture, colormap, mark_point, normal
 from ..fpe_attention.structure import (
     MAX_COMPONENTS,
     METHODS,
-    _count,
+    check_count,
     component_grid,
     query_attention,
     top_components,
 )
 from ..fpe_attention.validate import check_number
 from . import CATEGORY
+from .images import finite_pixels
 from .preview import captioned, preview_ui
 
 RECORD = ("FPE_ATTENTION_RECORD", {"tooltip": "From FPE Attention Record (whose model the sampler used)."})
@@ -59,6 +60,9 @@ def _canvas(run, image, what: str) -> tuple[torch.Tensor, int, int]:
         raise FPEError(f"image: expected an IMAGE (batch, height, width, 3), got shape {tuple(image.shape)}")
     height, width = int(image.shape[1]), int(image.shape[2])
     check_picture("image", 1, height, width, _SMALLER)
+    if not finite_pixels(image):
+        raise FPEError("image: the picture holds NaN or infinite pixels (a VAE decode of a broken latent?): connect "
+                       "the decoded picture of the recorded sampler, or leave image unconnected to draw on grey")
     if abs(height / width - h / w) > 0.02 * (h / w):
         raise FPEError(f"image: it is {width}x{height} px but the recorded latent is {w * 8}x{h * 8}: connect the "
                        f"decoded picture of the sampler whose {what} you are looking at")
@@ -175,7 +179,7 @@ class FPESelfAttnComponents:
         }
 
     def draw(self, fpe_record, samples, layers, components, method, image=None, alpha=0.6):
-        components = _count("components", components, 1, MAX_COMPONENTS)  # a linked INT skips the widget's max
+        components = check_count("components", components, 1, MAX_COMPONENTS)  # a linked INT skips the widget's max
         alpha, run, keys, canvas, height, width = _self_attention(fpe_record, samples, layers, alpha, image)
         grids = {run.grids[key] for key in keys}
         count = sum(min(components, h * w) for h, w in grids)

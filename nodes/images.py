@@ -56,12 +56,21 @@ class FPESideBySide:
         return (torch.cat(parts, dim=1)[None],)
 
 
+def finite_pixels(images: torch.Tensor) -> bool:
+    """No NaN or infinite pixel (min and max propagate NaN: no mask of the image's size is made)."""
+    low, high = torch.aminmax(images.float() if not images.is_floating_point() else images)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def _rgb(images, name: str) -> torch.Tensor:
     """An IMAGE as float RGB: an alpha channel is dropped, a grey image repeated to three channels."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0 or min(images.shape[1:3]) == 0:
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise FPEError(f"{name}: expected an IMAGE batch [images, height, width, channels] with at least one image; "
                        f"got {shape}")
+    if not finite_pixels(images):  # would be saved as black without a word
+        raise FPEError(f"{name}: the image holds NaN or infinite pixels (a VAE decode of a broken latent, e.g. an "
+                       "fp16 VAE overflowing): fix the node that made it (run that VAE in fp32 or bf16)")
     channels = images.shape[-1]
     if channels == 1:
         images = images.expand(-1, -1, -1, 3)

@@ -119,9 +119,10 @@ class FPELayerOverview:
 def _latent_size(width, height, latent) -> tuple[int, int]:
     if latent is not None:
         samples = latent.get("samples") if isinstance(latent, dict) else None
-        if not isinstance(samples, torch.Tensor) or samples.ndim < 4:
-            raise FPEError("latent: connect a LATENT (e.g. Empty Latent Image), or leave it unconnected to use "
-                           "width and height")
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or min(samples.shape[-2:]) < 1:
+            shape = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise FPEError(f"latent: expected an image LATENT [batch, channels, height, width] (e.g. Empty Latent "
+                           f"Image), got {shape}; or leave it unconnected to use width and height")
         return int(samples.shape[-2]), int(samples.shape[-1])
     width = int(check_number("width", width, 64, 16384))
     height = int(check_number("height", height, 64, 16384))

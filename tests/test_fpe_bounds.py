@@ -80,3 +80,16 @@ def test_components_and_query_bound_counts_and_pixels(tiny_sd15, fpe_error):
     with pytest.raises(fpe_error, match=r"image: the picture would be 21856x16392 px"):
         call_node("FPEAttentionQuery", fpe_record=rec, samples=samples, x=0.5, y=0.5, radius=0.0, layers="",
                   alpha=0.6, image=_flat(1, 16392, 21856, 3))
+
+
+def test_nan_pixels_are_named_not_drawn_black(tiny_sd15, fpe_error):
+    """An fp16 VAE that overflows decodes NaN: the pictures would be black without a word."""
+    model, clip, _ = tiny_sd15
+    rec, samples, _, _ = _recorded(model, clip)
+    broken = torch.rand(1, 64, 64, 3)
+    broken[0, 3, 5] = float("nan")
+    with pytest.raises(fpe_error, match=r"^image_b: the image holds NaN or infinite pixels"):
+        call_node("FPESideBySide", image_a=torch.rand(1, 64, 64, 3), image_b=broken)
+    with pytest.raises(fpe_error, match=r"^image: the picture holds NaN or infinite pixels"):
+        call_node("FPEWordHeatmap", fpe_record=rec, samples=samples, clip=clip, text=SRC, words="ducks", layers="",
+                  alpha=0.6, image=torch.full((1, H, W, 3), float("inf")))

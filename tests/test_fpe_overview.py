@@ -145,8 +145,9 @@ def test_setting_mistakes_are_named(tiny_sd15, tiny_sdxl, fpe_error):
         _overview(model, layers="custom", custom_layers="in4,in99")
     with pytest.raises(fpe_error, match=r"layers: the 'paper 4-14' preset numbers SD1.5's"):
         _overview(tiny_sdxl[0], layers="paper 4-14")
-    with pytest.raises(fpe_error, match=r"latent: connect a LATENT"):
-        _overview(model, latent={"samples": torch.zeros(4, 8)})
+    for shape in ((4, 8), (1, 4, 0, 8), (1, 4, 2, 8, 8)):  # not an image latent: 2-D, empty, a video's 5-D
+        with pytest.raises(fpe_error, match=r"latent: expected an image LATENT \[batch, channels, height, width\]"):
+            _overview(model, latent={"samples": torch.zeros(*shape)})
     foreign = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
     with pytest.raises(fpe_error, match=r"model: FPE edits the self-attention layers of UNet models"):
         _overview(foreign)
