@@ -123,6 +123,11 @@ def load_items(spec: str, images: Path | None = None) -> tuple[str, list[dataset
                              f"{next(i.id for i in items if i.image is None)!r} has none)")
         return ("pie-bench" if path.stem == "mapping_file" else path.stem), items, folder
     if isinstance(raw, list):
+        pie_keys = {"original_prompt", "editing_prompt"}
+        if path.name.lower() == "mapping_file.json" or any(isinstance(row, dict) and pie_keys & set(row)
+                                                           for row in raw):
+            raise BatchError(f"dataset {spec}: PIE-Bench expects an object of entries keyed by image id "
+                             '({"000000000000": {"image_path": ..., "original_prompt": ...}, ...}), not a list')
         items = datasets.read_official(path)
         return path.stem, items, (images or path.parent) if any(i.image for i in items) else None
     raise BatchError(f"dataset {spec}: expected a .json (the paper's files, PIE-Bench's mapping_file.json) or a "
@@ -436,7 +441,30 @@ def read_items_file(out: Path) -> tuple[dict, list[datasets.EditItem]]:
                                       "mask": tuple(raw.get("mask") or ())}) for raw in data["items"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise BatchError(f"{path}: not a batch's item list ({type(exc).__name__}: {exc}); {REBUILD}") from None
+    seen: set[str] = set()
+    for n, item in enumerate(items):
+        problem = _item_problem(item)
+        if problem is None and item.id in seen:
+            problem = "its id appears twice (ids name the results)"
+        if problem is not None:
+            raise BatchError(f"{path}: item {item.id!r} (number {n + 1}): {problem}; {REBUILD}")
+        seen.add(item.id)
     return names, items
+
+
+def _item_problem(item: datasets.EditItem) -> str | None:
+    """What a hand edit of items.json broke in one item (the batch writes strings, lists of them, whole numbers)."""
+    for name in ("id", "source_prompt", "target_prompt"):
+        if not isinstance(getattr(item, name), str):
+            return f"{name} is {type(getattr(item, name)).__name__} {getattr(item, name)!r}, not text"
+    for name in ("image", "edit_type"):
+        if getattr(item, name) is not None and not isinstance(getattr(item, name), str):
+            return f"{name} is {type(getattr(item, name)).__name__} {getattr(item, name)!r}, not text"
+    if not all(isinstance(word, str) for word in item.blended_words):
+        return "blended_words must be a list of words"
+    if len(item.mask) % 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item.mask):
+        return "mask must be (start, length) pairs of whole numbers"
+    return None
 
 
 def load_items_file(out: Path) -> list[datasets.EditItem]:
@@ -454,7 +482,20 @@ def check_eval_folder(out: Path) -> tuple[dict, list[datasets.EditItem], dict[st
         state = "is empty or cut" if (out / MANIFEST).is_file() else "is missing"
         raise BatchError(f"{out / MANIFEST} {state}: no finished item is recorded; run the batch again (the same "
                          "`fpe batch` command and --out) to run its items")
+    ids = {item.id for item in items}
+    strays = [key for key in entries if key not in ids]
+    unmatched = [item.id for item in items if item.id not in entries]
+    if strays and unmatched:  # an id renamed by hand: its result is there under the old name
+        raise BatchError(f"{out / ITEMS_FILE}: item {unmatched[0]!r} has no result while {MANIFEST} has results for "
+                         f"ids items.json does not list ({', '.join(map(repr, strays[:3]))}): the ids were changed "
+                         f"since the run; {REBUILD}")
     return names, items, entries
+
+
+def stale_entry(item: datasets.EditItem, entry: dict | None) -> bool:
+    """A result made for another version of the item (items.json edited since, or another dataset in the
+    folder): its pictures and metrics are not this item's."""
+    return bool(entry) and bool(entry.get("item")) and entry["item"] != item_fingerprint(item)
 
 
 def evaluate_folder(out: Path, scoring: Scoring, recompute: bool = False) -> list[dict]:
@@ -492,14 +533,14 @@ class Scoring:
         from . import metrics
 
         with Image.open(source_png) as a, Image.open(edit_png) as b:
-            source, edit = a.convert("RGB"), b.convert("RGB")
+            source, edit = metrics.rgb(a), metrics.rgb(b)  # 16-bit scaled, not clipped to white
         if source.size != edit.size:  # a photo the workflow cropped or scaled: compare at the edit's size
             source = source.resize(edit.size, Image.LANCZOS)
         values = {"edge_ssim": metrics.edge_ssim(source, edit)}
         mask = None
         if mask_png is not None:
             with Image.open(mask_png) as m:
-                mask = np.array(m.convert("L")) >= 128
+                mask = metrics.mask_of(m)
         elif item.mask:
             mask = datasets.decode_mask(item.mask, border=False)
         if mask is not None:
@@ -717,7 +758,7 @@ def fill_missing_metrics(out: Path, items: list[datasets.EditItem], entries: dic
     filled = 0
     for item in items:
         entry = entries.get(item.id)
-        if not entry or entry.get("status") != "ok":
+        if not entry or entry.get("status") != "ok" or stale_entry(item, entry):
             continue
         have = entry.get("metrics") or {}
         if not recompute and scoring.wanted(bool(item.mask)) <= set(have):
@@ -735,12 +776,22 @@ def write_reports(out: Path, items: list[datasets.EditItem], entries: dict[str, 
                   settings: BatchSettings) -> list[dict]:
     from . import report
 
-    rows = [item_row(item, entries[item.id], settings) for item in items if item.id in entries]
+    rows = []
+    for item in items:  # an item without a result of its own counts as not run (a stopped batch, an edit since)
+        entry = entries.get(item.id)
+        if entry is None or stale_entry(item, entry):
+            rows.append(item_row(item, {"status": report.STATUS_NOT_RUN, "error": (
+                "its result was made for another version of this item (prompts or photo changed since); run the "
+                "batch again to redo it") if entry else None}, settings))
+        else:
+            rows.append(item_row(item, entry, settings))
     report.write_results_csv(rows, out / "results.csv")
     title = f"{settings.method} on {settings.dataset}"
     (out / "summary.md").write_text(report.summary_markdown(report.summarize(rows), title=title), encoding="utf-8")
     sheet_entries = []
     for row in rows:
+        if row.get("status") == report.STATUS_NOT_RUN:
+            continue
         caption = f"{row['id']}: {row['source_prompt']} -> {row['target_prompt']}"
         figures = [f"{name} {row[key]:{spec}}" for name, key, spec in (
             ("CS", "clip_score", ".2f"), ("CDS", "clip_directional", ".4f"), ("edge SSIM", "edge_ssim", ".3f"))

@@ -25,6 +25,7 @@ from .main_job import (
     check_checkpoint,
     check_numbers,
     check_out,
+    check_out_file,
     find_comfyui,
     is_comfyui,
     tiny_checkpoint_name,
@@ -257,7 +258,15 @@ def run_batch_command(argv: list[str], prog: str) -> int:
                 from .jobs import InProcessRunner
 
                 runner = InProcessRunner()
-        outcome = batch.run_batch(items, settings, out, runner, scoring=scoring, restart=args.restart, say=say)
+        try:
+            outcome = batch.run_batch(items, settings, out, runner, scoring=scoring, restart=args.restart, say=say)
+        except OSError as exc:  # results.csv or summary.md cannot be written: the edits are kept, say which file
+            file = Path(exc.filename2 or exc.filename or "")
+            if exc.filename is None or file.resolve().parent != out.resolve():
+                raise
+            raise UserError(f"{file}: cannot write it ({exc.strerror or exc}); the edits are kept in {out} "
+                            f"(images/, manifest.jsonl): remove {file.name} or make it writable, then `fpe eval {out}` writes "
+                            "results.csv and summary.md") from None
     except (UserError, BatchError, datasets.DatasetError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -397,8 +406,8 @@ def run_eval_command(argv: list[str], prog: str) -> int:
                 raise UserError(f"{given}: neither a batch folder (with {batch.SETTINGS_FILE}) nor a .csv of pairs")
         if args.out is not None and len(pair_files) > 1:
             raise UserError("--out takes one pair CSV's results; give the CSV files one at a time")
-        if args.table is not None and not args.table.expanduser().resolve().parent.is_dir():
-            raise UserError(f"--table {args.table}: the folder {args.table.parent} does not exist")
+        if args.table is not None:  # before the scoring: a folder or an unwritable place is told now
+            check_out_file(args.table, "--table", "summary.md")
         for folder in folders:  # a broken batch folder is told before the scoring models load
             batch.check_eval_folder(folder)
         # transformers imports torch's compiler, whose cache would stay in TMPDIR: a work folder holds it
@@ -406,8 +415,16 @@ def run_eval_command(argv: list[str], prog: str) -> int:
         scoring = _scoring(args)
         rows: list[dict] = []
         for folder in folders:
-            rows += batch.evaluate_folder(folder, scoring, recompute=args.recompute)
+            folder_rows = batch.evaluate_folder(folder, scoring, recompute=args.recompute)
+            rows += folder_rows
             print(f"{folder}: scored; results.csv and summary.md rewritten")
+            not_run = [row for row in folder_rows if row.get("status") == report.STATUS_NOT_RUN]
+            if not_run:
+                stale = [row["id"] for row in not_run if row.get("error")]
+                print(f"{folder}: {len(not_run)} of {len(folder_rows)} items not run" + (
+                    f" ({', '.join(map(repr, stale[:3]))}{' ...' if len(stale) > 3 else ''}: results made for "
+                    "another version of the item)" if stale else "") + "; run the batch again (the same "
+                    "`fpe batch` command and --out) to run them", file=sys.stderr)
         for path in pair_files:
             out = check_out(args.out or Path(f"fpe_eval_{batch.safe_name(path.stem)}"))
             rows += evaluate_pairs(path, out, scoring, args.method or path.stem)

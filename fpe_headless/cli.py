@@ -27,6 +27,8 @@ def _generated(name: str, args) -> list[datasets.EditItem]:
         if value is None:
             raise datasets.DatasetError(f"{name} is built from {what}: give {option} FILE (your copy; the pack "
                                         f"ships none of the paper's data)")
+        if Path(value).is_dir():
+            raise datasets.DatasetError(f"{option} {value}: is a folder; give the file {what} itself")
         return value
 
     if name == "car-fake-edit":
@@ -79,12 +81,13 @@ def run_datasets(argv: list[str], prog: str) -> int:
         for name, what in GENERATED.items():
             print(f"{name:20} {what}")
         return 0
+    from .main_job import UserError, check_out_file
+
     try:
+        check_out_file(args.out, "--out", f"{args.name}.json")  # before the set is built
         items = _generated(args.name, args)
-        if args.out.parent and not args.out.parent.is_dir():
-            raise datasets.DatasetError(f"--out {args.out}: the folder {args.out.parent} does not exist")
         datasets.write_official(items, args.out)
-    except datasets.DatasetError as exc:
+    except (datasets.DatasetError, UserError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(items)} prompt pairs to {args.out}")

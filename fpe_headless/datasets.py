@@ -208,14 +208,26 @@ def read_pie_bench(path: Path) -> list[EditItem]:
     editing_type_id, ...}}, in the file's order."""
     entries = _load(path)
     if not isinstance(entries, dict):
-        raise DatasetError(f"{path}: expected PIE-Bench's mapping_file.json, a JSON object keyed by image id")
+        raise DatasetError(f"{path}: PIE-Bench expects an object of entries keyed by image id "
+                           f"({{\"000000000000\": {{\"image_path\": ..., \"original_prompt\": ...}}, ...}}), not a "
+                           f"{_json_kind(entries)}")
+    if not entries:
+        raise DatasetError(f"{path}: no entries in the mapping; add PIE-Bench's entries (an object per image id)")
     items = []
+    size = PIE_SIZE[0] * PIE_SIZE[1]
     for key, entry in entries.items():
         if not isinstance(entry, dict):
             raise DatasetError(f"{path}: entry {key!r} is not an object")
-        mask = entry.get("mask") or []
-        if len(mask) % 2 or not all(isinstance(v, int) and v >= 0 for v in mask):
+        mask = entry.get("mask")
+        mask = [] if mask is None else mask
+        if (not isinstance(mask, list) or len(mask) % 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mask)):
             raise DatasetError(f"{path}: entry {key!r}: mask must be (start, length) pairs of whole numbers")
+        outside = next(((start, length) for start, length in zip(mask[0::2], mask[1::2], strict=True)
+                        if start + length > size), None)
+        if outside is not None:
+            raise DatasetError(f"{path}: entry {key!r}: mask run (start {outside[0]}, length {outside[1]}) ends past "
+                               f"the {PIE_SIZE[0]}x{PIE_SIZE[1]} picture ({size} pixels); mask runs must lie inside it")
         image = entry.get("image_path")
         items.append(EditItem(
             id=str(key), source_prompt=strip_markers(_text(entry, ("original_prompt",), path, key)),
@@ -224,6 +236,10 @@ def read_pie_bench(path: Path) -> list[EditItem]:
             blended_words=tuple(str(entry.get("blended_word") or "").split()), mask=tuple(mask),
             edit_type=str(entry["editing_type_id"]) if "editing_type_id" in entry else None))
     return items
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", bool: "true/false", type(None): "null"}.get(type(value), "number")
 
 
 def decode_mask(runs: tuple[int, ...], shape: tuple[int, int] = PIE_SIZE, border: bool = True) -> np.ndarray:
@@ -271,6 +287,7 @@ def read_csv_rows(path: Path, need: tuple[str, ...]) -> list[tuple[int, dict]]:
     except (OSError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read it as CSV ({exc})") from None
     _check_quotes(path, header, spans)
+    _check_fields(path, header, spans)
     lacking = [name for name in need if name not in header]
     if lacking:
         raise DatasetError(f"{path}: the header lacks {', '.join(lacking)} (it has: {', '.join(header) or 'nothing'}); "
@@ -303,6 +320,20 @@ def _check_quotes(path: Path, header: list[str], spans: list[tuple[int, int, lis
         first = spans[-1][0]
         raise DatasetError(f"{path}: line {first}: a quote opened on that line is never closed (the file ends inside "
                            'it); close the quote, or write a quote meant as text as two ("")')
+
+
+def _check_fields(path: Path, header: list[str], spans: list[tuple[int, int, list[str]]]) -> None:
+    """A column named twice (which one counts is unknown), and a row with more fields than the header names:
+    an unquoted comma in a prompt, which would cut the prompt at the comma without a word (empty fields past
+    the header, as spreadsheets write them, lose nothing and pass)."""
+    named = [name for name in header if name]
+    twice = next((name for i, name in enumerate(named) if name in named[:i]), None)
+    if twice is not None:
+        raise DatasetError(f"{path}: the header names the column {twice} twice; name each column once")
+    for first, _last, fields in spans[1:]:
+        if len(fields) > len(header) and any(text.strip() for text in fields[len(header):]):
+            raise DatasetError(f"{path}: line {first} has {len(fields)} fields but the header names {len(header)}; "
+                               'quote a prompt that holds a comma ("a dog, wearing a hat")')
 
 
 def _ends_inside_quotes(path: Path) -> bool:

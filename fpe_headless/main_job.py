@@ -185,17 +185,43 @@ def safetensors_keys(path: Path) -> list[str] | None:
     return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else None
 
 
-def check_out(path: Path) -> Path:
+def check_out(path: Path, option: str = "--out") -> Path:
+    """A folder a command writes into: created if missing, and written to once (a test file) before any work."""
     path = path.expanduser()
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path}: is a file; give a folder (it is created if missing)")
+        raise UserError(f"{option} {path}: is a file; give a folder (it is created if missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".fpe-write-test-", delete=True)
         probe.close()
     except OSError as exc:
-        raise UserError(f"--out {path}: cannot write there ({exc.strerror or exc}); choose another folder") from None
+        raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose another "
+                        "folder") from None
     return path.resolve()
+
+
+def check_out_file(path: Path, option: str = "--out", example: str = "result.json") -> Path:
+    """A file a command writes (replacing it if there): not a folder, in a folder that exists and takes a file
+    (a test file is written there once), checked before any work."""
+    if str(path).strip() in ("", "."):  # argparse's Path turns '' into '.'
+        raise UserError(f"{option} '{path}': no file name; give one, e.g. {option} {example}")
+    path = path.expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name, e.g. {option} {path / example}")
+    folder = path.parent
+    if not folder.exists():
+        raise UserError(f"{option} {path}: the folder {folder} does not exist; create it or choose another place")
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".fpe-write-test-", delete=True)
+        probe.close()
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose another "
+                        "place") from None
+    return path
 
 
 def check_image(path: Path) -> Path:
@@ -230,6 +256,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 def prepare(args: argparse.Namespace) -> Job:
     """Every check that needs no ComfyUI: files, folders, numbers, and which ComfyUI to run."""
     check_numbers(args)
+    if args.target_prompt is not None and not args.target_prompt.strip():  # as a dataset's empty target is refused
+        raise UserError("--target-prompt '': an empty target prompt edits toward nothing; give the edit's text "
+                        "(e.g. --target-prompt \"a photo of rubber ducks walking on street\"), or leave it out")
     workflow = resolve_workflow(args.workflow)
     data = load_workflow_file(workflow)
     checkpoint = check_checkpoint(args.checkpoint) if args.checkpoint else None
@@ -344,12 +373,14 @@ def sized_photo(photo: Path, input_dir: Path, size: int | None) -> str:
 
     from PIL import Image, ImageOps
 
+    from . import metrics
+
     where = hashlib.sha256(str(Path(photo).resolve()).encode()).hexdigest()[:8]  # photos of one name in two folders
     name = f"fpe_photo_{size or 'orig'}_{photo.stem}_{where}.png"
     if (input_dir / name).is_file() and (input_dir / name).stat().st_mtime >= Path(photo).stat().st_mtime:
         return name  # a batch's second edit of this photo
     with Image.open(photo) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
+        image = metrics.rgb(ImageOps.exif_transpose(opened))  # a 16-bit grey photo scaled, not clipped
     if size:
         scale = size / min(image.size)
         width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))

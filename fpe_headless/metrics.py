@@ -97,10 +97,44 @@ class MetricsError(ValueError):
 
 # --- images --------------------------------------------------------------------------------------------
 
+def eight_bit(image):
+    """A PIL image with 8 bits a channel. Pillow's ``convert`` clips the wide greyscale modes (a 16-bit PNG
+    opens as I;16, I;16B or I; a float TIFF as F) at 255, so a 16-bit picture would read as almost white:
+    these are scaled instead (16-bit: value / 257; F: 0..1 when every value is, else the 16-bit range).
+    Values outside that range are refused by name; other modes are returned as they are."""
+    mode = image.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return image
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.size and not np.isfinite(arr).all():
+        raise MetricsError(f"a {mode} image holds NaN or infinite values; save it as an 8- or 16-bit PNG")
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif low >= 0 and high <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        raise MetricsError(f"a {mode} image with values {low:g}..{high:g}: only 8-bit, 16-bit (0..65535) and "
+                           "0..1 float pictures are read; save it as an 8- or 16-bit PNG")
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+
+
+def rgb(image):
+    """A PIL image as 8-bit RGB, 16-bit greyscale scaled (``eight_bit``), not clipped as ``convert`` does."""
+    return eight_bit(image).convert("RGB")
+
+
+def mask_of(image) -> np.ndarray:
+    """A mask picture as bool [H,W] (True = edited: grey level >= 128 of 255, or of 65535 for a 16-bit mask)."""
+    return np.asarray(eight_bit(image).convert("L")) >= 128
+
+
 def to_array(image) -> np.ndarray:
     """An image as float64 [H,W,3] in 0..1 (PIL and uint8 are divided by 255, floats are taken as given)."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL, without importing it here
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(rgb(image))
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float64).numpy()
     arr = np.asarray(image)
@@ -119,7 +153,7 @@ def _to_pil(image):
     from PIL import Image
 
     if hasattr(image, "convert") and hasattr(image, "size"):
-        return image.convert("RGB")
+        return rgb(image)
     arr = np.asarray(image) if not isinstance(image, torch.Tensor) else None
     if arr is not None and arr.dtype == np.uint8 and arr.ndim == 3:
         return Image.fromarray(arr)

@@ -17,7 +17,16 @@ from pathlib import Path
 from . import probing
 from .fingerprint import file_fingerprint
 from .host import make_workdir, remove_workdir
-from .main_job import TINY_STEPS, HelpFormatter, UserError, check_checkpoint, check_numbers, tiny_checkpoint_name
+from .main_job import (
+    TINY_STEPS,
+    HelpFormatter,
+    UserError,
+    check_checkpoint,
+    check_numbers,
+    check_out,
+    check_out_file,
+    tiny_checkpoint_name,
+)
 
 TINY_PROBE_SIZE = 128  # the tiny demo: small maps, quick
 
@@ -97,6 +106,9 @@ def _lines(path: Path | None, what: str) -> tuple[str, ...] | None:
         lines = tuple(s for line in path.read_text(encoding="utf-8").splitlines() if (s := line.strip()))
     except OSError as exc:
         raise UserError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # a Latin-1 list, or not text at all (a PNG)
+        raise UserError(f"{what} {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "give a UTF-8 text file, one entry a line") from None
     if not lines:
         raise UserError(f"{what} {path}: no lines in it")
     return lines
@@ -245,6 +257,9 @@ def run_train(args) -> int:
         raise UserError("--test: the same folder as DATA; give another set (e.g. color-object for color-car), or "
                         "leave --test out for a held-out split")
     test = open_data(args.test, "--test") if args.test else None
+    name = "probe_result" + (f"_ood_{args.test.name}" if args.test else "") + (
+        "_shuffled" if args.shuffled_labels else "")
+    out = check_out_file(args.out, "--out", f"{name}.json") if args.out else args.data / f"{name}.json"  # before training
     try:
         import torch
 
@@ -264,9 +279,6 @@ def run_train(args) -> int:
         result = probe(data, settings, test=test, progress=progress)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    name = "probe_result" + (f"_ood_{args.test.name}" if args.test else "") + (
-        "_shuffled" if args.shuffled_labels else "")
-    out = args.out or args.data / f"{name}.json"
     result.save(out)
     from .probe_report import default_title, result_markdown
 
@@ -302,8 +314,9 @@ def run_report(args) -> int:
     for path in args.results:
         try:
             results.append((default_title(r := ProbeResult.load(path)), r))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: not a result of `fpe probe train` ({type(exc).__name__})") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a JSON list: TypeError
+            raise UserError(f"{path}: not a result of `fpe probe train` ({type(exc).__name__}); give the JSON file "
+                            "`fpe probe train` wrote (DATA/probe_result*.json)") from None
     layers = _selection(args.layers, "--layers", int)
     classes = _selection(args.classes, "--classes", str)
     for _, result in results:
@@ -311,7 +324,7 @@ def run_report(args) -> int:
             raise UserError(f"--layers {args.layers}: the results have layers 1 to {len(result.layers)}")
     if classes and not any(c in r.classes for _, r in results for c in classes):
         raise UserError(f"--classes {args.classes}: none is a class of these results")
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_out(args.out, "--out")  # a file or an unwritable place: told before anything is written
     text = tables_markdown(results, [k - 1 for k in layers] if layers else None, classes)
     for i, (_, result) in enumerate(results, start=1):
         write_csv(result, args.out / f"table_{i}.csv")

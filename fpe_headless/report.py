@@ -47,6 +47,7 @@ INT_COLUMNS = frozenset({"seed"})
 FLOAT_COLUMNS = frozenset({"seconds", *METRIC_COLUMNS})
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_NOT_RUN = "not run"  # an item of the dataset with no result (a stopped batch): counted, not failed
 
 
 def _cell(value) -> str:
@@ -120,12 +121,13 @@ class Summary:
     method: str
     items: int  # all items of the group, failed included
     ok: int
-    failed: int
+    failed: int  # items that ran and failed (``items - ok - not_run``)
     means: dict[str, float] = field(default_factory=dict)  # only metrics with at least one value
     counts: dict[str, int] = field(default_factory=dict)  # every metric: how many values its mean is over
     seconds_per_edit: float | None = None  # mean wall time of the ok items
     # model column -> {label: how many of the means' values it scored} ("unrecorded" for rows without one)
     models: dict[str, dict[str, int]] = field(default_factory=dict)
+    not_run: int = 0  # items without a result (status "not run"): in ``items``, not in ``failed``
 
 
 def _number(value) -> float | None:
@@ -172,10 +174,12 @@ def summarize(rows: Iterable[dict]) -> list[Summary]:
             if values:
                 means[metric] = _mean(values)
         seconds = [v for v in (_number(row.get("seconds")) for row in ok_rows) if v is not None]
+        not_run = sum(1 for row in group if row.get("status") == STATUS_NOT_RUN)
         summaries.append(Summary(
-            dataset=dataset, method=method, items=len(group), ok=len(ok_rows), failed=len(group) - len(ok_rows),
+            dataset=dataset, method=method, items=len(group), ok=len(ok_rows),
+            failed=len(group) - len(ok_rows) - not_run,
             means=means, counts=counts, seconds_per_edit=_mean(seconds) if seconds else None,
-            models=_models(ok_rows),
+            models=_models(ok_rows), not_run=not_run,
         ))
     return summaries
 
@@ -349,6 +353,13 @@ def summary_markdown(summaries: Sequence[Summary], title: str | None = None) -> 
                           for s in failed)
         lines += [f"Failed items: {total} of {sum(s.items for s in summaries)} ({where}); "
                   f"their errors are in the CSV's error column.", ""]
+    not_run = [s for s in summaries if s.not_run]
+    if not_run:
+        total = sum(s.not_run for s in not_run)
+        where = "; ".join(f"{_escape(' on '.join(p for p in (s.method, s.dataset) if p)) or 'all'}: {s.not_run} "
+                          "not run" for s in not_run)
+        lines += [f"Not run: {total} of {sum(s.items for s in summaries)} items ({where}); the means stand for the "
+                  "items that ran; run the batch again (the same command) to run them.", ""]
     return "\n".join(lines)
 
 
@@ -453,8 +464,10 @@ def _fitted(path: Path | None, cell: int) -> Image.Image | None:
     if path is None:
         return None
     try:
+        from . import metrics
+
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = metrics.rgb(image)  # a 16-bit PNG scaled, not clipped to white
     except (OSError, ValueError):
         return None
     scale = cell / max(image.size)

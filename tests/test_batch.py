@@ -88,7 +88,9 @@ def test_killed_batch_resumes_without_recomputing(executor, tiny_sd15_ckpt, tmp_
     with pytest.raises(Killed):
         batch.run_batch(SIX, settings(tiny_sd15_ckpt), out, first, say=lambda s: None)
     assert first.ran == ["0", "1", "3"]
-    assert len(report.read_results_csv(out / "results.csv")) == 3  # what finished is reported even so
+    # what finished is reported even so, counted against every item (3 not run)
+    assert [row["status"] for row in report.read_results_csv(out / "results.csv")].count("ok") == 3
+    assert "| six | 3/6 |" in (out / "summary.md").read_text()
     done = batch.read_manifest(out)
     assert sorted(done) == ["0", "1", "3"] and all(e["status"] == "ok" for e in done.values())
     before = {k: (out / e["edit_image"]).read_bytes() for k, e in done.items()}
@@ -344,3 +346,59 @@ def test_a_damaged_batch_folder_is_named(executor, tiny_sd15_ckpt, tmp_path):
         (out / batch.SETTINGS_FILE).write_text(broken)
         with pytest.raises(BatchError, match=rf"batch.json: {what}.*--restart"):
             batch.check_folder(out, batch.wanted_settings(settings(tiny_sd15_ckpt), SIX))
+
+
+def hand_made_folder(out: Path, items: list[EditItem], done: int) -> None:
+    """A batch folder as a batch stopped after ``done`` items leaves it (no ComfyUI: random pictures)."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True)
+    (out / "images").mkdir()
+    (out / batch.SETTINGS_FILE).write_text(json.dumps({"dataset": "six", "checkpoint": "x.safetensors"}))
+    batch.write_items(out, items, settings("x.safetensors"), say=lambda s: None)
+    for item in items[:done]:
+        for role in ("source", "edit"):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(out / f"images/{item.id}_{role}.png")
+        batch.append_manifest(out, {"id": item.id, "item": batch.item_fingerprint(item), "status": "ok", "seconds": 1.0,
+                                    "source_image": f"images/{item.id}_source.png",
+                                    "edit_image": f"images/{item.id}_edit.png", "metrics": {}})
+
+
+def test_a_stopped_batch_counts_against_its_items(tmp_path):
+    """A batch stopped at 1 of 3 items: eval says 1/3 with 2 not run (not 1/1), and the rows say which."""
+    out = tmp_path / "b"
+    hand_made_folder(out, SIX[:3], done=1)
+    rows = batch.evaluate_folder(out, Scoring())
+    assert [(row["id"], row["status"]) for row in rows] == [("0", "ok"), ("1", "not run"), ("2", "not run")]
+    summary = (out / "summary.md").read_text()
+    assert "| six | 1/3 |" in summary and "2 not run" in summary and "Failed items" not in summary
+    assert [row["status"] for row in report.read_results_csv(out / "results.csv")] == ["ok", "not run", "not run"]
+
+
+def test_a_hand_edited_items_json_is_refused_by_item(tmp_path):
+    """Two items with one id, an id renamed (its result left under the old one), ids as numbers, a prompt that is
+    not text: refused naming the item and the fix; a prompt changed since the run: that item counts as not run."""
+    out = tmp_path / "b"
+    hand_made_folder(out, SIX[:2], done=2)
+    good = json.loads((out / batch.ITEMS_FILE).read_text())
+
+    def edited(change, match):
+        data = json.loads(json.dumps(good))
+        change(data["items"])
+        (out / batch.ITEMS_FILE).write_text(json.dumps(data))
+        with pytest.raises(BatchError, match=match) as caught:
+            batch.evaluate_folder(out, Scoring())
+        assert "run the batch again (the same `fpe batch` command and --out) to rebuild it" in str(caught.value)
+
+    edited(lambda items: items[1].update(id="0"), r"items.json: item '0' \(number 2\): its id appears twice")
+    edited(lambda items: items[1].update(id="zz"), r"items.json: item 'zz' has no result while manifest.jsonl has "
+                                                   r"results for ids items.json does not list \('1'\)")
+    edited(lambda items: [item.update(id=int(item["id"])) for item in items], r"item 0 \(number 1\): id is int 0")
+    edited(lambda items: items[0].update(target_prompt=5), r"item '0' \(number 1\): target_prompt is int 5")
+    edited(lambda items: items[0].update(mask="abc"), r"item '0' \(number 1\): mask must be")
+    data = json.loads(json.dumps(good))
+    data["items"][0]["target_prompt"] = "a purple car"  # the result is the blue car's
+    (out / batch.ITEMS_FILE).write_text(json.dumps(data))
+    rows = batch.evaluate_folder(out, Scoring())
+    assert rows[0]["status"] == "not run" and "another version of this item" in rows[0]["error"]
+    assert rows[0].get("edge_ssim") is None and rows[1]["status"] == "ok"
+    assert "| six | 1/2 |" in (out / "summary.md").read_text()

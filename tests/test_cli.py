@@ -293,3 +293,50 @@ def test_killed_batch_work_folder_goes_with_the_next_run(tmp_path):
                              tmp_path / "edit"], env=env, capture_output=True, text=True, timeout=300)
     assert edited.returncode == 0, edited.stderr[-2000:]
     assert list(tmp.iterdir()) == []  # no work folder, no torchinductor_<user>
+
+
+def test_eval_of_a_stopped_batch_and_a_comma_in_a_prompt(tmp_path):
+    """`fpe eval` on a batch stopped at 1 of 3 items: 1/3, "2 not run" in summary.md and on stderr, exit 1. An
+    unquoted comma in a prompt (batch CSV and pairs CSV): one line naming the line, exit 2."""
+    from PIL import Image
+    from test_batch import SIX, hand_made_folder
+
+    hand_made_folder(tmp_path / "b", SIX[:3], done=1)
+    done = fpe("eval", tmp_path / "b", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "2 of 3 items not run" in done.stderr and "| six | 1/3 |" in done.stdout
+    assert "2 not run" in (tmp_path / "b" / "summary.md").read_text()
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "prompts.csv").write_text("image,source_prompt,target_prompt\na.png,a cat,a dog, wearing a red hat\n")
+    one_line_error(fpe("batch", "prompts.csv", cwd=tmp_path), "prompts.csv: line 2 has 4 fields but the header names 3; "
+                   'quote a prompt that holds a comma ("a dog, wearing a hat")')
+    (tmp_path / "pairs.csv").write_text("source_image,edit_image,source_prompt,target_prompt\n"
+                                        "a.png,a.png,a cat,a dog, wearing a red hat\n")
+    one_line_error(fpe("eval", "pairs.csv", cwd=tmp_path), "pairs.csv: line 2 has 5 fields but the header names 4")
+
+
+def test_output_paths_that_are_folders_or_unwritable_are_one_line(tmp_path):
+    """Every output path is checked before any work: a folder, '' or a place under a file is one line (exit 2);
+    a batch whose results.csv cannot be written keeps its edits and names the file."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ds").mkdir()
+    for out, message in (("ds", "--out ds: is a folder; give a file name"), ("", "no file name; give one"),
+                         ("afile/x.json", "--out afile/x.json: cannot write there")):
+        one_line_error(fpe("datasets", "generate", "car-fake-edit", "--out", out, cwd=tmp_path), message)
+    one_line_error(fpe("datasets", "generate", "car-real-edit", "--out", "x.json", "--stanford-cars", "ds",
+                       cwd=tmp_path), "--stanford-cars ds: is a folder")
+    out = tmp_path / "b"
+    args = ["batch", "car-fake-edit", "--limit", "1", "--steps", "2", "--size", "64", "--out", out]
+    assert fpe(*args).returncode == 0
+    for table, message in (("ds", "--table ds: is a folder"), ("afile/t.md", "--table afile/t.md: cannot write")):
+        done = fpe("eval", out, "--table", table, cwd=tmp_path)
+        one_line_error(done, message)
+        assert "scored" not in done.stdout  # told before the scoring
+    (out / "results.csv").unlink()
+    (out / "results.csv").mkdir()
+    done = fpe(*args)
+    errors = [line for line in done.stderr.splitlines() if "error" in line]  # after the "resuming" notice
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"fpe batch: error: {out / 'results.csv'}: cannot write it"), errors
+    assert "the edits are kept" in errors[0] and f"fpe eval {out}" in errors[0]
+    assert (out / "manifest.jsonl").read_text().count("\n") == 1

@@ -175,3 +175,52 @@ def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
     prompts.write_text('image,source_prompt,target_prompt\ncat.png,a cat,a dog\n\nowl.png,an owl,\n')
     with pytest.raises(datasets.DatasetError, match=r"line 4 has an empty target_prompt"):  # lines stay the file's
         datasets.read_folder(tmp_path, prompts)
+
+
+def test_pie_bench_mask_and_mapping_mistakes_are_named(tmp_path):
+    """A mask that is a number or true (a TypeError before), a run past the 512x512 picture (ignored before), an
+    empty mapping (a success with no results before) and a list (read as the paper's format before)."""
+    from fpe_headless import batch
+
+    entry = {"image_path": "a.jpg", "original_prompt": "a [cat]", "editing_prompt": "a [dog]", "mask": [0, 10]}
+    path = tmp_path / "mapping_file.json"
+    for mask in (5, True, "abc", [[0, 10]], [True, 5]):
+        path.write_text(json.dumps({"000": {**entry, "mask": mask}}))
+        with pytest.raises(datasets.DatasetError, match=r"entry '000': mask must be \(start, length\) pairs"):
+            datasets.read_pie_bench(path)
+    for mask in ([10**12, 5], [512 * 512 - 4, 5]):
+        path.write_text(json.dumps({"000": {**entry, "mask": mask}}))
+        with pytest.raises(datasets.DatasetError, match=rf"entry '000': mask run \(start {mask[0]}, length 5\) ends "
+                                                        r"past the 512x512 picture"):
+            datasets.read_pie_bench(path)
+    path.write_text(json.dumps({"000": {**entry, "mask": [512 * 512 - 5, 5]}}))  # the last pixels: inside
+    assert datasets.read_pie_bench(path)[0].mask == (512 * 512 - 5, 5)
+    path.write_text("{}")
+    with pytest.raises(datasets.DatasetError, match=r"mapping_file.json: no entries"):
+        batch.load_items(str(path))
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(batch.BatchError, match=r"PIE-Bench expects an object of entries.*not a list"):
+        batch.load_items(str(path))
+    other = tmp_path / "pie.json"  # another name, PIE-Bench's keys: still told
+    other.write_text(json.dumps([entry]))
+    with pytest.raises(batch.BatchError, match=r"PIE-Bench expects an object of entries"):
+        batch.load_items(str(other))
+    paper = tmp_path / "Car_fake_edit.json"  # the paper's list still reads
+    paper.write_text(json.dumps([{"soure_prompt": "a red car", "edit_prompt": "a blue car"}]))
+    assert batch.load_items(str(paper))[1][0].target_prompt == "a blue car"
+
+
+def test_a_comma_in_an_unquoted_prompt_or_a_column_named_twice_is_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"png")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("image,source_prompt,target_prompt\na.png,a cat,a dog, wearing a red hat\n")
+    with pytest.raises(datasets.DatasetError) as caught:
+        datasets.read_folder(tmp_path, prompts)
+    assert str(caught.value) == (f"{prompts}: line 2 has 4 fields but the header names 3; quote a prompt that holds "
+                                 'a comma ("a dog, wearing a hat")')
+    prompts.write_text("image,source_prompt,target_prompt,image\na.png,a cat,a dog,b.png\n")
+    with pytest.raises(datasets.DatasetError, match=r"the header names the column image twice"):
+        datasets.read_folder(tmp_path, prompts)
+    prompts.write_text('image,source_prompt,target_prompt\na.png,a cat,"a dog, wearing a red hat"\n'
+                       "a.png,a cat,a fox,,\n")  # quoted; empty fields past the header (a spreadsheet's) lose nothing
+    assert [i.target_prompt for i in datasets.read_folder(tmp_path, prompts)] == ["a dog, wearing a red hat", "a fox"]

@@ -136,6 +136,7 @@ def _lora_file(tmp_path):
                                                     r"workflow of that name \(shipped: fpe_attention_maps, fpe_generated_edit, "),
     (lambda t: ["--workflow", _workflow_with_a_repeated_key(t)],
      r"--workflow .*twice.json: the key 'version' appears twice in one JSON object"),
+    (lambda t: ["--target-prompt", " "], r"--target-prompt '': an empty target prompt edits toward nothing"),
     (lambda t: ["--out", _text_file(t, "taken")], r"--out .*taken: is a file; give a folder"),
     (lambda t: ["--out", _text_file(t, "file") / "sub"], r"--out .*file/sub: cannot write there"),
     (lambda t: ["--steps", 0], r"--steps 0: must be 1 to 10000"),

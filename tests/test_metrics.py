@@ -500,3 +500,45 @@ def test_a_bad_model_folder_is_one_line_naming_the_option(tmp_path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith(f"fpe {command}: error: " + expect.format(p=folder)), err
+
+
+def _grey_picture():
+    """An 8-bit grey picture with edges, and the same picture as 16-bit values (v * 257)."""
+    yy, xx = np.mgrid[:48, :48]
+    grey = (20 + 2 * xx + 2 * yy).astype(np.uint8)
+    grey[12:30, 10:26] = 230
+    grey[(yy - 36) ** 2 + (xx - 36) ** 2 < 50] = 15
+    return grey, grey.astype(np.uint16) * 257
+
+
+def test_a_16_bit_png_scores_as_the_same_picture_as_its_8_bit_save(tmp_path):
+    from fpe_headless.batch import Scoring
+    from fpe_headless.datasets import EditItem
+
+    grey, wide = _grey_picture()
+    Image.fromarray(grey).save(tmp_path / "p8.png")
+    Image.fromarray(wide).save(tmp_path / "p16.png")
+    with Image.open(tmp_path / "p16.png") as opened:
+        assert opened.mode.startswith("I")  # a 16-bit mode, which convert("RGB") clips to white
+        assert np.array_equal(metrics.to_array(opened), metrics.to_array(Image.fromarray(grey)))
+        assert np.array_equal(np.asarray(metrics._to_pil(opened)), np.asarray(Image.fromarray(grey).convert("RGB")))
+    for other in (Image.fromarray(wide.astype(np.int32)), Image.fromarray(grey.astype(np.float32) / 255)):
+        assert other.mode in ("I", "F")
+        assert np.array_equal(metrics.to_array(other), metrics.to_array(Image.fromarray(grey)))
+    item = EditItem(id="a", source_prompt="a photo", target_prompt="a photo")
+    assert Scoring().score(item, tmp_path / "p8.png", tmp_path / "p16.png")["edge_ssim"] == pytest.approx(1.0)
+
+
+def test_a_16_bit_mask_reads_as_the_same_mask(tmp_path):
+    grey, wide = _grey_picture()
+    Image.fromarray(grey).save(tmp_path / "m8.png")
+    Image.fromarray(wide).save(tmp_path / "m16.png")
+    with Image.open(tmp_path / "m8.png") as m8, Image.open(tmp_path / "m16.png") as m16:
+        mask8, mask16 = metrics.mask_of(m8), metrics.mask_of(m16)
+    assert mask8.any() and not mask8.all()
+    assert np.array_equal(mask8, mask16)
+
+
+def test_a_wide_image_out_of_range_is_refused_by_name():
+    with pytest.raises(metrics.MetricsError, match=r"a F image with values -1\.\.3: only 8-bit, 16-bit"):
+        metrics.to_array(Image.fromarray(np.array([[-1.0, 3.0]], dtype=np.float32)))

@@ -269,3 +269,46 @@ def test_summary_pairs_by_position_when_names_differ():
     assert pairs == [("a.attn2", "a.attn1"), ("b.attn2", "b.attn1"), (None, "c.attn1")]
     assert probe_report.pair_layers(["in1", "mid", "out1"], ["in0", "in1", "out1"]) == [
         (None, "in0"), ("in1", "in1"), ("mid", None), ("out1", "out1")]
+
+
+# --- the command's output and input mistakes: one line, exit 2, before any training -----------------------
+
+
+def _probe_command(capsys, *argv):
+    from fpe_headless import probe_cli
+
+    code = probe_cli.main([str(a) for a in argv], "fpe probe")
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_probe_train_and_report_outputs_are_checked_before_any_work(tmp_path, capsys):
+    data = tmp_path / "data"
+    _planted_set(data, per_class=2, seed=3, classes=COLOURS[:2])
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    err = _probe_command(capsys, "train", data, "--out", tmp_path / "folder")
+    assert "--out" in err and "is a folder; give a file name" in err and "layer" not in err  # no training ran
+    err = _probe_command(capsys, "train", data, "--out", tmp_path / "afile" / "x.json")
+    assert "afile/x.json: cannot write there" in err
+    result = tmp_path / "r.json"
+    _toy_result([[0.5, 1.0], [1.0, 0.25]], ["in1.0", "in2.0"], ["a", "b"]).save(result)
+    err = _probe_command(capsys, "report", result, "--out", tmp_path / "afile")
+    assert "--out" in err and "afile: is a file; give a folder" in err
+    err = _probe_command(capsys, "report", result, "--out", tmp_path / "afile" / "sub")
+    assert "afile/sub: cannot write there" in err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    err = _probe_command(capsys, "report", tmp_path / "list.json", "--out", tmp_path / "rep")
+    assert "list.json: not a result of `fpe probe train`" in err
+
+
+def test_probe_build_word_and_template_files_that_are_not_utf8_are_one_line(tmp_path, capsys):
+    latin = tmp_path / "words.csv"
+    latin.write_bytes("caf\xe9\nchair\n".encode("latin-1"))
+    png = tmp_path / "words.png"
+    Image.new("RGB", (4, 4)).save(png)
+    for option, probe_set, file in (("--words", "color-object", latin), ("--words", "color-object", png),
+                                    ("--templates", "complex", latin)):
+        err = _probe_command(capsys, "build", probe_set, option, file, "--out", tmp_path / "out")
+        assert f"{option} {file}: not UTF-8 text" in err and "give a UTF-8 text file" in err
