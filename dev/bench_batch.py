@@ -26,13 +26,13 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 
 def one_source(n: int):
-    from fpe_headless.datasets import car_fake_edit
+    from fpe_headless.batch.datasets import car_fake_edit
 
     return car_fake_edit()[:n]  # 'a red car' -> 27 other colours
 
 
 def many_sources(n: int):
-    from fpe_headless.datasets import car_fake_edit
+    from fpe_headless.batch.datasets import car_fake_edit
 
     items, seen = [], set()
     for item in car_fake_edit():  # the first edit of each source colour
@@ -43,7 +43,7 @@ def many_sources(n: int):
 
 
 def timed_batch(items, settings, runner, folder: Path) -> float:
-    from fpe_headless import batch
+    from fpe_headless.batch import batch
 
     started = time.perf_counter()
     outcome = batch.run_batch(items, settings, folder, runner, say=lambda s: None,
@@ -66,10 +66,10 @@ def main(argv=None) -> int:
         parser.error("no ComfyUI: run through `bash dev/bench.sh --batch`, or set COMFYUI_PATH")
 
     from fpe_harness import host as host_mod
-    from fpe_headless import tiny_models
-    from fpe_headless.batch import BatchSettings
-    from fpe_headless.datasets import EditItem
-    from fpe_headless.jobs import InProcessRunner
+    from fpe_headless.batch.batch import BatchSettings
+    from fpe_headless.batch.datasets import EditItem
+    from fpe_headless.comfy import tiny_models
+    from fpe_headless.comfy.jobs import InProcessRunner
 
     work = Path(tempfile.mkdtemp(prefix="fpe-bench-batch-"))
     host = host_mod.boot(Path(host_path), work / "host", cpu=True)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                 runner, label = InProcessRunner(), "in-process"
             else:
                 from fpe_harness.comfy_server import ComfyServer
-                from fpe_headless.remote import RemoteRunner
+                from fpe_headless.comfy.remote import RemoteRunner
 
                 servers = [ComfyServer(host.path, work / f"server{count}-{i}", [ckpt]) for i in range(count)]
                 for server in servers:

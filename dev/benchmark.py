@@ -60,7 +60,7 @@ def full_unet(architecture="SD1.5", dtype=None):
     """A real architecture's UNet with seeded random weights, through ComfyUI's UNet loader."""
     import comfy.sd
 
-    from fpe_headless import tiny_models
+    from fpe_headless.comfy import tiny_models
 
     state = tiny_models.full_unet_state_dict(architecture, dtype)
     load = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
@@ -95,7 +95,7 @@ LAYER_TABLE_SIZES = {"SD1.5": [(512, 512), (768, 768)], "SD2.x": [(512, 512), (7
 def layer_table(layers_mod):
     """Per real architecture and size: layers each preset selects, and the capture's fp16 bytes per
     stored step (one image, cond rows, one evaluation per step) for the two official presets."""
-    from fpe_headless import tiny_models
+    from fpe_headless.comfy import tiny_models
 
     rows = []
     for arch, sizes in LAYER_TABLE_SIZES.items():
@@ -378,7 +378,7 @@ def main(argv=None) -> int:
         parser.error("no ComfyUI: run through `bash dev/bench.sh`, or set COMFYUI_PATH")
 
     from fpe_harness import host as host_mod
-    from fpe_headless import tiny_models
+    from fpe_headless.comfy import tiny_models
 
     workdir = Path(tempfile.mkdtemp(prefix="fpe-bench-"))
     host = host_mod.boot(Path(host_path), workdir, cpu=not args.gpu)
@@ -449,7 +449,7 @@ def sweep_report(args, host, call_node) -> int:
     """One batched run with 8 settings against 8 single edits and plain batches (tiny SD1.5, 10 steps)."""
     import torch
 
-    from fpe_headless import tiny_models
+    from fpe_headless.comfy import tiny_models
 
     tiny_models.write_checkpoint(tiny_models.SD15_TINY, host.workdir / "models" / "checkpoints" / "tiny.safetensors")
     model, clip, _ = call_node("CheckpointLoaderSimple", ckpt_name="tiny.safetensors")[:3]
@@ -532,7 +532,7 @@ def bench_rows(args, host, call_node, bench, cpu_steps: int) -> list:
     weights: 256 px and ``cpu_steps`` on a CPU, 512 px / 50 steps on a GPU, SDXL 1024 px there)."""
     import torch
 
-    from fpe_headless import tiny_models
+    from fpe_headless.comfy import tiny_models
 
     rows = []
     if not args.gpu:

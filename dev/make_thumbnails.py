@@ -5,7 +5,7 @@
 
 Each picture is the graph as current ComfyUI's frontend draws it (a real server and headless
 Chromium, as in the browser test; focus mode, no minimap), scaled to THUMBNAIL_SIZE, stamped with
-the sha256 of its workflow file in the JPEG comment. tests/test_workflow_thumbnails.py fails when a
+the sha256 of its workflow file in the JPEG comment. tests/workflows/test_thumbnails.py fails when a
 workflow changes and its picture was not made again. Run after dev/build_workflows.py.
 """
 

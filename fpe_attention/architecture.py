@@ -9,6 +9,7 @@ which layers exist is always read from the loaded modules (``layers.unet_attn1_l
 from __future__ import annotations
 
 from .errors import FPEError
+from .host_versions import model_sampling_of
 
 # ComfyUI's model config classes (comfy.supported_models), most specific first; fine-tunes and
 # distillations subclass these, so the class hierarchy names their family.
@@ -28,8 +29,6 @@ def family(model) -> str:
 
 def prediction(model) -> str:
     """'eps', 'v_prediction', ... as the host's model_sampling runs it (ModelSamplingDiscrete may change it)."""
-    from .schedule import model_sampling_of
-
     sampling = model_sampling_of(model)
     labels = {"V_PREDICTION": "v_prediction", "EDM": "edm", "X0": "x0", "EPS": "eps", "CONST": "flow"}
     for cls in type(sampling).__mro__:  # the most derived first: ComfyUI's EDM subclasses V_PREDICTION
@@ -50,12 +49,28 @@ def unet_of(model):
         f"SD2.x or SDXL checkpoint")
 
 
+def transformer_layers(diffusion_model):
+    """(key, transformer layer, level) of a ComfyUI ``UNetModel``'s transformer layers, in forward order;
+    ``level``: the 2x downsamplings before it. The key is what attention patches see."""
+    level = 0
+    blocks = [("input", i, b) for i, b in enumerate(diffusion_model.input_blocks)]
+    blocks += [("middle", 0, diffusion_model.middle_block)]
+    blocks += [("output", i, b) for i, b in enumerate(diffusion_model.output_blocks)]
+    for block_name, block_id, block in blocks:
+        for module in block:
+            kind = type(module).__name__
+            if kind == "Downsample":
+                level += 1
+            elif kind == "Upsample":
+                level -= 1
+            for index, transformer in enumerate(getattr(module, "transformer_blocks", None) or ()):
+                yield (block_name, block_id, index), transformer, level
+
+
 def check_inputs_fit(model, samples, latent_name: str, prompts: dict) -> None:
     """Before sampling: the latent's channels and each prompt's width are what this model takes, so a VAE
     or CLIP of another model family is named instead of failing inside the UNet with a shape error.
     ``prompts``: input name -> CONDITIONING (None: not connected)."""
-    from .layers import transformer_layers
-
     inner = getattr(model, "model", None)
     # Every UNet family FPE serves takes 4-channel latents; the 2024 host's latent formats do not say so.
     channels = getattr(getattr(inner, "latent_format", None), "latent_channels", 4)

@@ -12,11 +12,11 @@ import re
 
 import torch
 
-from .cross import PromptTokens, _plain, encodes_alike
 from .errors import FPEError
 from .heatmaps import to_image_size
 from .layers import LayerSelectionError, parse_block_list
 from .layers import key_name as _name
+from .prompt_words import PromptTokens, encodes_alike, plain_word
 from .recording import AttentionRecord, RunRecord
 
 
@@ -56,7 +56,7 @@ def word_items(tokens: PromptTokens, words: str, name: str = "words") -> list[tu
     out = []
     for item in items:
         positions: list[int] = []
-        for word in (w for w in item.split() if _plain(w)):
+        for word in (w for w in item.split() if plain_word(w)):
             found = tokens.find(word)
             if not found:
                 raise FPEError(f"{name}: {word!r} is not a word of the prompt (text). Its words are: "

@@ -19,13 +19,13 @@ from .conditioning import entry_ids, sampler_conds, structure_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
-from .layers import LayerSelection, layer_key, model_attn1_layers
+from .layers import LayerSelection, choose_layers, layer_key, model_attn1_layers
 from .memory import choose_storage, stored_evaluations
 from .replay import InputRecorder, reject_per_call_conditioning
 from .sampling import sample_over_sigmas
 from .source import FPESource, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
-from .validate import check_latent
+from .validate import check_latent, check_number
 
 ROWS = {"cond": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
 STORAGE = ("auto", "cpu", "replay")
@@ -37,12 +37,27 @@ CROSS = {"off": None, "on": "store layers", "all layers": "all"}
 @dataclass(frozen=True)
 class CaptureSettings:
     selection: LayerSelection
-    layer_setting: str  # as the user wrote it, for messages
     store_end: float = 0.8
     rows: str = "cond"
     storage: str = "auto"  # auto: where it fits; cpu: system RAM; replay: no record, the source's inputs only
     precision: str = "exact"  # exact: the dtype the model computes in; fp16/bf16: half the bytes of fp32
     cross: str = "off"  # store_cross: off, on (the store layers' attn2), all layers
+
+    def __post_init__(self):  # every store setting checked here, by the name of its input
+        check_number("store_end", self.store_end, 0.0, 1.0)
+        for name, value, choices in (("store_rows", self.rows, ROWS), ("storage", self.storage, STORAGE),
+                                     ("precision", self.precision, PRECISION), ("store_cross", self.cross, CROSS)):
+            if value not in choices:
+                raise FPEError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+    @classmethod
+    def from_inputs(cls, model, store_layers: str, store_custom_layers: str, store_end: float, store_rows: str,
+                    storage: str, precision: str, store_cross: str = "off") -> CaptureSettings:
+        """The store widgets of FPE Source Capture, DDIM Invert and Null-Text Invert, resolved for ``model``."""
+        store_end = check_number("store_end", store_end, 0.0, 1.0)
+        selection = choose_layers(model, store_layers, store_custom_layers, "store_layers", "store_custom_layers")
+        return cls(selection=selection, store_end=store_end, rows=store_rows, storage=storage, precision=precision,
+                   cross=store_cross)
 
 
 class CaptureRecorder(Shared):
@@ -186,7 +201,7 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     stored = settings.selection.resolve(layers, height, width)
     if not stored:
         raise FPEError(
-            f"store layers '{settings.layer_setting}' select no self-attention layer at {width * 8}x{height * 8} px: "
+            f"store layers '{settings.selection.label}' select no self-attention layer at {width * 8}x{height * 8} px: "
             f"choose 'official relative' (every level but the finest, at any size), 'all' or a custom list")
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
         raise FPEError("sigmas: the schedule needs at least 2 values (1 step)")
@@ -202,52 +217,46 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
                 "node that reverses the schedule) before it")
         raise FPEError(f"sigmas: the schedule rises at step {i} (sigma {float(sigmas[i]):.6g} -> "
                        f"{float(sigmas[i + 1]):.6g}), but {what}")
-    if settings.rows not in ROWS:
-        raise FPEError(f"store_rows: unknown value {settings.rows!r}; choose one of {', '.join(ROWS)}")
     steps = int(sigmas.shape[0]) - 1
     window = step_window(steps, 0.0, settings.store_end)
-    source = FPESource(
-        signature=signature, layers=layers, latent_shape=tuple(int(x) for x in samples.shape),
-        schedule=[float(s) for s in sigmas], schedule_origin=schedule_origin,
-        stored_layers=frozenset(layer.key for layer in stored), stored_window=window,
-        stored_kinds=ROWS[settings.rows], layer_setting=settings.layer_setting, store_end=settings.store_end, cfg=cfg,
-        storage_device="auto", maker=maker)
+    batch = int(samples.shape[0])
+    # The plan first (what is stored, how big, where), then the source, built whole.
     dtype = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}[settings.precision]
     item = torch.empty((), dtype=dtype or _compute_dtype(model)).element_size()
-    per_evaluation = sum(layer.tokens(height, width) * layer.channels for layer in stored) * source.batch * rows
-    if settings.cross not in CROSS:
-        raise FPEError(f"store_cross: unknown value {settings.cross!r}; choose one of {', '.join(CROSS)}")
+    per_evaluation = sum(layer.tokens(height, width) * layer.channels for layer in stored) * batch * rows
+    crossed = []
     if CROSS[settings.cross] is not None:
         if settings.storage == "replay":
             raise FPEError("store_cross needs a record, which storage 'replay' does not keep: set storage to 'auto' "
                            "or 'cpu', or store_cross to 'off'")
         crossed = stored if CROSS[settings.cross] == "store layers" else layers
-        source.cross_setting = settings.cross
-        source.cross_layers = frozenset(layer.key for layer in crossed)
         # the attn2 input has the width of the attn1 input (the block's inner width)
-        per_evaluation += sum(layer.tokens(height, width) * layer.channels for layer in crossed) * source.batch * rows
+        per_evaluation += sum(layer.tokens(height, width) * layer.channels for layer in crossed) * batch * rows
     estimate = per_evaluation * evaluations * item
-    if source.cross_layers and evaluations:
-        estimate += sum(tokens * channels for tokens, channels in contexts) * source.batch * item
+    if crossed and evaluations:
+        estimate += sum(tokens * channels for tokens, channels in contexts) * batch * item
     what = (f"{len(stored)} layers, {evaluations} evaluations in {window[1] - window[0]} steps, {rows} row{'s' if rows != 1 else ''} per "
             f"image, {str(dtype or _compute_dtype(model)).replace('torch.', '')}")
-    if source.cross_layers:
-        what += f"; store_cross: {len(source.cross_layers)} cross-attention layers and the text contexts"
-    if settings.storage not in STORAGE:
-        raise FPEError(f"storage: unknown value {settings.storage!r}; choose one of {', '.join(STORAGE)}")
+    if crossed:
+        what += f"; store_cross: {len(crossed)} cross-attention layers and the text contexts"
     plan = choose_storage(maker, estimate, settings.storage, getattr(model, "load_device", None), what)
-    source.storage_device = plan.mode
-    source.auto_replay = settings.storage == "auto" and plan.mode == "replay"  # for the messages
-    if plan.mode == "replay":  # no layer record: any layer can be edited, the source rows are re-run
-        source.replay = {}
-        source.stored_layers = frozenset(layer.key for layer in layers)
-        source.cross_layers = frozenset()  # storage auto fell back to replay: no cross record (the node says so)
-        source.layer_setting = "all (storage replay)"
-        estimate = evaluations * rows * source.batch * math.prod(samples.shape[1:]) * 4
-    device = plan.device
-    source.planned_bytes = estimate
-    source.weights = weights_fingerprint(model)
-    return source, CaptureRecorder(source, device, dtype)
+    replay = plan.mode == "replay"  # no layer record: any layer can be edited, the source rows are re-run
+    if replay:
+        estimate = evaluations * rows * batch * math.prod(samples.shape[1:]) * 4
+    source = FPESource(
+        signature=signature, layers=layers, latent_shape=tuple(int(x) for x in samples.shape),
+        schedule=[float(s) for s in sigmas], schedule_origin=schedule_origin,
+        stored_layers=frozenset(layer.key for layer in (layers if replay else stored)), stored_window=window,
+        stored_kinds=ROWS[settings.rows],
+        layer_setting="all (storage replay)" if replay else settings.selection.label,
+        store_end=settings.store_end, cfg=cfg, storage_device=plan.mode, maker=maker,
+        weights=weights_fingerprint(model), planned_bytes=estimate,
+        replay={} if replay else None,
+        auto_replay=settings.storage == "auto" and replay,  # for the messages
+        cross_setting=settings.cross if crossed else "off",
+        # storage auto fell back to replay: no cross record (the node says so)
+        cross_layers=frozenset() if replay else frozenset(layer.key for layer in crossed))
+    return source, CaptureRecorder(source, plan.device, dtype)
 
 
 def _compute_dtype(model) -> torch.dtype:
@@ -279,6 +288,5 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
             "FPE Source Capture: the source image came out as NaN or infinite values. Likely causes: cfg or denoise "
             "set to NaN/Infinity in the workflow, or a model running in fp16 that overflows (try the model in fp32 "
             "or bf16, or a lower cfg)")
-    source.evaluation_order = tuple(recorder.clock.order)
-    source.complete = True  # reached only when sampling returned normally
+    source.finish(recorder.clock.order)  # reached only when sampling returned normally
     return out, source

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .host_versions import entry_uuid
+
 ROLES = ("positive", "negative")
 
 # FPE Null-Text Invert's per-step negative carries this key in each entry's options: the fingerprint of
@@ -149,7 +151,7 @@ def entry_ids(conds: dict | None) -> dict | None:
     for role in conds:
         kind = ROLE_KINDS.get(role, 2 + others.index(role) if role in others else 2)
         for index, entry in enumerate(conds[role] or []):
-            uid = entry.get("uuid") if isinstance(entry, dict) else None
+            uid = entry_uuid(entry)
             if uid is not None:
                 ids.setdefault(uid, (kind, index))
     return ids or None

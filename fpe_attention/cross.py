@@ -27,145 +27,25 @@ the block's attn1 patch (run before attn2) has already advanced.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
+from .architecture import transformer_layers, unet_of
 from .errors import FPEError
 from .evaluations import COND
 from .hooks import Shared
-from .layers import LayerKey, LayerSelection, layer_key, transformer_layers
+from .host_versions import host_attention
+from .inject import inject_model
+from .layers import LayerKey, LayerSelection, layer_key
+from .prompt_words import PromptTokens, encode_text, encodes_alike, prompt_tokens, word_columns
 from .source import FPESource, reject_chained_inject
-from .steps import step_window
 from .validate import check_number
 
 MODES = ("self", "cross", "self + cross")
 TOKENS = ("all tokens", "named words")
 
 
-# --- prompts and tokens ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PromptTokens:
-    """A prompt as its text encoder sees it: its words and the context positions of each."""
-
-    text: str
-    length: int  # context tokens (77 per CLIP chunk)
-    words: tuple[str, ...]  # the prompt's words as CLIP's tokens split them ("ducks," is "ducks" and ",")
-    positions: tuple[tuple[int, ...], ...]  # context positions of each word
-
-    @property
-    def count(self) -> int:
-        """Tokens of words (start, end and padding tokens left out)."""
-        return sum(len(p) for p in self.positions)
-
-    def find(self, word: str) -> list[int]:
-        """Indices of the words that read ``word`` (case and surrounding punctuation ignored)."""
-        wanted = _plain(word)
-        return [i for i, w in enumerate(self.words) if _plain(w) == wanted]
-
-    def describe(self) -> str:
-        return ", ".join(repr(w) for w in self.words) or "(no words)"
-
-
 def _quote(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
-def _plain(word: str) -> str:
-    return re.sub(r"^\W+|\W+$", "", word.lower())
-
-
-def prompt_tokens(clip, text: str) -> PromptTokens:
-    """Tokenize ``text`` with the CLIP object's own tokenizer (weights syntax, embeddings, SDXL's two).
-
-    Words are read from the tokens themselves (a CLIP BPE token that ends a word ends in ``</w>``), the
-    same on every host: the tokenizers' word ids number weight segments on current ComfyUI, not words.
-    Start, end and padding tokens (word id 0) belong to no word.
-    """
-    tokens = clip.tokenize(text, return_word_ids=True)
-    name = "l" if "l" in tokens else sorted(tokens)[0]  # SDXL's g and l place words alike
-    flat = [item for chunk in tokens[name] for item in chunk]
-    words: list[str] = []
-    positions: list[list[int]] = []
-    open_word = False
-    for place, item in enumerate(flat):
-        token, word_id = item[0], (item[2] if len(item) > 2 else 1)
-        if not word_id:
-            open_word = False
-            continue
-        spelled = _spell(clip, token)
-        if not open_word:
-            words.append("")
-            positions.append([])
-        words[-1] += spelled.replace("</w>", "")
-        positions[-1].append(place)
-        open_word = not (spelled.endswith("</w>") or spelled == "<embedding>")
-    return PromptTokens(text, len(flat), tuple(words), tuple(tuple(p) for p in positions))
-
-
-TEXT_RTOL = 1e-2  # fp16 UNets see the context rounded (~1e-3); another prompt differs by far more
-
-
-def encodes_alike(encoded: torch.Tensor, recorded: torch.Tensor) -> bool:
-    """Whether a typed text's encoding (``[1, T, C]``) is the text context a sampler used (its first T
-    tokens: ComfyUI may tile a context to batch it with a longer one), within ``TEXT_RTOL``."""
-    encoded = encoded.reshape(-1, encoded.shape[-1]).float().cpu()
-    recorded = recorded.reshape(-1, recorded.shape[-2], recorded.shape[-1])[0, :encoded.shape[0]].float().cpu()
-    if encoded.shape != recorded.shape:
-        return False
-    return float((encoded - recorded).norm()) <= TEXT_RTOL * max(float(recorded.norm()), 1e-12)
-
-
-def encode_text(clip, text: str) -> torch.Tensor:
-    return clip.encode_from_tokens(clip.tokenize(text))
-
-
-def _spell(clip, token) -> str:
-    if not isinstance(token, int):
-        return "<embedding>"
-    try:
-        return str(clip.tokenizer.untokenize([(token, 1.0)])[0][1])
-    except Exception:  # a tokenizer without a vocabulary to read back
-        return f"<{token}></w>"
-
-
-def word_columns(source: PromptTokens, target: PromptTokens, words: str) -> tuple[list[int], list[int]]:
-    """(target columns, source columns) of the named words, pairwise.
-
-    A word in both prompts (a non-edited word, e.g. "car") pairs its positions in each prompt; a word in
-    one prompt only (the edited word) pairs the same positions in both, which needs equal token counts.
-    """
-    items = [w for w in re.split(r"[,\s]+", words.strip()) if _plain(w)]
-    if not items:
-        raise FPEError("words: name at least one word of the prompts (e.g. 'car', or the edited word), or set "
-                       "tokens to 'all tokens'")
-    cols_t: list[int] = []
-    cols_s: list[int] = []
-    for word in items:
-        in_t, in_s = target.find(word), source.find(word)
-        if not in_t and not in_s:
-            raise FPEError(f"words: {word!r} is in neither prompt. target_text's words: {target.describe()}; "
-                           f"source_text's words: {source.describe()}")
-        if in_t and in_s:
-            pos_t = [p for i in in_t for p in target.positions[i]]
-            pos_s = [p for i in in_s for p in source.positions[i]]
-            if len(pos_t) != len(pos_s):
-                raise FPEError(f"words: {word!r} is {len(pos_s)} token(s) in source_text but {len(pos_t)} in "
-                               f"target_text (it occurs a different number of times): name another word")
-        else:
-            if source.count != target.count:
-                where = "target_text" if in_t else "source_text"
-                raise FPEError(
-                    f"words: {word!r} is only in {where}, so its columns pair by position, which needs prompts of "
-                    f"equal token counts: source_text has {source.count} tokens, target_text {target.count}. Name "
-                    f"words both prompts share, or make the prompts a word swap")
-            own = target if in_t else source
-            pos_t = pos_s = [p for i in (in_t or in_s) for p in own.positions[i]]
-        cols_t += pos_t
-        cols_s += pos_s
-    return cols_t, cols_s
 
 
 # --- the map ---------------------------------------------------------------------------------------
@@ -192,19 +72,6 @@ def apply_map(weights: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tenso
     rows, tokens = weights.shape[0], weights.shape[2]
     out = weights @ _heads(v.float(), heads)
     return out.transpose(1, 2).reshape(rows, tokens, v.shape[-1]).to(v.dtype)
-
-
-def host_attention(q, k, v, heads: int, module, extra_options: dict):
-    """The attention the host's CrossAttention would compute on these q, k, v."""
-    from comfy.ldm.modules import attention
-
-    if hasattr(module, "attn_precision"):  # ComfyUI since 2024; transformer_options since about 0.3.6x
-        try:
-            return attention.optimized_attention(q, k, v, heads, attn_precision=module.attn_precision,
-                                                 transformer_options=extra_options)
-        except TypeError:
-            return attention.optimized_attention(q, k, v, heads, attn_precision=module.attn_precision)
-    return attention.optimized_attention(q, k, v, heads)
 
 
 def attn2_modules(diffusion_model) -> dict[LayerKey, torch.nn.Module]:
@@ -340,7 +207,7 @@ def check_cross_source(source: FPESource) -> None:
                        f"to 'on' or 'all layers' (it is 'off'), or use mode 'self'")
 
 
-def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSelection, layer_setting: str,
+def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSelection,
                 start: float, end: float, clip, source_text: str, target_text: str, tokens: str, words: str):
     """Set the cross-attention replacement on ``patched`` (a clone carrying the Inject's patch)."""
     check_cross_source(source)
@@ -357,23 +224,7 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
         raise FPEError(f"cross_start ({start}) is after cross_end ({end}): set cross_start below cross_end")
     if tokens not in TOKENS:
         raise FPEError(f"tokens: unknown value {tokens!r}; choose one of {', '.join(TOKENS)}")
-    _, _, height, width = source.latent_shape
-    layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
-    if not layers:
-        raise FPEError(f"cross_layers '{layer_setting}' select no cross-attention layer at the capture's size "
-                       f"({width * 8}x{height * 8} px): choose 'all' or a custom list")
-    missing = sorted(layers - source.cross_layers)
-    if missing:
-        names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
-        raise FPEError(f"cross_layers '{layer_setting}' include {names}, whose cross-attention {source.maker} did not "
-                       f"store (store_cross '{source.cross_setting}'): set store_cross to 'all layers' or narrow "
-                       f"cross_layers")
-    window = step_window(source.steps, start, end)
-    first, stop = source.stored_window
-    if window[0] < window[1] and not (first <= window[0] and window[1] <= stop):
-        raise FPEError(f"cross_end {end} replaces steps {window[0]}..{window[1] - 1} of {source.steps}, but "
-                       f"{source.maker} stored steps {first}..{stop - 1} (store_end {source.store_end}): raise the "
-                       f"capture's store_end to at least {end} or lower cross_end")
+    window, layers = source.covered_edit(selection, start, end, cross=True)
     if clip is None:
         raise FPEError("clip: mode 'cross' needs the CLIP model that encoded the prompts (to find their tokens): "
                        "connect Load Checkpoint's CLIP")
@@ -406,8 +257,6 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
             f"model: another node already replaces cross-attention at {taken}; ComfyUI keeps one replacement per "
             f"block, so FPE Attention Replace would override it. Apply that node after FPE Attention Replace only "
             f"in mode 'self', or leave it out for the comparison")
-    from .architecture import unet_of
-
     modules = attn2_modules(unet_of(model))
     replace = CrossReplace(source, clock, modules, layers, window, src, tgt, columns, encode_text(clip, target_text))
     for block_name, number, index in sorted(layers):
@@ -415,29 +264,25 @@ def cross_patch(model, patched, source: FPESource, *, clock, selection: LayerSel
     return patched
 
 
-def replace_model(model, source: FPESource, *, mode: str, self_selection: LayerSelection, self_setting: str,
-                  start: float, end: float, cross_selection: LayerSelection | None = None,
-                  cross_setting: str = "all", cross_start: float = 0.0, cross_end: float = 0.8, clip=None,
-                  source_text: str = "", target_text: str = "", tokens: str = "all tokens", words: str = ""):
+def replace_model(model, source: FPESource, *, mode: str, self_selection: LayerSelection, start: float, end: float,
+                  cross_selection: LayerSelection | None = None, cross_start: float = 0.0, cross_end: float = 0.8,
+                  clip=None, source_text: str = "", target_text: str = "", tokens: str = "all tokens",
+                  words: str = ""):
     """A clone of ``model`` replacing self-attention maps (FPE), cross-attention maps, or both."""
-    from .inject import inject_model
-
     reject_chained_inject(model, "FPE Attention Replace")  # name this node, not the Inject it builds on
     if mode not in MODES:
         raise FPEError(f"mode: unknown value {mode!r}; choose one of {', '.join(MODES)}")
     if mode != "self" and isinstance(source, FPESource):
         check_cross_source(source)  # before the Inject's checks: the missing setting is the news
     if mode == "cross":  # the Inject's run checks and clock, with an empty self-attention window
-        stored = LayerSelection("custom", frozenset(source.stored_layers))
-        patched = inject_model(model, source, selection=stored, layer_setting=source.layer_setting, start=0.0,
-                               end=0.0)
+        stored = LayerSelection("custom", frozenset(source.stored_layers), label=source.layer_setting)
+        patched = inject_model(model, source, selection=stored, start=0.0, end=0.0)
     else:
-        patched = inject_model(model, source, selection=self_selection, layer_setting=self_setting, start=start,
-                               end=end)
+        patched = inject_model(model, source, selection=self_selection, start=start, end=end)
     if mode == "self":
         return patched
     assert cross_selection is not None
     return cross_patch(model, patched, source, clock=find_inject_patch(patched).clock, selection=cross_selection,
-                       layer_setting=cross_setting, start=cross_start, end=cross_end, clip=clip,
+                       start=cross_start, end=cross_end, clip=clip,
                        source_text=source_text, target_text=target_text, tokens=tokens, words=words)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import notify
 from .errors import FPEError
 from .hooks import Shared
 from .steps import ScheduleIndex
@@ -106,8 +107,6 @@ class DDIMGuard(Shared):
                 return
             scale = float(((args["denoised"] - uncond).float() * gap).sum()) / norm
         if abs(float(scale) - tuned) > 1e-3 * max(1.0, tuned):
-            from . import notify
-
             notify.warn("the target's cfg is not the null text's",
                         f"{self.source.maker} tuned null_negative for cfg {tuned:g}, the target sampler runs at cfg "
                         f"{float(scale):.4g}: the edit drifts away from the photo. Give the target sampler cfg {tuned:g}")

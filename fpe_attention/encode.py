@@ -17,15 +17,6 @@ from .errors import FPEError
 SIDES = ("crop to a multiple of 8", "error")
 
 
-def downscale_ratio(vae) -> int:
-    ratio = getattr(vae, "spacial_compression_encode", None)  # current ComfyUI
-    if callable(ratio):
-        ratio = ratio()
-    else:
-        ratio = getattr(vae, "downscale_ratio", 8)  # ComfyUI of early 2024
-    return ratio if isinstance(ratio, int) else 8
-
-
 def check_sides(pixels: torch.Tensor, ratio: int, sides: str) -> None:
     height, width = int(pixels.shape[1]), int(pixels.shape[2])
     if sides not in SIDES:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .host_versions import add_outer_sample_wrapper
+
 KEY = "free-prompt-editing"
 
 
@@ -37,13 +39,7 @@ class RunStart(Shared):
 
 def add_run_hook(patched, on_run) -> bool:
     """Attach ``on_run`` before every sampling run where the host allows it; False on ComfyUI of early 2024."""
-    add_wrapper = getattr(patched, "add_wrapper_with_key", None)
-    if add_wrapper is None:
-        return False
-    import comfy.patcher_extension
-
-    add_wrapper(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, RunStart(on_run))
-    return True
+    return add_outer_sample_wrapper(patched, KEY, RunStart(on_run))
 
 
 def add_evaluation_end(patched, hook) -> None:

@@ -26,7 +26,7 @@ from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_
 from .layers import LayerSelection, layer_key
 from .replay import ChainedWrapper, ReplayCall, extended_batch, run_unet, unet_call_view
 from .source import FPESource, describe_signature, model_signature, reject_chained_inject, weights_fingerprint
-from .steps import step_window
+from .sweep import SweepSetting
 from .validate import check_number
 
 BRANCHES = {"cond only": frozenset({COND}), "cond + uncond": frozenset({COND, UNCOND})}
@@ -390,19 +390,8 @@ class ReplayWrapper(ChainedWrapper):
         return self.patch.unet_call(apply_model, args)
 
 
-@dataclass(frozen=True)
-class SweepSetting:
-    """One image's setting of a sweep, as the node resolved it (``label`` names it in messages)."""
-
-    start: float
-    end: float
-    selection: LayerSelection
-    layer_setting: str
-    label: str
-
-
-def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_setting: str, start: float,
-                 end: float, branches: str = "cond only", sweep: list[SweepSetting] | None = None):
+def inject_model(model, source: FPESource, *, selection: LayerSelection, start: float, end: float,
+                 branches: str = "cond only", sweep: list[SweepSetting] | None = None):
     """A clone of ``model`` that edits its samples with ``source``; checks everything it can first.
 
     ``sweep``: one setting per target image (a batch of len(sweep) images); a sweep of one setting is
@@ -437,14 +426,14 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
                            f"{source.cfg}, where ComfyUI skips them: capture at cfg > 1 or use branches 'cond only'")
     rows = None
     if sweep:
-        rows = tuple(RowEdit(*_edit_of(source, s.selection, s.layer_setting, s.start, s.end, f"sweep: {s.label}: ",
+        rows = tuple(RowEdit(*_edit_of(source, s.selection, s.start, s.end, f"sweep: {s.label}: ",
                                        warn=len(sweep) == 1), s.label) for s in sweep)
         layers = frozenset().union(*(row.layers for row in rows))
         window = (min(row.window[0] for row in rows), max(row.window[1] for row in rows))
         if len(rows) == 1:  # exactly the plain edit with that setting
             rows = None
     else:
-        window, layers = _edit_of(source, selection, layer_setting, start, end)
+        window, layers = _edit_of(source, selection, start, end)
     patch = InjectPatch(source, layers, window, kinds, rows)
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
@@ -460,31 +449,13 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, layer_s
     return patched
 
 
-def _edit_of(source: FPESource, selection: LayerSelection, layer_setting: str, start: float, end: float,
+def _edit_of(source: FPESource, selection: LayerSelection, start: float, end: float,
              prefix: str = "", warn: bool = True) -> tuple[tuple[int, int], frozenset]:
     """The step window and layer keys of one edit setting, checked against what the source stored."""
     if start > end:
         raise FPEError(f"{prefix}start ({start}) is after end ({end}): set start below end (start = end turns the "
                        f"edit off)")
-    _, _, height, width = source.latent_shape
-    layers = frozenset(layer.key for layer in selection.resolve(source.layers, height, width))
-    if not layers:
-        raise FPEError(f"{prefix}layers '{layer_setting}' select no self-attention layer at the capture's size "
-                       f"({width * 8}x{height * 8} px): choose 'official relative' (every level but the finest, at any size), 'all' "
-                       f"or a custom list")
-    missing = sorted(layers - source.stored_layers)
-    if missing:
-        names = ", ".join(layer.name for layer in source.layers if layer.key in missing)
-        raise FPEError(
-            f"{prefix}layers '{layer_setting}' include {names}, which {source.maker} did not store (its store_layers: "
-            f"'{source.layer_setting}'): widen the capture's store_layers or narrow the inject's layers")
-    window = step_window(source.steps, start, end)
-    stored_first, stored_stop = source.stored_window
-    if window[0] < window[1] and not (stored_first <= window[0] and window[1] <= stored_stop):
-        raise FPEError(
-            f"{prefix}end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but {source.maker} stored steps "
-            f"{stored_first}..{stored_stop - 1} (store_end {source.store_end}): raise the capture's store_end to at "
-            f"least {end} or lower the inject's end")
+    window, layers = source.covered_edit(selection, start, end, prefix=prefix)
     if window[0] >= window[1] and start < end and warn:
         notify.warn("the edit is off",
                     f"start {start} / end {end} edit no step of {source.steps} (the window truncates to {window})")

@@ -33,8 +33,8 @@ from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, 
 from .errors import FPEError
 from .evaluations import UNCOND
 from .hooks import all_finite
-from .recording import recording_paused, recording_tagged
 from .replay import reject_per_call_conditioning
+from .run_observers import paused, tagged
 from .steps import step_window
 
 log = logging.getLogger("free-prompt-editing")
@@ -167,7 +167,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     import comfy.samplers
 
     samples = latent["samples"]
-    kinds = ROWS.get(settings.rows, frozenset())
+    kinds = ROWS[settings.rows]  # checked by CaptureSettings
     if UNCOND in kinds and negative is None:
         raise FPEError("store_rows 'cond + uncond' records the source's uncond rows: connect negative (the "
                        "negative prompt the edit will use), or set store_rows to 'cond'")
@@ -189,7 +189,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     steps = int(sigmas.shape[0]) - 1
     if progress is None:
         progress = PhasedProgress(model, steps + (stop - first))
-    with recording_paused(model):  # an FPE Attention Record before this node shows the source, not the inversion
+    with paused(model):  # an FPE Attention Record before this node shows the source, not the inversion
         top, inverted, _ = invert(model, latent=samples, positive=positive, negative=negative, cfg=cfg,
                                   forward_sigmas=sigmas, callback=progress.phase(steps))
     if not all_finite(top):
@@ -202,13 +202,11 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
     # Record pass: cond rows need no uncond evaluation (cfg 1 skips it); uncond rows need cfg != 1.
     patched = attach_recorder(model, recorder)
     replay = comfy.samplers.KSAMPLER(TrajectoryReplay(trajectory, range(first, stop)))
-    with recording_tagged(model, top):  # the source's maps on the trajectory answer to the inverted latent
+    with tagged(model, top):  # the source's maps on the trajectory answer to the inverted latent
         comfy.sample.sample_custom(patched, torch.zeros_like(samples), record_cfg, replay,
                                    sigmas.to(model.load_device, copy=True), positive, negative, samples,
                                    callback=progress.phase(stop - first), disable_pbar=True, seed=0)
-    source.trajectory = trajectory
-    source.evaluation_order = tuple(recorder.clock.order)
-    source.complete = True  # reached only when both passes returned normally
+    source.finish(recorder.clock.order, trajectory=trajectory)  # reached only when both passes returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top
     return out, source

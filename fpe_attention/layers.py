@@ -24,13 +24,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .architecture import unet_of
+from .architecture import family, transformer_layers, unet_of
 from .errors import FPEError
 
 LayerKey = tuple[str, int, int]
 
 PRESETS = ("official", "official relative", "paper 4-14", "all", "custom")
 OFFICIAL_MAX_TOKENS = 32 * 32
+# The official layers of SD1.5 at 512 px as a block list: the custom-list widgets' default.
+OFFICIAL_CUSTOM = "in4,in5,in7,in8,mid0,out3-8"
 
 _BLOCK_ALIASES = {"in": "input", "input": "input", "down": "input", "mid": "middle", "middle": "middle",
                   "out": "output", "output": "output", "up": "output"}
@@ -65,24 +67,6 @@ def key_name(key: LayerKey) -> str:
 def model_attn1_layers(model) -> list[Attn1Layer]:
     """The attn1 layers of a ComfyUI MODEL (an FPEError naming the model if it is no UNet)."""
     return unet_attn1_layers(unet_of(model))
-
-
-def transformer_layers(diffusion_model):
-    """(key, transformer layer, level) of a ComfyUI ``UNetModel``'s transformer layers, in forward order;
-    ``level``: the 2x downsamplings before it. The key is what attention patches see."""
-    level = 0
-    blocks = [("input", i, b) for i, b in enumerate(diffusion_model.input_blocks)]
-    blocks += [("middle", 0, diffusion_model.middle_block)]
-    blocks += [("output", i, b) for i, b in enumerate(diffusion_model.output_blocks)]
-    for block_name, block_id, block in blocks:
-        for module in block:
-            kind = type(module).__name__
-            if kind == "Downsample":
-                level += 1
-            elif kind == "Upsample":
-                level -= 1
-            for index, transformer in enumerate(getattr(module, "transformer_blocks", None) or ()):
-                yield (block_name, block_id, index), transformer, level
 
 
 def unet_attn1_layers(diffusion_model) -> list[Attn1Layer]:
@@ -197,11 +181,13 @@ def _available_blocks(layers: list[Attn1Layer]) -> list[str]:
 
 @dataclass(frozen=True)
 class LayerSelection:
-    """A resolved choice of layers; ``official`` stays a token rule evaluated per call."""
+    """A resolved choice of layers; ``official`` stays a token rule evaluated per call. ``label`` is the
+    choice as the user wrote it (the preset, or the custom block list), for messages and titles."""
 
     preset: str
     keys: frozenset[LayerKey] | None  # None: decided by the token rule
     max_tokens: int | None = None
+    label: str = ""
 
     def includes(self, key: LayerKey, tokens: int) -> bool:
         if self.keys is None:
@@ -212,29 +198,41 @@ class LayerSelection:
         return [layer for layer in layers if self.includes(layer.key, layer.tokens(latent_h, latent_w))]
 
 
-def select_layers(preset: str, custom: str, layers: list[Attn1Layer], family: str = "SD1.x") -> LayerSelection:
-    """The layers ``preset`` picks from a model's ``layers``; ``family`` (``architecture.family``)
+def select_layers(preset: str, custom: str, layers: list[Attn1Layer], family_name: str = "SD1.x") -> LayerSelection:
+    """The layers ``preset`` picks from a model's ``layers``; ``family_name`` (``architecture.family``)
     gates the SD1.5-only numbering."""
     if not layers:
         raise LayerSelectionError("this model has no self-attention (attn1) layers that FPE can edit")
     if preset == "official":
-        return LayerSelection(preset, None, OFFICIAL_MAX_TOKENS)
+        return LayerSelection(preset, None, OFFICIAL_MAX_TOKENS, label=preset)
     if preset == "official relative":
         finest = min(layer.level for layer in layers)
         kept = frozenset(layer.key for layer in layers if layer.level > finest)
         if not kept:
             raise LayerSelectionError("'official relative' keeps every attention level but the highest-resolution "
                                       "one, and this model has a single level: use 'all' or a custom list")
-        return LayerSelection(preset, kept)
+        return LayerSelection(preset, kept, label=preset)
     if preset == "all":
-        return LayerSelection(preset, frozenset(layer.key for layer in layers))
+        return LayerSelection(preset, frozenset(layer.key for layer in layers), label=preset)
     if preset == "paper 4-14":
-        if family != "SD1.x" or len(layers) != 16:
+        if family_name != "SD1.x" or len(layers) != 16:
             raise LayerSelectionError(
                 f"the 'paper 4-14' preset numbers SD1.5's 16 self-attention layers as the paper does; this model is "
-                f"{family} with {len(layers)}: use 'official' (the authors' code), 'official relative' (the same "
+                f"{family_name} with {len(layers)}: use 'official' (the authors' code), 'official relative' (the same "
                 f"levels at any size) or a custom list such as '#4-14'")
-        return LayerSelection(preset, frozenset(parse_block_list("#4-14", layers)))
+        return LayerSelection(preset, frozenset(parse_block_list("#4-14", layers)), label=preset)
     if preset == "custom":
-        return LayerSelection(preset, frozenset(parse_block_list(custom, layers)))
+        return LayerSelection(preset, frozenset(parse_block_list(custom, layers)), label=custom)
     raise LayerSelectionError(f"unknown layer preset {preset!r}: choose one of {', '.join(PRESETS)}")
+
+
+def choose_layers(model, preset: str, custom: str, preset_input: str = "layers",
+                  custom_input: str = "custom_layers", layers: list[Attn1Layer] | None = None) -> LayerSelection:
+    """A node's layer choice resolved against its model. An error names the input that holds the
+    problem, as every node does: the block list's input when the preset is 'custom', else the preset's."""
+    if layers is None:
+        layers = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
+    try:
+        return select_layers(preset, custom, layers, family(model))
+    except LayerSelectionError as exc:
+        raise FPEError(f"{custom_input if preset == 'custom' else preset_input}: {exc}") from None

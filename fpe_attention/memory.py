@@ -15,12 +15,14 @@ cannot fit stops the node with the size, what is free, and the fixes, before any
 from __future__ import annotations
 
 import logging
+import os
 import types
 from dataclasses import dataclass
 
 import torch
 
 from .errors import FPEError
+from .host_versions import model_sampling_of
 from .steps import ScheduleIndex
 
 log = logging.getLogger("free-prompt-editing")
@@ -60,8 +62,6 @@ def planned_sigmas(sampler_name: str, sigmas: torch.Tensor, model_sampling=None,
 
 def stored_evaluations(sampler_name: str, sigmas: torch.Tensor, window: tuple[int, int], model=None) -> int:
     """How many model evaluations fall into the stored steps ``window`` of the schedule ``sigmas``."""
-    from .schedule import model_sampling_of
-
     first, stop = window
     if stop <= first:
         return 0
@@ -75,12 +75,10 @@ def stored_evaluations(sampler_name: str, sigmas: torch.Tensor, window: tuple[in
 
 def free_ram() -> int:
     try:
-        import psutil
+        import psutil  # ships with ComfyUI; optional here all the same
 
         return int(psutil.virtual_memory().available)
-    except Exception:  # psutil ships with ComfyUI; keep a fallback anyway
-        import os
-
+    except Exception:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 

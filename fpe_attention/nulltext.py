@@ -44,9 +44,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .architecture import check_inputs_fit
+from .capture import ROWS, attach_recorder, conditioning_rows, context_shapes, new_source
 from .conditioning import NULL_TEXT_KEY
 from .errors import FPEError
+from .hooks import all_finite
+from .host_versions import model_sampling_of
+from .inversion import invert
 from .replay import ChainedWrapper, run_unet
+from .run_observers import paused, tagged
+from .source import reject_chained_inject
+from .steps import step_window
 
 log = logging.getLogger("free-prompt-editing")
 
@@ -414,13 +421,6 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     import comfy.sample
     import comfy.samplers
 
-    from .capture import ROWS, attach_recorder, conditioning_rows, context_shapes, new_source
-    from .hooks import all_finite
-    from .inversion import invert
-    from .recording import recording_paused, recording_tagged
-    from .source import reject_chained_inject
-    from .steps import step_window
-
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise FPEError(f"latent: null-text inversion tunes one photo at a time; this latent holds {samples.shape[0]} "
@@ -442,9 +442,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
                            "guidance: connect the model before that node (apply guidance nodes to the target's "
                            "model only if you accept that the reconstruction drifts)")
     steps = int(sigmas.shape[0]) - 1
-    getter = getattr(model, "get_model_object", None)  # current ComfyUI: honours object patches
-    model_sampling = getter("model_sampling") if getter is not None else model.model.model_sampling
-    bands = step_bands(model_sampling, sigmas)  # before any work: a schedule it cannot split fails now
+    bands = step_bands(model_sampling_of(model), sigmas)  # before any work: a schedule it cannot split fails now
 
     first, stop = step_window(steps, 0.0, settings.store_end)
     source, recorder = new_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
@@ -454,7 +452,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
                                   contexts=context_shapes(positive, negative * steps, cfg, ROWS[settings.rows], model))
 
     # 1. DDIM inversion with the source prompt, conditional only (w = 1), as the notebook does.
-    with recording_paused(model):  # an FPE Attention Record before this node shows the source branch only
+    with paused(model):  # an FPE Attention Record before this node shows the source branch only
         top, inverted, _ = invert(model, latent=samples, positive=positive, negative=positive, cfg=1.0,
                                   forward_sigmas=sigmas, callback=progress.phase(steps))
     if not all_finite(top):
@@ -463,7 +461,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
     trajectory = list(reversed(inverted))  # forward order: entry i sits at sigmas[i]
 
     # 2. The per-step null embeddings.
-    with recording_paused(model):
+    with paused(model):
         result = optimise_null_text(model, top=top, trajectory=trajectory, positive=positive, negative=negative,
                                     sigmas=sigmas, cfg=cfg, inner_steps=inner_steps, early_stop=early_stop,
                                     learning_rate=learning_rate, callback=progress.phase(steps))
@@ -475,7 +473,7 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
 
     # 3. The source branch: sampled from the inverted noise with the source prompt and the null embeddings.
     patched = attach_recorder(model, recorder)
-    with recording_tagged(model, top):
+    with tagged(model, top):
         back = comfy.sample.sample_custom(patched, torch.zeros_like(top), cfg,
                                           comfy.samplers.sampler_object("ddim"), sigmas.to(model.load_device, copy=True),
                                           positive, null_negative, top, callback=progress.phase(steps),
@@ -484,10 +482,8 @@ def null_text_invert_to_source(model, *, latent: dict, positive, negative, sigma
         raise FPEError(f"{MAKER}: the source branch came out as NaN or infinite values; run the model in fp32/bf16")
     # Like a DDIM-inverted photo, the edit must start from the inverted latent and take DDIM steps (the guard
     # checks both, and the cfg the embeddings were tuned for).
-    source.trajectory = [t.detach().cpu() for t in trajectory]
-    source.tuned_cfg = cfg
-    source.evaluation_order = tuple(recorder.clock.order)
-    source.complete = True  # reached only when every pass returned normally
+    source.finish(recorder.clock.order, trajectory=[t.detach().cpu() for t in trajectory],
+                  tuned_cfg=cfg)  # reached only when every pass returned normally
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top
     return out, source, null_negative, result, back

@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from .architecture import transformer_layers, unet_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, kind_name
 from .hooks import Shared
-from .layers import LayerKey, LayerSelection, layer_key, transformer_layers
+from .host_versions import add_outer_sample_wrapper, model_sampling_of
+from .layers import LayerKey, LayerSelection, choose_layers, layer_key, model_attn1_layers
+from .validate import check_number
 
 KEY = "free-prompt-editing-record"
 RUNS_KEPT = 4
@@ -56,9 +58,7 @@ ATTENTION = ("self", "cross")
 @dataclass(frozen=True)
 class RecordSettings:
     cross: LayerSelection | None  # None: no cross-attention maps
-    cross_setting: str
     attn_self: LayerSelection | None  # None: no self-attention maps
-    self_setting: str
     start_percent: float
     end_percent: float
     sigma_high: float  # the band's sigmas, from the model's percent_to_sigma
@@ -68,6 +68,43 @@ class RecordSettings:
 
     def describe_rows(self) -> str:
         return f"{kind_name(self.kind)} row, batch index {self.image}"
+
+    @property
+    def cross_setting(self) -> str:
+        return self.cross.label if self.cross is not None else NONE
+
+    @property
+    def self_setting(self) -> str:
+        return self.attn_self.label if self.attn_self is not None else NONE
+
+
+NONE = "none"  # a layer choice of FPE Attention Record: record no map of that kind
+
+
+def record_settings(model, *, cross_layers: str, cross_custom_layers: str, self_layers: str, self_custom_layers: str,
+                    start_percent: float, end_percent: float, rows: str, image: int) -> RecordSettings:
+    """FPE Attention Record's inputs checked (each error names its input) and resolved for ``model``."""
+    layers = model_attn1_layers(model)  # a model without UNet attention is refused by name
+    check_number("start_percent", start_percent, 0.0, 1.0)
+    check_number("end_percent", end_percent, 0.0, 1.0)
+    if start_percent >= end_percent:
+        raise FPEError(f"start_percent ({start_percent}) must be below end_percent ({end_percent}): the band "
+                       f"of steps recorded would be empty")
+    if cross_layers == NONE and self_layers == NONE:
+        raise FPEError("cross_layers and self_layers are both 'none': nothing would be recorded; choose 'all' "
+                       "for word heatmaps or 'official' for structure pictures")
+    if rows not in KINDS:
+        raise FPEError(f"rows: unknown value {rows!r}; choose one of {', '.join(KINDS)}")
+    cross = None if cross_layers == NONE else choose_layers(
+        model, cross_layers, cross_custom_layers, "cross_layers", "cross_custom_layers", layers)
+    attn_self = None if self_layers == NONE else choose_layers(
+        model, self_layers, self_custom_layers, "self_layers", "self_custom_layers", layers)
+    sampling = model_sampling_of(model)
+    return RecordSettings(
+        cross=cross, attn_self=attn_self,
+        start_percent=float(start_percent), end_percent=float(end_percent),
+        sigma_high=float(sampling.percent_to_sigma(start_percent)),
+        sigma_low=float(sampling.percent_to_sigma(end_percent)), kind=KINDS[rows], image=int(image))
 
 
 def head_mean_map(q: torch.Tensor, k: torch.Tensor, heads: int, slice_bytes: int = SLICE_BYTES) -> torch.Tensor:
@@ -222,6 +259,27 @@ class AttentionRecord:
         self._evaluation_open = False  # its post-CFG end not seen yet
         self._last_sigma: float | None = None
         self._seen: set = set()
+
+    # --- run_observers: runs a node samples for itself ---------------------------------------------
+
+    def pause(self) -> None:
+        self.paused += 1
+
+    def resume(self) -> None:
+        self.paused -= 1
+
+    def begin_tagged(self, latent: torch.Tensor) -> None:
+        self._close()  # the tagged pass is a run of its own, whatever sigma it starts at
+        if latent.shape[0] > self.settings.image:
+            self._tags = [latent[self.settings.image].detach().float().cpu()]
+
+    def end_tagged(self, completed: bool) -> None:
+        self._tags = []
+        if self.current is not None and not self.current.exact:  # the 2024 host: no run end announced
+            if completed:
+                self._close()
+            else:
+                self.current = None
 
     # --- runs -------------------------------------------------------------------------------------
 
@@ -467,6 +525,10 @@ class RecordAttention(Shared):
     attention: str
     fpe_record = True
 
+    @property
+    def fpe_observer(self) -> AttentionRecord:  # run_observers: nodes that sample for themselves pause it
+        return self.record
+
     def __call__(self, n, context, value, extra_options):
         self.record.observe(self.attention, n, context if context is not None else n, extra_options)
         return n, context, value
@@ -503,8 +565,6 @@ class RecordEvaluation(Shared):
 
 def record_model(model, settings: RecordSettings, layers: list) -> tuple[object, AttentionRecord]:
     """A recording clone of ``model`` and the record its sampling runs fill."""
-    from .architecture import unet_of
-
     modules = {key: transformer for key, transformer, _ in transformer_layers(unet_of(model))}
     replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
     taken = tuple(f"{name} of {len(replaced.get(name) or {})} block(s)" for name in ("attn1", "attn2")
@@ -515,57 +575,6 @@ def record_model(model, settings: RecordSettings, layers: list) -> tuple[object,
         patched.set_model_attn1_patch(RecordAttention(record, "self"))
     if settings.cross is not None:
         patched.set_model_attn2_patch(RecordAttention(record, "cross"))
-    add_wrapper = getattr(patched, "add_wrapper_with_key", None)
-    if add_wrapper is not None:  # current ComfyUI; early 2024 tells runs apart by sigma (``_evaluation``)
-        import comfy.patcher_extension
-
-        add_wrapper(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, RecordRun(record))
+    add_outer_sample_wrapper(patched, KEY, RecordRun(record))  # early 2024: runs told apart by sigma (_evaluation)
     patched.set_model_sampler_post_cfg_function(RecordEvaluation(record))
     return patched, record
-
-
-def records_on(model) -> list[AttentionRecord]:
-    """The attention records a model's patches feed (a recording clone placed before one of our nodes)."""
-    patches = getattr(model, "model_options", {}).get("transformer_options", {}).get("patches", {})
-    found = []
-    for name in ("attn1_patch", "attn2_patch"):
-        for patch in patches.get(name, []):
-            record = getattr(patch, "record", None) if getattr(patch, "fpe_record", False) else None
-            if record is not None and all(record is not r for r in found):
-                found.append(record)
-    return found
-
-
-@contextmanager
-def recording_paused(model):
-    """Runs inside are not the picture a record should show (an inversion, a reconstruction check)."""
-    records = records_on(model)
-    for record in records:
-        record.paused += 1
-    try:
-        yield
-    finally:
-        for record in records:
-            record.paused -= 1
-
-
-@contextmanager
-def recording_tagged(model, latent: torch.Tensor):
-    """Runs inside also answer to ``latent`` (e.g. the inverted latent of the source they replay)."""
-    records = records_on(model)
-    for record in records:
-        record._close()  # the tagged pass is a run of its own, whatever sigma it starts at
-        if latent.shape[0] > record.settings.image:
-            record._tags = [latent[record.settings.image].detach().float().cpu()]
-    done = False
-    try:
-        yield
-        done = True
-    finally:
-        for record in records:
-            record._tags = []
-            if record.current is not None and not record.current.exact:  # the 2024 host: no run end announced
-                if done:
-                    record._close()
-                else:
-                    record.current = None

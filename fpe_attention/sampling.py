@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .host_versions import fix_empty_latent_channels
+
 
 def sample_over_sigmas(model, *, seed: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
                        latent: dict, sigmas: torch.Tensor, denoise: float) -> tuple[dict, torch.Tensor]:
@@ -16,10 +18,7 @@ def sample_over_sigmas(model, *, seed: int, cfg: float, sampler_name: str, sched
     import comfy.utils
     import latent_preview
 
-    latent_image = latent["samples"]
-    fix_channels = getattr(comfy.sample, "fix_empty_latent_channels", None)  # current ComfyUI only
-    if fix_channels is not None:
-        latent_image = fix_channels(model, latent_image)
+    latent_image = fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     steps = int(sigmas.shape[-1]) - 1
     callback = latent_preview.prepare_callback(model, steps)

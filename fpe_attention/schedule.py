@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import torch
 
-
-def model_sampling_of(model):
-    """The ``model_sampling`` object a sampler will use (object patches respected, both hosts)."""
-    getter = getattr(model, "get_model_object", None)
-    if getter is not None:  # current ComfyUI
-        return getter("model_sampling")
-    patched = getattr(model, "object_patches", {}).get("model_sampling")  # ComfyUI of early 2024
-    return patched if patched is not None else model.model.model_sampling
+from .host_versions import ksampler_model
 
 
 def official_ddim_timesteps(steps: int, train_steps: int = 1000) -> list[int]:
@@ -42,14 +35,8 @@ def sampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise
     Built by ComfyUI's own ``comfy.samplers.KSampler`` so scheduler handlers, ``denoise`` and the
     samplers that drop the penultimate sigma (dpm_2, uni_pc) behave exactly as in the host.
     """
-    import types
-
     import comfy.samplers
 
-    if getattr(model, "get_model_object", None) is not None:  # current ComfyUI reads model_sampling itself
-        target = model
-    else:  # ComfyUI of early 2024 reads ``.model_sampling`` from what it is given
-        target = types.SimpleNamespace(model_sampling=model_sampling_of(model))
-    ksampler = comfy.samplers.KSampler(target, steps=steps, device="cpu", sampler=sampler_name,
+    ksampler = comfy.samplers.KSampler(ksampler_model(model), steps=steps, device="cpu", sampler=sampler_name,
                                        scheduler=scheduler, denoise=denoise)
     return ksampler.sigmas.float().cpu()

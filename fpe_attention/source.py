@@ -7,12 +7,14 @@ the official map replacement. Why inputs and not Q/K or maps: ``n`` is half the 
 ~9x fewer than the maps at 512 px, and replaying it needs no extra UNet pass, so a re-edit costs
 one plain generation (measured by ``dev/benchmark.py``; docs/DESIGN.md).
 
-An ``FPESource`` is immutable once complete; ComfyUI caches it as the capture node's output,
+An ``FPESource`` is planned whole before its run (``capture.new_source``), filled by the run's recorder,
+and sealed by ``finish``; from then on it is immutable: ComfyUI caches it as the capture node's output,
 so changing only the target prompt re-runs only the target side.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -21,9 +23,9 @@ from .architecture import unet_of
 from .conditioning import Structure
 from .errors import FPEError
 from .evaluations import EvalKey, kind_name
-from .layers import Attn1Layer, LayerKey, unet_attn1_layers
+from .layers import Attn1Layer, LayerKey, LayerSelection, unet_attn1_layers
 from .replay import SourceInput
-from .steps import SIGMA_RTOL
+from .steps import SIGMA_RTOL, step_window
 
 _FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise as {maker} "
                  "(or the same sigmas), and the same sampler")
@@ -76,8 +78,6 @@ def weights_fingerprint(model) -> str:
     """What weights a model samples with, by content: a strided sample of every weight of its UNet and every
     weight patch (LoRA) on it. Two loaders of one checkpoint file give the same fingerprint (ComfyUI of
     early 2024 makes two module objects), another checkpoint or LoRA another. Costs one small copy per model."""
-    import hashlib
-
     digest = hashlib.sha256()
     # The UNet's weights as loaded from the file: a model loaded for sampling holds its patched weights (LoRA)
     # in the modules and the originals in the patcher's backup (shared by its clones), so read those there.
@@ -156,6 +156,15 @@ class FPESource:
     # one to one only if its sampler evaluates the same sigmas in the same order.
     evaluation_order: tuple = ()
     complete: bool = False
+
+    def finish(self, evaluation_order, trajectory: list[torch.Tensor] | None = None,
+               tuned_cfg: float | None = None) -> None:
+        """Seal the source after its run returned normally: the sampler's evaluation pattern, and for a real
+        photo the inverted trajectory (and the cfg a null text was tuned for)."""
+        self.evaluation_order = tuple(evaluation_order)
+        self.trajectory = trajectory
+        self.tuned_cfg = tuned_cfg
+        self.complete = True
 
     @property
     def inverted(self) -> bool:
@@ -246,6 +255,44 @@ class FPESource:
             f"the target sampler starts at step {step} of the {self.steps} steps {self.maker} ran (sigma "
             f"{sigma:.6g}), not at the first: FPE pairs each step with the source's from the first one. Fix: set "
             f"KSamplerAdvanced's start_at_step to 0 (end_at_step may stop early){partial}, and {self.fix_schedule}.")
+
+    def covered_edit(self, selection: LayerSelection, start: float, end: float, *, cross: bool = False,
+                     prefix: str = "") -> tuple[tuple[int, int], frozenset[LayerKey]]:
+        """The step window and layer keys of one edit, checked against what this source stored: the
+        self-attention record (the Inject), or with ``cross`` the cross-attention record (Attention Replace)."""
+        _, _, height, width = self.latent_shape
+        layers = frozenset(layer.key for layer in selection.resolve(self.layers, height, width))
+        size = f"the capture's size ({width * 8}x{height * 8} px)"
+        if cross:
+            if not layers:
+                raise FPEError(f"{prefix}cross_layers '{selection.label}' select no cross-attention layer at {size}: "
+                               f"choose 'all' or a custom list")
+            missing = layers - self.cross_layers
+            if missing:
+                raise FPEError(f"{prefix}cross_layers '{selection.label}' include {self._names(missing)}, whose "
+                               f"cross-attention {self.maker} did not store (store_cross '{self.cross_setting}'): set "
+                               f"store_cross to 'all layers' or narrow cross_layers")
+        else:
+            if not layers:
+                raise FPEError(f"{prefix}layers '{selection.label}' select no self-attention layer at {size}: choose "
+                               f"'official relative' (every level but the finest, at any size), 'all' or a custom list")
+            missing = layers - self.stored_layers
+            if missing:
+                raise FPEError(f"{prefix}layers '{selection.label}' include {self._names(missing)}, which {self.maker} "
+                               f"did not store (its store_layers: '{self.layer_setting}'): widen the capture's "
+                               f"store_layers or narrow the inject's layers")
+        window = step_window(self.steps, start, end)
+        first, stop = self.stored_window
+        if window[0] < window[1] and not (first <= window[0] and window[1] <= stop):
+            end_name, verb, fix = ("cross_end", "replaces", "lower cross_end") if cross else (
+                "end", "edits", "lower the inject's end")
+            raise FPEError(f"{prefix}{end_name} {end} {verb} steps {window[0]}..{window[1] - 1} of {self.steps}, but "
+                           f"{self.maker} stored steps {first}..{stop - 1} (store_end {self.store_end}): raise the "
+                           f"capture's store_end to at least {end} or {fix}")
+        return window, layers
+
+    def _names(self, keys) -> str:
+        return ", ".join(layer.name for layer in self.layers if layer.key in keys)
 
     def reject_sigma(self, sigma: float, first: bool = False) -> None:
         where = "starts" if first else "evaluates the model"

@@ -19,9 +19,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageDraw
 
+from . import drawing
 from .errors import FPEError
 from .heatmaps import MAX_SIDE
+from .layers import PRESETS, LayerSelection, choose_layers, model_attn1_layers
 
 AXES = ("start", "end", "layers")
 MAX_SETTINGS = 64  # one batched run; more images than this is a pasted mistake, not a sweep
@@ -56,6 +59,57 @@ def _split(text: str, separators: str) -> list[str]:
         raise FPEError(f"sweep: a quote ({quote}) is not closed: {_SYNTAX}")
     parts.append("".join(current))
     return parts
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One image's setting of a sweep, resolved (``label`` names it in messages and titles)."""
+
+    start: float
+    end: float
+    selection: LayerSelection
+    label: str
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    settings: list[SweepSetting] | None  # None: no sweep, one edit with the node's own setting
+    axes: list[SweepAxis]
+    end: float  # the node's own setting, the title of the one image without a sweep
+    layer_label: str
+
+    @property
+    def labels(self) -> str:
+        """The FPE_SWEEP_LABELS output (``labels_json``); read it after the Inject has checked ``end``."""
+        return labels_json(self.axes, f"end={self.end:g}, layers={self.layer_label}")
+
+
+def plan_sweep(model, text: str | None, *, selection: LayerSelection, start: float, end: float,
+               custom_layers: str) -> SweepPlan:
+    """FPE Self-Attn Inject's ``sweep`` resolved against ``model``: one setting per image, every layers
+    value checked once (errors name the sweep's value). Settings the sweep leaves out keep the node's."""
+    axes = parse_sweep(text if text is not None else "")
+    if not axes:
+        return SweepPlan(None, axes, end, selection.label)
+    available = model_attn1_layers(model)
+    chosen: dict[str, LayerSelection] = {}  # each layers value resolved once
+
+    def resolve(value: str) -> LayerSelection:
+        if value not in chosen:
+            preset, custom = (value, custom_layers) if value in PRESETS else ("custom", value)
+            name = f"sweep: layers value {value[:24]!r}"
+            chosen[value] = choose_layers(model, preset, custom, name, name, available)
+        return chosen[value]
+
+    settings = []
+    for combo in combinations(axes):
+        layer_value = combo.get("layers")
+        settings.append(SweepSetting(
+            start=sweep_number("start", combo["start"]) if "start" in combo else start,
+            end=sweep_number("end", combo["end"]) if "end" in combo else end,
+            selection=resolve(layer_value) if layer_value is not None else selection,
+            label=", ".join(value_label(name, value) for name, value in combo.items())))
+    return SweepPlan(settings, axes, end, selection.label)
 
 
 def _unquote(value: str) -> tuple[str, bool]:
@@ -191,67 +245,18 @@ def sweep_latent(latent: dict, count: int) -> dict:
 # --- the grid -------------------------------------------------------------------------------------
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1); no font file is downloaded
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def text_width(font, text: str) -> float:
-    if hasattr(font, "getlength"):
-        return font.getlength(text)
-    box = font.getbbox(text)
-    return box[2] - box[0]
-
-
-def fit_text(font, text: str, width: int) -> str:
-    """``text`` cut with an ellipsis to fit ``width`` pixels."""
-    if text_width(font, text) <= width:
-        return text
-    low, high = 0, len(text)  # the longest fitting prefix, by bisection: a long title costs log(n) measures
-    while low < high:
-        middle = (low + high + 1) // 2
-        if text_width(font, text[:middle] + "…") <= width:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low] + "…" if low else ""
-
-
-def _wrap(font, text: str, width: int, lines: int) -> list[str]:
-    """``text`` in at most ``lines`` lines of ``width`` px, broken after commas or spaces."""
-    words, out = text.replace(", ", ",\u0000").replace(" ", " \u0000").split("\u0000"), []
-    current = ""
-    for word in words:
-        if current and text_width(font, current + word) > width:
-            out.append(current.rstrip())
-            current = word
-        else:
-            current += word
-    out.append(current.rstrip())
-    if len(out) > lines:
-        out = out[:lines - 1] + [" ".join(out[lines - 1:])]
-    return [fit_text(font, line, width) for line in out]
-
-
 def draw_grid(images: torch.Tensor, rows: list[str], columns: list[str], source: torch.Tensor | None = None):
     """IMAGE [rows*columns, H, W, 3] laid out row-major with titles; ``source`` (one image) as an extra
     first column titled 'source'. Returns an IMAGE [1, H', W', 3]."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     count, height, width = images.shape[0], images.shape[1], images.shape[2]
     if count != len(rows) * len(columns):
         raise FPEError(f"images: {count} images, but sweep_labels describe {len(rows)} x {len(columns)} = "
                        f"{len(rows) * len(columns)} settings: connect the decoded images of the sampler that used "
                        "this Inject's model (its latent batch must hold one image per setting)")
-    font = _font(max(11, min(width, 512) // 20))
-    line = int(_text_height(font)) + 4
+    font = drawing.font(max(11, min(width, 512) // 20))
+    line = int(drawing.text_height(font)) + 4
     extra = 1 if source is not None else 0
-    titles = [_wrap(font, title, width - 4, 2) for title in (["source"] if extra else []) + columns]
+    titles = [drawing.wrap_text(font, title, width - 4, 2) for title in (["source"] if extra else []) + columns]
     header = max(len(t) for t in titles) * line + 8
     row_titled = any(rows)
     margin = min(max(width // 2, 96), 240) if row_titled else 0
@@ -266,10 +271,6 @@ def draw_grid(images: torch.Tensor, rows: list[str], columns: list[str], source:
     canvas = Image.new("RGB", (grid_w, grid_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
 
-    def picture(tensor):
-        array = (tensor.detach().cpu().float().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        return Image.fromarray(array)
-
     def cell_x(column):
         return margin + pad + column * (width + pad)
 
@@ -281,19 +282,15 @@ def draw_grid(images: torch.Tensor, rows: list[str], columns: list[str], source:
         if tuple(source.shape[1:3]) != (height, width):
             source = torch.nn.functional.interpolate(source[:1].movedim(-1, 1).float(), size=(height, width),
                                                      mode="bilinear", align_corners=False).movedim(1, -1)
-        src_picture = picture(source[0])
+        src_picture = drawing.to_picture(source[0])
     for i, row in enumerate(rows):
         y = header + pad + i * (height + pad)
         if row_titled:
-            for k, text in enumerate(_wrap(font, row, margin - 8, max(1, height // line))):
+            for k, text in enumerate(drawing.wrap_text(font, row, margin - 8, max(1, height // line))):
                 draw.text((4, y + 2 + k * line), text, fill=(0, 0, 0), font=font)
         if src_picture is not None:
             canvas.paste(src_picture, (cell_x(0), y))
         for j in range(len(columns)):
-            canvas.paste(picture(images[i * len(columns) + j]), (cell_x(j + extra), y))
-    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+            canvas.paste(drawing.to_picture(images[i * len(columns) + j]), (cell_x(j + extra), y))
+    return drawing.to_image(canvas)
 
-
-def _text_height(font) -> float:
-    box = font.getbbox("Ag")
-    return box[3] - box[1]

@@ -1,14 +1,19 @@
-"""Running ComfyUI headless with this pack: the README's main job (``bash run.sh``), and the base of
-the command line to come.
+"""The pack's command line, ``fpe`` (``python -m fpe_headless``; ``bash run.sh`` is its main job): ComfyUI run
+headless with this pack, one package per command.
 
 Nothing here runs when ComfyUI loads the pack (its nodes never import this package), and importing
-it starts nothing: ComfyUI is booted only by ``host.boot``, in a process of its own.
+it starts nothing: ComfyUI is booted only by ``comfy.host.boot``, in a process of its own.
 
-* ``host``: boot a real ComfyUI in this process (CPU or GPU), load this pack through ComfyUI's own
-  custom-node loader, keep its built-in extras' import noise to one line.
-* ``executor``: run API-format prompts through ComfyUI's real validation and PromptExecutor, with a
-  recording stand-in for the web server; failures as one line naming the node.
-* ``workflow``: convert UI-format workflows (what the web page saves) to API-format prompts.
-* ``tiny_models``: the seeded tiny checkpoints of the smoke demo (and of the tests).
-* ``main_job``: ``bash run.sh``, a headless FPE edit of a shipped workflow.
+* ``cli``: the ``fpe`` dispatcher (``__main__``: ``python -m fpe_headless``).
+* ``comfy``: running ComfyUI: boot it in this process (``host``), run prompts through its real executor
+  (``executor``), UI- to API-format workflows (``workflow``), the tiny demo models (``tiny_models``), and
+  the runners of many prompts, in this process (``jobs``) or on ComfyUI servers (``remote``).
+* ``edit``: ``fpe edit``, the main job (``bash run.sh``): a headless FPE edit of a workflow (``main_job``).
+* ``batch``: ``fpe batch``, ``fpe eval``, ``fpe datasets`` (``cli``): datasets edited and scored (``batch``,
+  ``datasets``, ``metrics``, ``report``).
+* ``probe``: ``fpe probe`` (``cli``): the paper's probing analysis (``build``, ``store``, ``train``, ``report``).
+* Shared by the commands: ``shared`` (the one-line user error, checks made before ComfyUI starts, booting
+  it for a command, the progress bar), ``workflows`` (the shipped workflows, a command line's settings put
+  into a prompt), ``drawing`` (8- and 16-bit pictures read as RGB, fonts, captions, grids), ``fingerprint``
+  (a weights file in short).
 """

@@ -14,9 +14,10 @@ from ..fpe_attention.attention_maps import (
     word_items,
     word_maps,
 )
-from ..fpe_attention.cross import prompt_tokens
+from ..fpe_attention.drawing import captioned
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.heatmaps import check_picture, colormap, mark_point, normalise, overlay, to_image_size
+from ..fpe_attention.prompt_words import prompt_tokens
 from ..fpe_attention.structure import (
     MAX_COMPONENTS,
     METHODS,
@@ -26,9 +27,9 @@ from ..fpe_attention.structure import (
     top_components,
 )
 from ..fpe_attention.validate import check_number
-from . import CATEGORY
+from .common import ATTENTION_MAPS
 from .images import finite_pixels
-from .preview import captioned, preview_ui
+from .preview import preview_ui
 
 RECORD = ("FPE_ATTENTION_RECORD", {"tooltip": "From FPE Attention Record (whose model the sampler used)."})
 SAMPLES = ("LATENT", {"tooltip": "The output latent of the sampler that used the recording model (for FPE DDIM "
@@ -92,7 +93,8 @@ def _notes(record, run) -> str:
 
 
 class FPEWordHeatmap:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Word Heatmap"
+    CATEGORY = ATTENTION_MAPS
     FUNCTION = "draw"
     OUTPUT_NODE = True  # shows its pictures even with nothing connected
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -149,7 +151,8 @@ class FPEWordHeatmap:
 
 
 class FPESelfAttnComponents:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Self-Attn Components"
+    CATEGORY = ATTENTION_MAPS
     FUNCTION = "draw"
     OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE",)
@@ -201,7 +204,8 @@ class FPESelfAttnComponents:
 
 
 class FPEAttentionQuery:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Attention Query"
+    CATEGORY = ATTENTION_MAPS
     FUNCTION = "draw"
     OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE", "MASK")

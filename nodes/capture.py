@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import comfy.samplers
 
-from ..fpe_attention.capture import capture_source
+from ..fpe_attention.capture import CaptureSettings, capture_source
 from ..fpe_attention.validate import check_number
-from . import CATEGORY
-from .store import schedule, store_cross_input, store_inputs, store_settings
+from .common import EDIT
+from .store import schedule, store_cross_input, store_inputs
 
 
 class FPESourceCapture:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Source Capture"
+    CATEGORY = EDIT
     FUNCTION = "capture"
     RETURN_TYPES = ("LATENT", "FPE_SOURCE")
     RETURN_NAMES = ("source_latent", "fpe_source")
@@ -66,8 +67,8 @@ class FPESourceCapture:
                 store_layers, store_custom_layers, store_end, store_rows, storage, precision, sigmas=None,
                 store_cross="off"):
         cfg = check_number("cfg", cfg, 0.0, 100.0)
-        settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                                  precision, store_cross)
+        settings = CaptureSettings.from_inputs(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                                               precision, store_cross)
         sigmas, origin = schedule(model, sigmas, steps, sampler_name, scheduler, denoise)
         latent, source = capture_source(
             model, seed=seed, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, positive=positive,

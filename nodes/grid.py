@@ -5,14 +5,15 @@ from __future__ import annotations
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.sweep import draw_grid, read_labels, sweep_latent
 from ..fpe_attention.validate import check_latent
-from . import CATEGORY
+from .common import COMPARE
 from .images import _rgb
 
 _LABELS_TOOLTIP = "The sweep_labels output of the FPE Self-Attn Inject whose model samples these images."
 
 
 class FPESweepLatent:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Sweep Latent"
+    CATEGORY = COMPARE
     FUNCTION = "repeat"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -40,7 +41,8 @@ class FPESweepLatent:
 
 
 class FPESweepGrid:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Sweep Grid"
+    CATEGORY = COMPARE
     FUNCTION = "grid"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.heatmaps import MAX_SIDE
-from . import CATEGORY
+from .common import COMPARE
 
 
 class FPESideBySide:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Side by Side"
+    CATEGORY = COMPARE
     FUNCTION = "combine"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from ..fpe_attention.architecture import family
-from ..fpe_attention.inject import BRANCHES, SweepSetting, inject_model
-from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
-from ..fpe_attention.sweep import combinations, labels_json, parse_sweep, sweep_number, value_label
-from . import CATEGORY, as_fpe_error
-from .store import OFFICIAL_CUSTOM
+from ..fpe_attention.inject import BRANCHES, inject_model
+from ..fpe_attention.layers import OFFICIAL_CUSTOM, PRESETS, choose_layers
+from ..fpe_attention.sweep import plan_sweep
+from .common import EDIT
 
 
 class FPESelfAttnInject:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Self-Attn Inject"
+    CATEGORY = EDIT
     FUNCTION = "inject"
     RETURN_TYPES = ("MODEL", "FPE_SWEEP_LABELS")
     RETURN_NAMES = ("model", "sweep_labels")
@@ -66,32 +65,8 @@ class FPESelfAttnInject:
         }
 
     def inject(self, model, fpe_source, layers, custom_layers, start, end, branches, sweep=""):
-        available = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
-        with as_fpe_error("layers"):
-            selection = select_layers(layers, custom_layers, available, family(model))
-        setting = custom_layers if layers == "custom" else layers
-        axes = parse_sweep(sweep if sweep is not None else "")
-        settings = None
-        if axes:
-            chosen = {}  # each layers value resolved once
-
-            def resolve(value):
-                if value not in chosen:
-                    preset, custom = (value, custom_layers) if value in PRESETS else ("custom", value)
-                    with as_fpe_error(f"sweep: layers value {value[:24]!r}"):
-                        chosen[value] = select_layers(preset, custom, available, family(model))
-                return chosen[value]
-
-            settings = []
-            for combo in combinations(axes):
-                label = ", ".join(value_label(name, value) for name, value in combo.items())
-                layer_value = combo.get("layers")
-                settings.append(SweepSetting(
-                    start=sweep_number("start", combo["start"]) if "start" in combo else start,
-                    end=sweep_number("end", combo["end"]) if "end" in combo else end,
-                    selection=resolve(layer_value) if layer_value is not None else selection,
-                    layer_setting=(custom_layers if layer_value == "custom" else layer_value) if layer_value
-                    else setting, label=label))
-        patched = inject_model(model, fpe_source, selection=selection, layer_setting=setting, start=start, end=end,
-                               branches=branches, sweep=settings)
-        return (patched, labels_json(axes, f"end={end:g}, layers={setting}"))
+        selection = choose_layers(model, layers, custom_layers)
+        plan = plan_sweep(model, sweep, selection=selection, start=start, end=end, custom_layers=custom_layers)
+        patched = inject_model(model, fpe_source, selection=selection, start=start, end=end, branches=branches,
+                               sweep=plan.settings)
+        return (patched, plan.labels)

@@ -7,22 +7,26 @@ import logging
 import comfy.samplers
 import torch
 
-from ..fpe_attention.encode import SIDES, check_sides, downscale_ratio, encode_mean
+from ..fpe_attention.capture import CaptureSettings
+from ..fpe_attention.drawing import captioned
+from ..fpe_attention.encode import SIDES, check_sides, encode_mean
 from ..fpe_attention.errors import FPEError
+from ..fpe_attention.host_versions import vae_downscale_ratio
 from ..fpe_attention.inversion import PhasedProgress, invert_to_source
 from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, reconstruct, relative_rmse
-from ..fpe_attention.recording import recording_paused
+from ..fpe_attention.run_observers import paused
 from ..fpe_attention.steps import step_window
 from ..fpe_attention.validate import check_latent, check_number
-from . import CATEGORY
-from .preview import captioned, preview_ui
-from .store import schedule, store_cross_input, store_inputs, store_settings
+from .common import REAL_PHOTOS
+from .preview import preview_ui
+from .store import schedule, store_cross_input, store_inputs
 
 log = logging.getLogger("free-prompt-editing")
 
 
 class FPEVAEEncodeMean:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE VAE Encode (Mean)"
+    CATEGORY = REAL_PHOTOS
     FUNCTION = "encode"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -44,12 +48,13 @@ class FPEVAEEncodeMean:
         }
 
     def encode(self, pixels, vae, sides):
-        check_sides(pixels, downscale_ratio(vae), sides)
+        check_sides(pixels, vae_downscale_ratio(vae), sides)
         return ({"samples": encode_mean(vae, pixels)},)
 
 
 class FPEDDIMInvert:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE DDIM Invert"
+    CATEGORY = REAL_PHOTOS
     FUNCTION = "invert"
     OUTPUT_NODE = True  # shows the reconstruction preview
     RETURN_TYPES = ("LATENT", "FPE_SOURCE", "STRING")
@@ -116,8 +121,8 @@ class FPEDDIMInvert:
         if not torch.count_nonzero(samples):
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
                            "FPE VAE Encode (Mean) -> latent")
-        settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                                  precision, store_cross)
+        settings = CaptureSettings.from_inputs(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                                               precision, store_cross)
         sigmas, origin = schedule(model, sigmas, steps, "ddim", scheduler, denoise)
         n = int(sigmas.shape[-1]) - 1
         first, stop = step_window(n, 0.0, store_end)
@@ -142,7 +147,7 @@ class FPEDDIMInvert:
     @staticmethod
     def _check(model, vae, samples, inverted, positive, negative, cfg, sigmas, progress):
         n = int(sigmas.shape[-1]) - 1
-        with recording_paused(model):  # the check is not the source an attention record should show
+        with paused(model):  # the check is not the source an attention record should show
             back = reconstruct(model, inverted=inverted, positive=positive,
                                negative=negative if negative is not None else positive, cfg=cfg, sigmas=sigmas,
                                callback=progress.phase(n))

@@ -7,21 +7,24 @@ import logging
 import comfy.samplers
 import torch
 
+from ..fpe_attention.capture import CaptureSettings
+from ..fpe_attention.drawing import captioned
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.inversion import PhasedProgress
 from ..fpe_attention.nulltext import OFFICIAL, null_text_invert_to_source
 from ..fpe_attention.reconstruction import ReconstructionReport, expected_latent, psnr_db, relative_rmse
 from ..fpe_attention.steps import step_window
 from ..fpe_attention.validate import check_latent, check_number
-from . import CATEGORY
-from .preview import captioned, preview_ui
-from .store import schedule, store_cross_input, store_inputs, store_settings
+from .common import REAL_PHOTOS
+from .preview import preview_ui
+from .store import schedule, store_cross_input, store_inputs
 
 log = logging.getLogger("free-prompt-editing")
 
 
 class FPENullTextInvert:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Null-Text Invert"
+    CATEGORY = REAL_PHOTOS
     FUNCTION = "invert"
     OUTPUT_NODE = True  # shows the reconstruction preview
     RETURN_TYPES = ("LATENT", "FPE_SOURCE", "CONDITIONING", "STRING")
@@ -99,8 +102,8 @@ class FPENullTextInvert:
         if not torch.count_nonzero(samples):
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> "
                            "FPE VAE Encode (Mean) -> latent")
-        settings = store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                                  precision, store_cross)
+        settings = CaptureSettings.from_inputs(model, store_layers, store_custom_layers, store_end, store_rows, storage,
+                                               precision, store_cross)
         sigmas, origin = schedule(model, sigmas, steps, "ddim", scheduler, 1.0)
         n = int(sigmas.shape[-1]) - 1
         first, stop = step_window(n, 0.0, store_end)

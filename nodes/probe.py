@@ -7,15 +7,17 @@ import os
 import re
 from pathlib import PureWindowsPath
 
+from safetensors.torch import save_file
+
 from ..fpe_attention import notify
 from ..fpe_attention.attention_maps import check_text, text_differs, word_items
-from ..fpe_attention.cross import prompt_tokens
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.layers import key_name
 from ..fpe_attention.probe_maps import SELF_SIDE, cross_word_maps, self_maps
+from ..fpe_attention.prompt_words import prompt_tokens
 from ..fpe_attention.validate import check_number
-from . import CATEGORY
 from .attention_maps import CLIP, RECORD, SAMPLES, TEXT
+from .common import PROBING
 
 MAX_PREFIX_BYTES = 200  # + '_00001_.safetensors' stays within the 255-byte file names of common file systems
 _PREFIX_FIX = "give a short name such as fpe_maps, or subfolder/name inside ComfyUI's temp folder"
@@ -50,7 +52,8 @@ def check_prefix(prefix) -> str:
 
 
 class FPESaveAttentionMaps:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Save Attention Maps"
+    CATEGORY = PROBING
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ()
@@ -92,8 +95,7 @@ class FPESaveAttentionMaps:
 
     def save(self, fpe_record, samples, clip, text, word, self_side, filename_prefix, release_run=False,
              unique_id=None):
-        import folder_paths
-        from safetensors.torch import save_file
+        import folder_paths  # ComfyUI's own module: only importable once the host runs
 
         side = int(check_number("self_side", self_side, 8, 4096))
         check_prefix(filename_prefix)  # before the maps are computed: a bad name costs nothing

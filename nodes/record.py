@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from ..fpe_attention.architecture import family
-from ..fpe_attention.errors import FPEError
-from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
-from ..fpe_attention.recording import KINDS, RecordSettings, record_model, release_generation
-from ..fpe_attention.schedule import model_sampling_of
-from ..fpe_attention.validate import check_number
-from . import CATEGORY, as_fpe_error
-
-NONE = "none"
+from ..fpe_attention.layers import PRESETS, model_attn1_layers
+from ..fpe_attention.recording import KINDS, NONE, record_model, record_settings, release_generation
+from .common import ATTENTION_MAPS
 
 
 class FPEAttentionRecord:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Attention Record"
+    CATEGORY = ATTENTION_MAPS
     FUNCTION = "record"
     RETURN_TYPES = ("MODEL", "FPE_ATTENTION_RECORD")
     RETURN_NAMES = ("model", "fpe_record")
@@ -76,30 +71,7 @@ class FPEAttentionRecord:
 
     def record(self, model, cross_layers, cross_custom_layers, self_layers, self_custom_layers, start_percent,
                end_percent, rows, image):
-        layers = model_attn1_layers(model)  # a model without UNet attention is refused by name
-        check_number("start_percent", start_percent, 0.0, 1.0)
-        check_number("end_percent", end_percent, 0.0, 1.0)
-        if start_percent >= end_percent:
-            raise FPEError(f"start_percent ({start_percent}) must be below end_percent ({end_percent}): the band "
-                           f"of steps recorded would be empty")
-        if cross_layers == NONE and self_layers == NONE:
-            raise FPEError("cross_layers and self_layers are both 'none': nothing would be recorded; choose 'all' "
-                           "for word heatmaps or 'official' for structure pictures")
-        if rows not in KINDS:
-            raise FPEError(f"rows: unknown value {rows!r}; choose one of {', '.join(KINDS)}")
-        selections = {}
-        for name, preset, custom in (("cross_layers", cross_layers, cross_custom_layers),
-                                     ("self_layers", self_layers, self_custom_layers)):
-            if preset == NONE:
-                selections[name] = None
-                continue
-            with as_fpe_error(name.replace("layers", "custom_layers") if preset == "custom" else name):
-                selections[name] = select_layers(preset, custom, layers, family(model))
-        sampling = model_sampling_of(model)
-        settings = RecordSettings(
-            cross=selections["cross_layers"], cross_setting=cross_custom_layers if cross_layers == "custom" else cross_layers,
-            attn_self=selections["self_layers"], self_setting=self_custom_layers if self_layers == "custom" else self_layers,
-            start_percent=float(start_percent), end_percent=float(end_percent),
-            sigma_high=float(sampling.percent_to_sigma(start_percent)),
-            sigma_low=float(sampling.percent_to_sigma(end_percent)), kind=KINDS[rows], image=int(image))
-        return record_model(model, settings, layers)
+        settings = record_settings(model, cross_layers=cross_layers, cross_custom_layers=cross_custom_layers,
+                                   self_layers=self_layers, self_custom_layers=self_custom_layers,
+                                   start_percent=start_percent, end_percent=end_percent, rows=rows, image=image)
+        return record_model(model, settings, model_attn1_layers(model))

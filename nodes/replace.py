@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from ..fpe_attention.architecture import family
 from ..fpe_attention.cross import MODES, TOKENS, replace_model
-from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
-from . import CATEGORY, as_fpe_error
-from .store import OFFICIAL_CUSTOM
+from ..fpe_attention.layers import OFFICIAL_CUSTOM, PRESETS, choose_layers
+from .common import COMPARE
 
 
 class FPEAttentionReplace:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Attention Replace"
+    CATEGORY = COMPARE
     FUNCTION = "replace"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -86,15 +85,9 @@ class FPEAttentionReplace:
 
     def replace(self, model, fpe_source, mode, layers, custom_layers, start, end, cross_layers, cross_custom_layers,
                 cross_start, cross_end, tokens, words, source_text, target_text, clip=None):
-        available = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
-        with as_fpe_error("layers"):
-            self_selection = select_layers(layers, custom_layers, available, family(model))
-        with as_fpe_error("cross_layers"):
-            cross_selection = select_layers(cross_layers, cross_custom_layers, available, family(model))
+        self_selection = choose_layers(model, layers, custom_layers)
+        cross_selection = choose_layers(model, cross_layers, cross_custom_layers, "cross_layers", "cross_custom_layers")
         return (replace_model(
-            model, fpe_source, mode=mode, self_selection=self_selection,
-            self_setting=custom_layers if layers == "custom" else layers, start=start, end=end,
-            cross_selection=cross_selection,
-            cross_setting=cross_custom_layers if cross_layers == "custom" else cross_layers,
-            cross_start=cross_start, cross_end=cross_end, clip=clip, source_text=source_text,
+            model, fpe_source, mode=mode, self_selection=self_selection, start=start, end=end,
+            cross_selection=cross_selection, cross_start=cross_start, cross_end=cross_end, clip=clip, source_text=source_text,
             target_text=target_text, tokens=tokens, words=words),)

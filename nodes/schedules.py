@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ..fpe_attention.errors import FPEError
-from ..fpe_attention.schedule import model_sampling_of, official_ddim_sigmas
-from . import CATEGORY
+from ..fpe_attention.host_versions import model_sampling_of
+from ..fpe_attention.schedule import official_ddim_sigmas
+from .common import EDIT
 
 
 class FPEOfficialDDIMSigmas:
-    CATEGORY = CATEGORY
+    DISPLAY_NAME = "FPE Official DDIM Sigmas"
+    CATEGORY = EDIT
     FUNCTION = "sigmas"
     RETURN_TYPES = ("SIGMAS",)
     RETURN_NAMES = ("sigmas",)

@@ -6,15 +6,11 @@ saved workflows keep their values) and take either stock sampler settings or a S
 
 from __future__ import annotations
 
-from ..fpe_attention.architecture import family
-from ..fpe_attention.capture import CROSS, PRECISION, ROWS, STORAGE, CaptureSettings
+from ..fpe_attention.capture import CROSS, PRECISION, ROWS, STORAGE
 from ..fpe_attention.errors import FPEError
-from ..fpe_attention.layers import PRESETS, model_attn1_layers, select_layers
+from ..fpe_attention.layers import OFFICIAL_CUSTOM, PRESETS
 from ..fpe_attention.schedule import sampler_sigmas
 from ..fpe_attention.validate import check_number
-from . import as_fpe_error
-
-OFFICIAL_CUSTOM = "in4,in5,in7,in8,mid0,out3-8"
 
 
 def store_inputs(step_cost: str) -> dict:
@@ -58,17 +54,6 @@ def store_cross_input() -> dict:
                    "Replace needs for its 'cross' and 'self + cross' modes (the paper's comparison). 'on': the "
                    "store_layers' blocks; 'all layers': every block (Prompt-to-Prompt replaces all). About as much "
                    "memory again as the self-attention record; needs storage 'auto' or 'cpu'."})}
-
-
-def store_settings(model, store_layers, store_custom_layers, store_end, store_rows, storage,
-                   precision, store_cross="off") -> CaptureSettings:
-    store_end = check_number("store_end", store_end, 0.0, 1.0)
-    layers = model_attn1_layers(model)  # first: a model without UNet attention is refused by name
-    with as_fpe_error("store_layers"):
-        selection = select_layers(store_layers, store_custom_layers, layers, family(model))
-    setting = store_custom_layers if store_layers == "custom" else store_layers
-    return CaptureSettings(selection=selection, layer_setting=setting, store_end=store_end, rows=store_rows,
-                           storage=storage, precision=precision, cross=store_cross)
 
 
 def schedule(model, sigmas, steps: int, sampler_name: str, scheduler: str, denoise: float):

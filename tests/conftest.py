@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fpe_harness import host as host_mod  # noqa: E402
-from fpe_headless import tiny_models  # noqa: E402
+from fpe_headless.comfy import tiny_models  # noqa: E402
 
 _host_path = os.environ.get("FPE_COMFYUI_HOST") or os.environ.get("COMFYUI_PATH")
 if not _host_path:

@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .host import REPO_ROOT, install_pack
@@ -41,7 +42,7 @@ import sys
 from pathlib import Path
 
 sys.path.append({repo_root!r})  # after ComfyUI's own paths: the pack's root holds a ``nodes`` package
-from fpe_headless import tiny_models  # noqa: E402
+from fpe_headless.comfy import tiny_models  # noqa: E402
 
 tiny_models.register_tiny_model_configs(Path(__file__).parent / "configs")
 NODE_CLASS_MAPPINGS = {{}}
@@ -236,3 +237,25 @@ class ComfyServer:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no server log)"
+
+
+def artifacts_folder(kind: str, host) -> Path:
+    """A fresh ``test-artifacts/<kind>/<host>/`` (or under ``$FPE_TEST_ARTIFACTS``) for one browser test."""
+    base = Path(os.environ.get("FPE_TEST_ARTIFACTS") or REPO_ROOT / "test-artifacts")
+    folder = base / kind / f"{host.kind}-{host.version}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@contextmanager
+def serving(comfyui_path: Path, workdir: Path, artifacts: Path, checkpoints: Sequence[Path] | None = None,
+            **options):
+    """A running ComfyServer for one test module; its log is kept in ``artifacts`` however the module ends."""
+    comfy = ComfyServer(comfyui_path, workdir, checkpoints, **options)
+    try:
+        with comfy:
+            yield comfy
+    finally:
+        if comfy.log_path.exists():
+            shutil.copy2(comfy.log_path, artifacts / "server.log")

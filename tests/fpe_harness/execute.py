@@ -2,7 +2,7 @@
 
 * :func:`call_node` instantiates a node class and calls its ``FUNCTION`` inside
   ``torch.inference_mode()`` (as the executor does), returning the output tuple.
-* :class:`Executor` (the product's, ``fpe_headless.executor``) runs an API-format prompt through
+* :class:`Executor` (the product's, ``fpe_headless.comfy.executor``) runs an API-format prompt through
   ComfyUI's real ``validate_prompt`` and ``PromptExecutor``; one executor keeps its caches across
   runs, as a ComfyUI server does between queued prompts.
 """
@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from fpe_headless.executor import Executor, PromptFailed, PromptResult, node_class  # noqa: F401 - for the tests
+from fpe_headless.comfy.executor import Executor, PromptFailed, PromptResult, node_class  # noqa: F401 - for the tests
 
 
 def input_types(class_type: str) -> dict:

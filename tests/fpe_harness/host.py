@@ -1,4 +1,4 @@
-"""The tests' ComfyUI: the product's headless boot (``fpe_headless.host``), with the pack installed
+"""The tests' ComfyUI: the product's headless boot (``fpe_headless.comfy.host``), with the pack installed
 from the files its registry archive carries, so the suite tests what users install.
 """
 
@@ -9,8 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fpe_headless import host as headless_host
-from fpe_headless.host import PACK_DIR_NAME, Host, detect_kind  # noqa: F401 - re-exported for the tests
+from fpe_headless.comfy import host as headless_host
+from fpe_headless.comfy.host import PACK_DIR_NAME, Host, detect_kind  # noqa: F401 - re-exported for the tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,11 @@
 
 Only what a user does: open the page, drop a workflow file on the canvas, read the graph as the page
 shows it, pick values in widgets, press Ctrl+Enter (the Queue keybinding of both the 2024 web UI
-and the current frontend), wait for the result images to appear on their nodes. The page's own
-``app`` / ``LiteGraph`` objects are read only to see what it shows. No browser is downloaded:
+and the current frontend), wait for the result images to appear on their nodes; on the current
+frontend also open a node's help (the node library's "?" button, the selection toolbox's info
+button) and read what the panel shows, and on both read the dialog that reports missing node types.
+The page's own ``app`` / ``LiteGraph`` objects are read only to see what it shows (and where a
+node's title bar is, to click it). No browser is downloaded:
 ``FPE_CHROMIUM`` or ``/usr/bin/chromium`` is launched with the flags a closed network needs.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM_FLAGS = [
@@ -112,6 +116,48 @@ _HIDE_CHROME = """async () => {
 }"""
 
 _NODES_SHOW_IMAGES = """(ids) => ids.every(id => (app.graph.getNodeById(id)?.imgs ?? []).length > 0)"""
+
+# Current frontend's node help (NodeHelpContent): while loading a spinner; then the page's markdown
+# (``.markdown-content``) or, when no page was found, a fallback built from the node definition
+# (``.fallback-content``: its description and tables of inputs and outputs).
+_HELP_SHOWN = """([panel, header, title]) => {
+    const root = document.querySelector(panel);
+    const content = root?.querySelector('.node-help-content');
+    const heading = root?.querySelector(header)?.innerText?.trim();
+    if (!content || heading !== title || content.querySelector('.p-progressspinner')) return null;
+    const markdown = content.querySelector('.markdown-content'), fallback = content.querySelector('.fallback-content');
+    if (!(markdown && markdown.innerText.trim()) && !fallback) return null;
+    return {
+        title: heading, markdown: !!markdown, fallback: !!fallback,
+        headings: [...content.querySelectorAll('h1, h2, h3, h4')].map(h => h.innerText.trim()),
+        code: [...content.querySelectorAll('code')].map(c => c.innerText.trim()),
+        text: content.innerText,
+    };
+}"""
+_LIBRARY = ".sidebar-content-container"
+# The library's help page opens with a bar: a back arrow, then the node's display name.
+_LIBRARY_HELP_BACK = f"{_LIBRARY} button:has(.pi-arrow-left)"
+_LIBRARY_HELP_TITLE = "div:has(> button .pi-arrow-left) > span"
+_PROPERTIES = "[data-testid=properties-panel]"
+
+# Where a node's title bar is on the screen, and whether the canvas is what a click there hits.
+_NODE_TITLE_POINT = """(id) => {
+    const n = app.graph.getNodeById(id);
+    const title = LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+    const [x, y] = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + Math.min(n.size[0] / 2, 60), n.pos[1] - title / 2]);
+    const r = app.canvas.canvas.getBoundingClientRect();
+    const hit = document.elementFromPoint(r.left + x, r.top + y);
+    return [r.left + x, r.top + y, hit === app.canvas.canvas ? null : (hit?.outerHTML ?? 'nothing').slice(0, 200)];
+}"""
+
+_SELECTED = """(id) => Object.keys(app.canvas.selected_nodes ?? {}).map(Number).includes(id)"""
+
+# A dialog the page shows about node types it does not know: current frontend ("This workflow has
+# missing nodes"), 2024 web UI ("When loading the graph, the following node types were not found").
+_MISSING_NODES_DIALOGS = """() => [...document.querySelectorAll('.p-dialog, .comfy-modal')]
+    .filter(d => d.getClientRects().length > 0 && getComputedStyle(d).visibility !== 'hidden')
+    .map(d => d.innerText.trim())
+    .filter(t => /missing nodes|node types were not found/i.test(t))"""
 
 
 class WebUI:
@@ -231,9 +277,76 @@ class WebUI:
         """Current frontend only: focus mode, no minimap, canvas info or canvas menu (for thumbnails)."""
         return self.page.evaluate(_HIDE_CHROME)
 
+    def missing_nodes_dialogs(self) -> list[str]:
+        """The text of each dialog on the page that reports node types missing from this ComfyUI."""
+        return self.page.evaluate(_MISSING_NODES_DIALOGS)
+
+    def wait_for_missing_nodes_dialog(self, timeout_s: float) -> str:
+        self.page.wait_for_function(f"() => ({_MISSING_NODES_DIALOGS})().length > 0", timeout=timeout_s * 1000)
+        return self.missing_nodes_dialogs()[0]
+
+    # -- node help (current frontend) ------------------------------------------------------------
+
+    def node_library_help(self, display_name: str, screenshot: Path | None = None) -> dict:
+        """Current frontend: open the node library (sidebar "Nodes"), type the node's name in its
+        search box, press the "?" (Learn more) button of the node's entry and return what the help
+        page shows (``_HELP_SHOWN``: title, markdown or fallback, headings, code names, text); then
+        the help page's back arrow, so the library is ready for the next node (``screenshot``: a
+        picture of the page with the help shown, taken before)."""
+        page = self.page
+        if not page.locator(".node-lib-search-box").is_visible():
+            page.locator(".node-library-tab-button").click()
+        page.locator(".node-lib-search-box input").fill(display_name)
+        entry = page.locator(".node-lib-node-container").filter(
+            has=page.get_by_text(display_name, exact=True)).first
+        entry.hover()
+        entry.locator(".help-button").click()
+        shown = self._wait_for_help(_LIBRARY, _LIBRARY_HELP_TITLE, display_name)
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        page.locator(_LIBRARY_HELP_BACK).first.click()
+        page.locator(".node-lib-search-box").wait_for(state="visible")
+        return shown
+
+    def node_info_panel(self, node_id: int, title: str) -> dict:
+        """Current frontend: click the node's title bar on the canvas (it becomes the selection),
+        press the selection toolbox's info button and return what the right-hand panel's Info tab
+        shows (as ``node_library_help``); ``title`` is the node's title as the panel heads it."""
+        page = self.page
+        page.evaluate(_FIT_VIEW, 120)  # every node in view, with room above for the toolbox
+        page.wait_for_timeout(100)
+        x, y, covered = page.evaluate(_NODE_TITLE_POINT, node_id)
+        if covered:
+            raise AssertionError(f"node {node_id}'s title bar is covered by {covered}")
+        page.mouse.click(x, y)
+        page.wait_for_function(_SELECTED, arg=node_id)
+        page.locator("[data-testid=info-button]").click()
+        return self._wait_for_help(_PROPERTIES, "h3", title)
+
+    def _wait_for_help(self, panel: str, header: str, title: str, timeout_s: float = 20) -> dict:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            return self.page.wait_for_function(_HELP_SHOWN, arg=[panel, header, title],
+                                               timeout=timeout_s * 1000).json_value()
+        except PlaywrightTimeout:
+            shown = self.page.evaluate("(panel) => document.querySelector(panel)?.innerText ?? '(no panel)'", panel)
+            raise AssertionError(f"no help for '{title}' within {timeout_s:.0f} s; the panel shows: "
+                                 f"{shown[:600]!r}") from None
+
     def screenshot(self, path: Path, margin: int = 60) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.page.evaluate(_FIT_VIEW, margin)
         self.page.wait_for_timeout(300)  # a couple of frames for images and links
         self.page.screenshot(path=str(path))
         return path
+
+
+@contextmanager
+def browsing(url: str, artifacts: Path):
+    """A WebUI on ``url``; the browser console and page errors are kept in ``artifacts`` when it closes."""
+    with WebUI(url) as ui:
+        yield ui
+        (artifacts / "browser-console.log").write_text(
+            "\n".join(ui.console + [f"pageerror: {e}" for e in ui.page_errors]) + "\n")

@@ -1,0 +1,215 @@
+"""The README's main job: an FPE edit through ComfyUI's real executor, headless (``bash run.sh``, ``fpe edit``).
+
+It runs a shipped workflow (or any UI-format workflow file) with the user's checkpoint and writes the
+images its Save nodes make. Every user mistake is caught before ComfyUI starts and reported in one
+line with the fix; a prompt that fails says which node and why, in one line. Without a checkpoint it
+runs a smoke demo on a tiny random model: the plumbing is real, the pictures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from ..comfy.executor import Executor, PromptFailed
+from ..comfy.host import find_comfyui, is_comfyui, make_workdir, remove_workdir
+from ..comfy.workflow import WorkflowError, to_api
+from ..drawing import tile_images
+from ..shared import (
+    TINY_SIZE,
+    TINY_STEPS,
+    HelpFormatter,
+    UserError,
+    check_checkpoint,
+    check_numbers,
+    check_out,
+    start_host,
+)
+from ..workflows import WORKFLOWS, Job, apply_settings, load_workflow_file, resolve_workflow, shipped_workflows
+
+DEFAULT_WORKFLOW = "fpe_generated_edit"
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
+                 "FPEWordHeatmap": "word_heatmap", "FPESelfAttnComponents": "self_attn_components",
+                 "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview"}
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Free-Prompt-Editing headless: runs an FPE workflow through ComfyUI's real executor and "
+                    "writes its images. Without --checkpoint: a smoke demo on a tiny random model "
+                    f"({TINY_STEPS} steps, {TINY_SIZE} px; its pictures are meaningless).",
+        epilog=f"Shipped workflows: {', '.join(shipped_workflows())}. Nothing is downloaded: the checkpoint is yours. "
+               f"Other commands: `{prog.removesuffix(' edit')} batch|eval|datasets|probe` (datasets edited and scored, "
+               "metrics of existing edits, the paper's prompt-pair sets, the probing analysis).")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE",
+                   help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the tiny demo model")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME_OR_FILE",
+                   help="a shipped workflow's name, or a UI-format workflow .json (path from where you stand)")
+    p.add_argument("--image", type=Path, metavar="PHOTO",
+                   help="the photo a real-image workflow edits; default: the workflow's own (the shipped drawing)")
+    p.add_argument("--source-prompt", metavar="TEXT", help="what the image shows; default: the workflow's")
+    p.add_argument("--target-prompt", metavar="TEXT", help="the edit; default: the workflow's")
+    p.add_argument("--negative", metavar="TEXT", help="negative prompt of both sides; default: the workflow's")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of both sides; default: the workflow's (42)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"steps of both sides; default: the workflow's (50, SDXL 30), {TINY_STEPS} for the tiny demo")
+    p.add_argument("--cfg", type=float, metavar="X",
+                   help="guidance of the edit (and of a generated source, and the one FPE Null-Text Invert tunes "
+                        "for); default: the workflow's (7.5, SDXL 7)")
+    p.add_argument("--invert-cfg", type=float, metavar="X",
+                   help="guidance of FPE DDIM Invert (real-image workflows); default: the workflow's (1.0)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="generated images: width and height; real photos: the short side (aspect kept, then a "
+                        "center crop to multiples of 8), and an Image Scale's width and height (the SDXL real-image "
+                        f"workflow: size x size); default: the workflow's (512, SDXL 1024) or the photo's own, "
+                        f"{TINY_SIZE} for the tiny demo")
+    p.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
+                   help="where the images go (created if missing)")
+    p.add_argument("--comfyui", type=Path, metavar="DIR",
+                   help="the ComfyUI to run; default: COMFYUI_PATH, or the ComfyUI this pack is installed in")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
+    return p
+
+
+# --- checks made before ComfyUI starts --------------------------------------------------------
+
+
+def check_image(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes it all: a truncated download fails here, not inside ComfyUI
+    except Exception:
+        raise UserError(f"--image {path}: not an image Pillow can read (PNG, JPEG, WebP...)") from None
+    return path.resolve()
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Every check that needs no ComfyUI: files, folders, numbers, and which ComfyUI to run."""
+    check_numbers(args)
+    if args.target_prompt is not None and not args.target_prompt.strip():  # as a dataset's empty target is refused
+        raise UserError("--target-prompt '': an empty target prompt edits toward nothing; give the edit's text "
+                        "(e.g. --target-prompt \"a photo of rubber ducks walking on street\"), or leave it out")
+    workflow = resolve_workflow(args.workflow)
+    data = load_workflow_file(workflow)
+    checkpoint = check_checkpoint(args.checkpoint) if args.checkpoint else None
+    comfyui = find_comfyui(str(args.comfyui) if args.comfyui else None)
+    if comfyui is None:
+        raise UserError("no ComfyUI to run: start this through `bash run.sh` (it provides one), pass --comfyui, "
+                        "or set COMFYUI_PATH")
+    if not is_comfyui(comfyui):
+        raise UserError(f"--comfyui {comfyui}: not a ComfyUI folder (no nodes.py and comfy/ there)")
+    job = Job(comfyui, workflow, data, checkpoint, None, check_out(args.out), args)
+    if args.image is not None:
+        if not job.real:
+            raise UserError(f"--image: {workflow.name} edits a generated image and loads no photo; use it with a "
+                            "real-image workflow (e.g. --workflow fpe_real_image_edit)")
+        job.image = check_image(args.image)
+    elif job.real:
+        shipped = {p.name for p in WORKFLOWS.glob("*.png")}
+        for node in data["nodes"]:
+            wanted = (node.get("widgets_values") or [None])[0] if node.get("type") == "LoadImage" else None
+            if wanted is not None and wanted not in shipped:
+                raise UserError(f"--workflow {workflow.name}: its Load Image wants {str(wanted)!r}, which only your "
+                                "ComfyUI's input folder has: pass the photo with --image")
+    if args.invert_cfg is not None and not any(node.get("type") == "FPEDDIMInvert" for node in data["nodes"]):
+        raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows "
+                        "(FPE Null-Text Invert inverts at cfg 1 and tunes for --cfg)")
+    return job
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+class _ExecutorErrors(logging.Filter):
+    """ComfyUI's executor logs a failing node's traceback (and validation failures) itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and Path(record.pathname).name == "execution.py")
+
+
+@contextlib.contextmanager
+def _executor_errors_hidden():
+    hidden = _ExecutorErrors()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(hidden)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hidden)
+
+
+def run(job: Job, say=print) -> list[Path]:
+    """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
+    workdir = make_workdir("run", say)  # and the work folders killed runs left go
+    try:
+        host, checkpoint_name = start_host(job.comfyui, workdir, job.checkpoint, sdxl=job.sdxl,
+                                           cpu=job.args.cpu, say=say)
+        if job.checkpoint is None:
+            job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
+            job.args.size = job.args.size or TINY_SIZE
+        for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures
+            shutil.copy2(image, workdir / "input" / image.name)
+        try:
+            prompt = to_api(job.workflow_data)
+        except WorkflowError as exc:
+            raise UserError(f"--workflow {job.workflow.name}: {exc}") from None
+        apply_settings(prompt, job, checkpoint_name, workdir / "input")
+        try:
+            with _executor_errors_hidden():  # a failure is reported below, in one line
+                result = Executor().run(prompt)
+        except PromptFailed as exc:
+            raise UserError(f"{job.workflow.name}: {exc}") from None
+        written, names = [], set()
+        for node_id, outputs in result.outputs.items():
+            node = prompt[node_id]
+            images = outputs.get("images", [])
+            name = Path(str(node["inputs"].get("filename_prefix", PREVIEW_NAMES.get(node["class_type"], "image")))).name
+            if images and name in names:  # two nodes of one kind (source and edit): keep both
+                name = f"{name}_node{node_id}"
+            names.add(name)
+            files = [host.workdir / image["type"] / image["subfolder"] / image["filename"] for image in images]
+            if len(files) == 1:  # a single picture as the node saved it
+                shutil.copy2(files[0], job.out / f"{name}.png")
+                written.append(job.out / f"{name}.png")
+            elif files:  # a batch: one captioned grid per node, not one file per image
+                title = f"{name} · node {node_id} ({node['class_type']}) · {len(files)} images"
+                tile_images(files, title).save(job.out / f"{name}.png")
+                written.append(job.out / f"{name}.png")
+            for text in outputs.get("text", []):
+                say(f"{node['class_type']}: {text}")
+        for warning in result.events("free-prompt-editing.warning"):
+            say(f"warning: {warning.get('summary')}: {warning.get('detail')}")
+        say(f"{host.label} ran {len(result.executed)} nodes of {job.workflow.name}; wrote:")
+        for path in sorted(written):
+            say(f"  {path}")
+        return written
+    finally:
+        remove_workdir(workdir)
+
+
+def main(argv=None) -> int:
+    prog = os.environ.get("FPE_PROG", "python -m fpe_headless")
+    args = parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.simplefilter("ignore", FutureWarning)  # libraries' notices about their own future APIs
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        job = prepare(args)
+        run(job)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,105 @@
+"""The shipped workflows through ComfyUI's executor (SD1.5 and SDXL, on the tiny models): outputs and caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fpe_harness.shipped import shrink, use_tiny_checkpoints
+from fpe_headless.comfy.workflow import load_workflow, to_api
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+GENERATED = [WORKFLOWS / "fpe_generated_edit.json", WORKFLOWS / "fpe_sdxl_generated_edit.json"]
+REAL = [WORKFLOWS / "fpe_real_image_edit.json", WORKFLOWS / "fpe_sdxl_real_image_edit.json"]
+PROMPT_NODES = ("CLIPTextEncode", "CLIPTextEncodeSDXL")
+
+
+def _api(path, tiny_for_shipped):
+    return shrink(to_api(use_tiny_checkpoints(load_workflow(path), tiny_for_shipped)))
+
+
+def _node_id(api, class_type, title=None):
+    types = class_type if isinstance(class_type, tuple) else (class_type,)
+    return next(k for k, v in api.items()
+                if v["class_type"] in types and (title is None or v["_meta"]["title"].startswith(title)))
+
+
+def _set_prompt(api, node_id, text):
+    """The prompt of a CLIPTextEncode, or both texts of a CLIPTextEncodeSDXL."""
+    inputs = api[node_id]["inputs"]
+    for key in ("text", "text_g", "text_l"):
+        if key in inputs:
+            inputs[key] = text
+
+
+@pytest.mark.parametrize("path", GENERATED, ids=[p.stem for p in GENERATED])
+def test_workflow_saves_source_edit_and_side_by_side(path, executor, tiny_for_shipped, comfy_host):
+    api = _api(path, tiny_for_shipped)
+    capture = api[_node_id(api, "FPESourceCapture")]["inputs"]
+    sampler = api[_node_id(api, "KSampler")]["inputs"]
+    for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"):
+        assert capture[key] == sampler[key], key
+    result = executor.run(api)
+    images = {}
+    for node_id, out in result.outputs.items():
+        for image in out.get("images", []):
+            file = comfy_host.workdir / "output" / image["subfolder"] / image["filename"]
+            images[api[node_id]["_meta"]["title"]] = np.asarray(Image.open(file))
+    source, edit, both = images["Save source"], images["Save edit"], images["Save source | edit"]
+    assert source.shape == edit.shape == (64, 64, 3)
+    assert both.shape == (64, 128, 3)
+    assert np.array_equal(both[:, :64], source) and np.array_equal(both[:, 64:], edit)
+
+
+@pytest.mark.parametrize("path", GENERATED, ids=[p.stem for p in GENERATED])
+def test_changing_only_the_target_prompt_does_not_rerun_the_capture(path, executor, tiny_for_shipped):
+    api = _api(path, tiny_for_shipped)
+    capture_id = _node_id(api, "FPESourceCapture")
+    target_id = _node_id(api, PROMPT_NODES, "Target prompt")
+    executor.run(api)
+    _set_prompt(api, target_id, "a photo of wooden ducks walking on street")
+    result = executor.run(api)
+    assert capture_id not in result.executed
+    assert _node_id(api, "KSampler") in result.executed and target_id in result.executed
+    assert _node_id(api, "FPESelfAttnInject") not in result.executed  # its inputs did not change either
+
+
+@pytest.mark.parametrize("path", REAL, ids=[p.stem for p in REAL])
+def test_real_image_workflow_previews_the_reconstruction_and_caches_the_inversion(path, executor, tiny_for_shipped,
+                                                                                  comfy_host):
+    api = _api(path, tiny_for_shipped)
+    invert_id = _node_id(api, "FPEDDIMInvert")
+    invert, sampler = api[invert_id]["inputs"], api[_node_id(api, "KSamplerAdvanced")]["inputs"]
+    assert invert["reconstruction_check"] is True and invert["cfg"] == 1.0
+    assert sampler["add_noise"] == "disable" and sampler["sampler_name"] == "ddim"
+    for key in ("steps", "scheduler"):
+        assert invert[key] == sampler[key], key
+    result = executor.run(api)
+    preview = result.outputs[invert_id]
+    assert "dB" in preview["text"][0]
+    image = preview["images"][0]
+    shown = np.asarray(Image.open(comfy_host.workdir / image["type"] / image["subfolder"] / image["filename"]))
+    assert shown.shape[1] == 128 and shown.shape[0] > 64  # photo | reconstruction, caption strip below
+    target_id = _node_id(api, PROMPT_NODES, "Target prompt")
+    _set_prompt(api, target_id, "a photo of a golden apple on a wooden table")
+    again = executor.run(api)
+    assert invert_id not in again.executed and _node_id(api, "KSamplerAdvanced") in again.executed
+
+
+@pytest.mark.parametrize("path", [GENERATED[1], REAL[1]], ids=lambda p: p.stem)
+def test_sdxl_workflows_make_1024_px_images_with_matching_size_conditioning(path):
+    api = to_api(load_workflow(path))
+    sizes = {(n["inputs"]["width"], n["inputs"]["height"]) for n in api.values()
+             if n["class_type"] in ("EmptyLatentImage", "ImageScale")}
+    assert sizes == {(1024, 1024)}
+    prompts = [n for n in api.values() if n["class_type"] in PROMPT_NODES]
+    assert [n["class_type"] for n in prompts] == ["CLIPTextEncodeSDXL"] * 3  # source, target, negative
+    for p in (n["inputs"] for n in prompts):
+        assert p["text_g"] == p["text_l"]  # the same prompt for both text encoders
+        assert (p["width"], p["height"], p["crop_w"], p["crop_h"], p["target_width"], p["target_height"]) == (
+            1024, 1024, 0, 0, 1024, 1024)
+    fpe = [n["inputs"] for n in api.values() if n["class_type"] in ("FPESourceCapture", "FPEDDIMInvert")]
+    assert [(n["store_layers"], n["precision"]) for n in fpe] == [("official", "fp16")]
