@@ -14,12 +14,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+_TMPDIR: list[Path] = []  # this module's own TMPDIR for the commands (``own_tmpdir``)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def own_tmpdir(tmp_path_factory):
+    """The commands' TMPDIR is this module's: work folders other processes left in the machine's TMPDIR
+    (which the next command tidies, with a note on stderr) must not change what a test sees."""
+    _TMPDIR[:] = [tmp_path_factory.mktemp("fpe-tmpdir")]
+    yield
+    _TMPDIR.clear()
 
 
 def fpe(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe")
+    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe", TMPDIR=str(_TMPDIR[0]))
     return subprocess.run([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 def run_main(*args, cwd=None, tmpdir=None, timeout=300):
     env = dict(os.environ, FPE_COMFYUI_HOST=str(HOST.path), OMP_NUM_THREADS="1", FPE_PROG="bash run.sh",
                PYTHONPATH=str(REPO))
+    if tmpdir is None and cwd is not None:  # the command's own TMPDIR: another process's leftovers stay out of it
+        tmpdir = Path(cwd) / ".tmpdir"
+        tmpdir.mkdir(exist_ok=True)
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     return subprocess.run([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env, cwd=cwd,

@@ -33,7 +33,9 @@ def silent_server():
 
 
 def fpe(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe")
+    tmpdir = Path(cwd) / ".tmpdir"  # the command's own TMPDIR: another process's leftovers stay out of its stderr
+    tmpdir.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe", TMPDIR=str(tmpdir))
     return subprocess.Popen([sys.executable, "-m", "fpe_headless", *map(str, args)], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
