@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 from .comfy.host import boot, find_comfyui, is_comfyui
+from .demo.checkpoint import DEMO_CHECKPOINT
 
-TINY_STEPS, TINY_SIZE = 8, 256
+TINY_STEPS, TINY_SIZE = 8, 256  # the tiny random SDXL demo (SDXL workflows without --checkpoint)
+DEMO_STEPS, DEMO_SIZE = 20, 128  # the trained demo model of the drawn world (SD1.x workflows without --checkpoint)
+DEMO_SOURCE, DEMO_TARGET = "a red circle on grass", "a blue circle on grass"  # its default edit
 MAX_STEPS, MAX_SEED = 10000, 0xFFFFFFFFFFFFFFFF
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
 
@@ -172,16 +175,29 @@ def comfyui_folder(args) -> Path:
 
 
 def tiny_checkpoint_name(sdxl: bool = False) -> str:
-    """The file name the tiny demo model gets in ComfyUI's checkpoints folder."""
+    """The file name the demo model gets in ComfyUI's checkpoints folder: the trained demo model of the
+    drawn world for SD1.x workflows (the tiny random SD1.5 model where the file is not there), the tiny
+    random SDXL model for SDXL workflows."""
     from .comfy import tiny_models  # imports torch: not for --help or a mistake found before ComfyUI starts
 
+    if not sdxl and demo_model_present():
+        return DEMO_CHECKPOINT.name
     return f"{(tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY).name}.safetensors"
+
+
+def demo_model_present() -> bool:
+    return DEMO_CHECKPOINT.is_file()
+
+
+def uses_demo_model(checkpoint: Path | None, sdxl: bool = False) -> bool:
+    """Whether a command without ``--checkpoint`` runs the trained demo model (not a random tiny one)."""
+    return checkpoint is None and not sdxl and demo_model_present()
 
 
 def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: bool = False, cpu: bool = False,
                say=print, command: str = "bash run.sh", demo: bool = True):
-    """Boot ComfyUI in ``workdir`` with the user's checkpoint linked in, or (``demo``) the tiny demo model
-    written there (said loudly); (host, the checkpoint's name for the loader). ``demo=False`` without a
+    """Boot ComfyUI in ``workdir`` with the user's checkpoint linked in, or (``demo``) a demo model linked
+    or written there (said loudly); (host, the checkpoint's name for the loader). ``demo=False`` without a
     checkpoint: ComfyUI only (e.g. to build prompts that run elsewhere)."""
     import torch  # here, not at the top: --help and the checks before ComfyUI starts need no torch
 
@@ -199,13 +215,18 @@ def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: b
     if not demo:
         return host, None
     family, example = ("SDXL", "sd_xl_base_1.0") if sdxl else ("SD1.5", "v1-5-pruned-emaonly")
-    say(f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
-        f"  {command} --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n"
-        "Running a smoke demo on a tiny randomly initialised model instead: "
-        "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
-    tiny_models.register_tiny_model_configs(workdir / "tiny_configs")
-    spec = tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY
+    hint = (f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
+            f"  {command} --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n")
+    tiny_models.register_tiny_model_configs(workdir / "tiny_configs")  # the demo model has the tiny SD1.5 layout
     name = tiny_checkpoint_name(sdxl)
+    if uses_demo_model(None, sdxl):
+        say(hint + "Running the demo model instead: a small model trained on drawn shapes "
+            f"({DEMO_SIZE} px; it knows only scenes like '{DEMO_SOURCE}').")
+        (workdir / "models" / "checkpoints" / name).symlink_to(DEMO_CHECKPOINT)
+        return host, name
+    say(hint + "Running a smoke demo on a tiny randomly initialised model instead: "
+        "its pictures are MEANINGLESS noise-like images; only the plumbing is real.")
+    spec = tiny_models.SDXL_TINY if sdxl else tiny_models.SD15_TINY
     tiny_models.write_checkpoint(spec, workdir / "models" / "checkpoints" / name)
     return host, name
 

@@ -106,16 +106,21 @@ def safe_name(item_id: str) -> str:
 # --- reading a dataset ----------------------------------------------------------------------------
 
 def load_items(spec: str, images: Path | None = None) -> tuple[str, list[datasets.EditItem], Path | None]:
-    """(dataset name, items, the photos' folder) from a generated set's name, a paper JSON file, PIE-Bench's
-    mapping_file.json, or a CSV of image,source_prompt,target_prompt."""
+    """(dataset name, items, the photos' folder) from a generated set's name (car-fake-edit, animals-park,
+    demo-colours), a paper JSON file, PIE-Bench's mapping_file.json, or a CSV of image,source_prompt,target_prompt."""
     if spec == "car-fake-edit":
         return spec, datasets.car_fake_edit(), None
     if spec == "animals-park":
         return spec, datasets.animal_park_pairs(), None
+    if spec == "demo-colours":
+        return spec, datasets.demo_colours(), None
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise BatchError(f"dataset {spec}: no such file (or give car-fake-edit or animals-park; the other sets: "
-                         "`fpe datasets generate NAME --out FILE` first)")
+        if spec == "demo-real-edit":
+            raise BatchError(f"dataset {spec}: its photos are drawn when it is written: `fpe datasets generate {spec} "
+                             "--out demo_real.json` (the photos go beside the file), then `fpe batch demo_real.json`")
+        raise BatchError(f"dataset {spec}: no such file (or give car-fake-edit, animals-park or demo-colours; the "
+                         "other sets: `fpe datasets generate NAME --out FILE` first)")
     if path.suffix.lower() == ".csv":
         folder = images or path.parent
         return path.stem, datasets.read_folder(folder, path), folder

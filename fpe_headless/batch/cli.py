@@ -18,8 +18,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..comfy.host import make_workdir, remove_workdir
 from ..comfy.jobs import InProcessRunner
+from ..demo.checkpoint import DEMO_CHECKPOINT
 from ..fingerprint import file_fingerprint
 from ..shared import (
+    DEMO_SIZE,
+    DEMO_STEPS,
     TINY_SIZE,
     TINY_STEPS,
     HelpFormatter,
@@ -31,6 +34,7 @@ from ..shared import (
     comfyui_folder,
     start_host,
     tiny_checkpoint_name,
+    uses_demo_model,
 )
 from ..workflows import load_workflow_file, resolve_workflow
 from . import batch, datasets, report
@@ -50,8 +54,11 @@ def batch_parser(prog: str) -> argparse.ArgumentParser:
         description="Edit every item of a dataset with FPE through ComfyUI's real executor (in this process, or "
                     "on running ComfyUI servers with --server), then score the edits. A killed batch resumes "
                     "where it stopped when run again with the same --out.",
-        epilog="Datasets: car-fake-edit, animals-park, a paper JSON file (`fpe datasets generate` writes the "
-               "others), PIE-Bench's mapping_file.json, or a CSV image,source_prompt,target_prompt. Exit status: 0 "
+        epilog="Datasets: car-fake-edit, animals-park, demo-colours (the demo model's drawn world), a paper JSON file "
+               "(`fpe datasets generate` writes the others, demo-real-edit with its drawn photos), PIE-Bench's "
+               "mapping_file.json, or a CSV image,source_prompt,target_prompt. Without --checkpoint an SD1.x "
+               "workflow runs the demo model (a small model trained on drawn shapes; try demo-colours), or a tiny "
+               "random model with meaningless pictures where the demo model's file is not there. Exit status: 0 "
                "every item edited, 1 some items failed (see results.csv; a rerun retries them), 2 a mistake in the "
                "command or its files, 130 interrupted (a rerun goes on).")
     p.add_argument("dataset", help="a generated set's name or a dataset file")
@@ -63,14 +70,17 @@ def batch_parser(prog: str) -> argparse.ArgumentParser:
                    help="a UI-format FPE workflow; default: fpe_generated_edit, or fpe_real_image_edit for photos")
     p.add_argument("--checkpoint", type=Path, metavar="FILE",
                    help="your SD1.x/SD2.x/SDXL checkpoint; with --server the name of one those servers have; "
-                        "default: the tiny demo model (meaningless pictures)")
+                        "default: the demo model (trained on drawn shapes; SDXL workflows, or where its file is not "
+                        "there: a tiny random model, meaningless pictures)")
     p.add_argument("--steps", type=int, metavar="N",
-                   help=f"default: the workflow's (50), {TINY_STEPS} for the tiny demo")
+                   help=f"default: the workflow's (50); without --checkpoint {DEMO_STEPS} for the demo model, "
+                        f"{TINY_STEPS} for a tiny random one")
     p.add_argument("--cfg", type=float, metavar="X", help="guidance of the edit; default: the workflow's (7.5)")
     p.add_argument("--invert-cfg", type=float, metavar="X", help="guidance of DDIM Invert; default: the workflow's")
     p.add_argument("--size", type=int, metavar="PX",
                    help=f"generated: width and height; photos: the short side; default: the workflow's (512) or "
-                        f"the photo's, {TINY_SIZE} for the tiny demo")
+                        f"the photo's; without --checkpoint {DEMO_SIZE} for the demo model, {TINY_SIZE} for a tiny "
+                        "random one")
     p.add_argument("--negative", metavar="TEXT", help="negative prompt; default: the workflow's (empty)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="base seed: each source gets a seed fixed by N and its prompt (or photo)")
@@ -173,6 +183,15 @@ def _sdxl(workflow: str | None) -> bool:
     return any(node.get("type") == "CLIPTextEncodeSDXL" for node in data.get("nodes", []))
 
 
+def demo_defaults(checkpoint: Path | None, remote: list, sdxl: bool) -> tuple[int | None, int | None]:
+    """(steps, size) where the command line gives none: without --checkpoint (and --server) the demo model's
+    (DEMO_STEPS, DEMO_SIZE), or the tiny random model's (TINY_STEPS, TINY_SIZE: SDXL workflows, or where the demo
+    model's file is not there); with a checkpoint the workflow's (None)."""
+    if checkpoint is not None or remote:
+        return None, None
+    return (DEMO_STEPS, DEMO_SIZE) if uses_demo_model(None, sdxl) else (TINY_STEPS, TINY_SIZE)
+
+
 def run_batch_command(argv: list[str], prog: str) -> int:
     args = batch_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -208,20 +227,22 @@ def run_batch_command(argv: list[str], prog: str) -> int:
             raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have in "
                             "models/checkpoints")
         checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
-        tiny = checkpoint is None and not remote
         sdxl = _sdxl(args.workflow)
+        steps, size = demo_defaults(checkpoint, remote, sdxl)
+        # the weights by content (a resume with other weights of the same name is refused; the demo model's
+        # file too, which a retraining replaces); with --server the checkpoint is a name on the servers,
+        # checked by name only
+        weights = checkpoint or (DEMO_CHECKPOINT if not remote and uses_demo_model(None, sdxl) else None)
         settings = BatchSettings(
             checkpoint=(args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint
                         else tiny_checkpoint_name(sdxl)),
             workflow=Path(args.workflow) if args.workflow else None,
-            steps=args.steps or (TINY_STEPS if tiny else None), cfg=args.cfg, invert_cfg=args.invert_cfg,
-            size=args.size or (TINY_SIZE if tiny else None), seed=args.seed, same_seed=args.same_seed,
+            steps=args.steps or steps, cfg=args.cfg, invert_cfg=args.invert_cfg,
+            size=args.size or size, seed=args.seed, same_seed=args.same_seed,
             negative=args.negative, invert_prompt=args.invert_prompt, reconstruction_check=args.reconstruction_check,
             images=images, dataset=args.name or name, method=args.method,
-            # the weights by content (a resume with other weights of the same name is refused); with --server
-            # the checkpoint is a name on the servers, checked by name only
-            checkpoint_file=str(checkpoint) if checkpoint else None,
-            checkpoint_content=file_fingerprint(checkpoint) if checkpoint else None)
+            checkpoint_file=str(weights) if weights else None,
+            checkpoint_content=file_fingerprint(weights) if weights else None)
         batch.check_workflow_file(settings, items)
         batch.check_folder(out, batch.wanted_settings(settings, items), args.restart)
         workdir = make_workdir("batch", say)  # before CLIP: transformers imports torch's compiler (its cache)
@@ -442,6 +463,10 @@ def _generated(name: str, args) -> list[datasets.EditItem]:
         return datasets.car_fake_edit()
     if name == "animals-park":
         return datasets.animal_park_pairs()
+    if name == "demo-colours":
+        return datasets.demo_colours()
+    if name == "demo-real-edit":
+        return datasets.demo_real_edit()
     if name == "car-real-edit":
         return datasets.car_real_edit(datasets.read_official(need("--stanford-cars", args.stanford_cars,
                                                                   "StanfordCar.json")))
@@ -460,12 +485,17 @@ GENERATED = {
     "imagenet-real-edit": "'a photo of a <source>' -> 'a photo of a <target>' for the test queries' photos (1092; "
                           "needs --queries)",
     "animals-park": "'a <animal> standing in the park', every ordered pair of the 10 animals (90)",
+    "demo-colours": "the demo model's world: 'a <c1> <shape> on <ground>' -> 'a <c2> <shape> on <ground>', every "
+                    "ordered pair of its 6 colours (30)",
+    "demo-real-edit": "the demo model's world: a drawn scene per demo-colours pair, edited to the other colour (30 "
+                      f"photos, written to {datasets.DEMO_PHOTOS}/ beside --out)",
 }
 
 
 def datasets_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="The paper's prompt-pair datasets (supplement §7.2).")
+                                description="The paper's prompt-pair datasets (supplement §7.2), and the demo "
+                                            "model's over its drawn world.")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the sets this command can write, with their sizes")
     gen = sub.add_parser("generate", help="write a set as the paper's JSON layout (soure_prompt, edit_prompt, "
@@ -488,12 +518,20 @@ def run_datasets_command(argv: list[str], prog: str) -> int:
         for name, what in GENERATED.items():
             print(f"{name:20} {what}")
         return 0
+    drawn = ""
     try:
-        check_out_file(args.out, "--out", f"{args.name}.json")  # before the set is built
+        out = check_out_file(args.out, "--out", f"{args.name}.json")  # before the set is built
         items = _generated(args.name, args)
-        datasets.write_official(items, args.out)
+        if args.name == "demo-real-edit":  # its photos, drawn beside the file (where fpe batch looks for them)
+            folder = out.parent / datasets.DEMO_PHOTOS
+            try:
+                drawn = f" and {len(datasets.write_demo_photos(out.parent))} photos to {folder}"
+            except OSError as exc:
+                raise UserError(f"{folder}: cannot write the photos there ({exc.strerror or exc}); choose another "
+                                "--out folder") from None
+        datasets.write_official(items, out)
     except (datasets.DatasetError, UserError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(items)} prompt pairs to {args.out}")
+    print(f"wrote {len(items)} prompt pairs to {args.out}{drawn}")
     return 0

@@ -9,6 +9,9 @@
 * PIE-Bench's ``mapping_file.json`` (Ju et al., ICLR 2024): prompts with the edited words in ``[ ]``,
   stripped as its evaluation strips them; the edit region as a run-length mask over 512x512.
 * A folder of the user's photos with a CSV of ``image,source_prompt,target_prompt``.
+* The demo model's sets over its drawn world (``demo.world``): ``demo-colours``, every ordered pair of the
+  world's colours on one-object scenes, and ``demo-real-edit``, the same pairs with drawn scenes as the
+  photos (written as PNG files beside the dataset file, from seeds the model was never trained on).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..demo import world
 from ..shared import DuplicateKey, loads_strict
 
 # The 28 colour words of Car-fake-edit / Car-real-edit (supplement §7.2), in the published files' order.
@@ -173,6 +177,59 @@ def imagenet_fake_edit(queries: list[Query], seed: int = 0, animals=ANIMALS_10) 
         template = rng.choice(IMAGENET_TEMPLATES)
         items.append(EditItem(str(i), template.format(q.source), template.format(q.target)))
     return items + animal_park_pairs(animals)
+
+
+# --- the demo model's world ---------------------------------------------------------------------------
+
+DEMO_REAL_SEED = 10_000_000  # demo-real-edit's scenes: far above the training scenes' (20260604 + 0..15999)
+DEMO_PHOTOS = "demo_photos"  # the folder beside the dataset file that holds demo-real-edit's photos
+
+
+def demo_pairs() -> list[tuple[str, str, str, str]]:
+    """(colour, other colour, shape, ground) for every ordered pair of the world's 6 colours (30), in the
+    order car-fake-edit pairs its colours; the shape cycles with the pair's number and the ground with every
+    4th (the first 16 pairs meet every shape on every ground)."""
+    colours = tuple(world.COLOURS)
+    pairs = [(a, b) for a in colours for b in colours if a != b]
+    shapes, grounds = world.SHAPES, world.GROUNDS
+    return [(a, b, shapes[i % len(shapes)], grounds[i // len(shapes) % len(grounds)]) for i, (a, b) in enumerate(pairs)]
+
+
+def demo_colours() -> list[EditItem]:
+    """"a <c1> <shape> on <ground>" -> "a <c2> <shape> on <ground>", every ordered pair of colours (30): the
+    demo model's counterpart of car-fake-edit, in the captions it was trained on."""
+    return [EditItem(str(i), f"a {a} {shape} on {ground}", f"a {b} {shape} on {ground}")
+            for i, (a, b, shape, ground) in enumerate(demo_pairs())]
+
+
+def demo_real_scenes() -> list[tuple[world.Scene, str]]:
+    """demo-real-edit's photos as scenes (one object, drawn from seed DEMO_REAL_SEED + i), each with the
+    colour its edit asks for: demo-colours' pairs, shapes and grounds."""
+    return [(world.random_scene(DEMO_REAL_SEED + i, objects=1, colour=a, shape=shape, ground=ground), b)
+            for i, (a, b, shape, ground) in enumerate(demo_pairs())]
+
+
+def demo_photo_name(scene: world.Scene) -> str:
+    """The photo's path relative to the dataset file's folder (the seed first: one name, one picture)."""
+    thing = scene.things[0]
+    return f"{DEMO_PHOTOS}/{scene.seed}_{thing.colour}_{thing.shape}_{scene.ground}.png"
+
+
+def demo_real_edit() -> list[EditItem]:
+    """Each drawn photo, captioned as the world captions it, to its other colour (30 photos, 30 edits)."""
+    return [EditItem(str(i), scene.caption, scene.with_colour(0, colour).caption, image=demo_photo_name(scene))
+            for i, (scene, colour) in enumerate(demo_real_scenes())]
+
+
+def write_demo_photos(folder: Path) -> list[Path]:
+    """Draw demo-real-edit's photos (128 px PNG) into ``folder``/demo_photos, the names its items give."""
+    paths = []
+    for scene, _ in demo_real_scenes():
+        path = Path(folder) / demo_photo_name(scene)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        world.draw(scene).save(path)
+        paths.append(path)
+    return paths
 
 
 # --- PIE-Bench ---------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 It runs a shipped workflow (or any UI-format workflow file) with the user's checkpoint and writes the
 images its Save nodes make. Every user mistake is caught before ComfyUI starts and reported in one
-line with the fix; a prompt that fails says which node and why, in one line. Without a checkpoint it
-runs a smoke demo on a tiny random model: the plumbing is real, the pictures mean nothing.
+line with the fix; a prompt that fails says which node and why, in one line. Without a checkpoint an
+SD1.x workflow runs on the demo model (trained on drawn shapes: "a red circle on grass" becomes "a blue
+circle on grass", a real-image workflow edits a scene drawn at run time); an SDXL workflow runs a smoke
+demo on a tiny random SDXL model (the plumbing is real, the pictures mean nothing).
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ from PIL import Image
 from ..comfy.executor import Executor, PromptFailed
 from ..comfy.host import find_comfyui, is_comfyui, make_workdir, remove_workdir
 from ..comfy.workflow import WorkflowError, to_api
+from ..demo import world
 from ..drawing import tile_images
 from ..shared import (
+    DEMO_SIZE,
+    DEMO_SOURCE,
+    DEMO_STEPS,
+    DEMO_TARGET,
     TINY_SIZE,
     TINY_STEPS,
     HelpFormatter,
@@ -32,10 +39,12 @@ from ..shared import (
     check_numbers,
     check_out,
     start_host,
+    uses_demo_model,
 )
 from ..workflows import WORKFLOWS, Job, apply_settings, load_workflow_file, resolve_workflow, shipped_workflows
 
 DEFAULT_WORKFLOW = "fpe_generated_edit"
+DEMO_PHOTO_SEED = 10_000_007  # the demo's real-image scene: far from the training scenes' seeds
 PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
                  "FPEWordHeatmap": "word_heatmap", "FPESelfAttnComponents": "self_attn_components",
                  "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview"}
@@ -45,23 +54,28 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=HelpFormatter,
         description="Free-Prompt-Editing headless: runs an FPE workflow through ComfyUI's real executor and "
-                    "writes its images. Without --checkpoint: a smoke demo on a tiny random model "
-                    f"({TINY_STEPS} steps, {TINY_SIZE} px; its pictures are meaningless).",
+                    "writes its images. Without --checkpoint: the demo model, a small model trained on drawn "
+                    f"shapes ({DEMO_STEPS} steps, {DEMO_SIZE} px: '{DEMO_SOURCE}' -> '{DEMO_TARGET}'; SDXL "
+                    f"workflows: a tiny random model, {TINY_STEPS} steps, {TINY_SIZE} px, meaningless pictures).",
         epilog=f"Shipped workflows: {', '.join(shipped_workflows())}. Nothing is downloaded: the checkpoint is yours. "
                f"Other commands: `{prog.removesuffix(' edit')} batch|eval|datasets|probe` (datasets edited and scored, "
                "metrics of existing edits, the paper's prompt-pair sets, the probing analysis).")
     p.add_argument("--checkpoint", type=Path, metavar="FILE",
-                   help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the tiny demo model")
+                   help="your SD1.x/SD2.x/SDXL checkpoint (.safetensors or .ckpt); default: the demo model")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, metavar="NAME_OR_FILE",
                    help="a shipped workflow's name, or a UI-format workflow .json (path from where you stand)")
     p.add_argument("--image", type=Path, metavar="PHOTO",
-                   help="the photo a real-image workflow edits; default: the workflow's own (the shipped drawing)")
-    p.add_argument("--source-prompt", metavar="TEXT", help="what the image shows; default: the workflow's")
-    p.add_argument("--target-prompt", metavar="TEXT", help="the edit; default: the workflow's")
+                   help="the photo a real-image workflow edits; default: the workflow's own (the shipped drawing), "
+                        "with the demo model a drawn scene")
+    p.add_argument("--source-prompt", metavar="TEXT",
+                   help=f"what the image shows; default: the workflow's ('{DEMO_SOURCE}' with the demo model)")
+    p.add_argument("--target-prompt", metavar="TEXT",
+                   help=f"the edit; default: the workflow's ('{DEMO_TARGET}' with the demo model)")
     p.add_argument("--negative", metavar="TEXT", help="negative prompt of both sides; default: the workflow's")
     p.add_argument("--seed", type=int, metavar="N", help="seed of both sides; default: the workflow's (42)")
     p.add_argument("--steps", type=int, metavar="N",
-                   help=f"steps of both sides; default: the workflow's (50, SDXL 30), {TINY_STEPS} for the tiny demo")
+                   help=f"steps of both sides; default: the workflow's (50, SDXL 30), {DEMO_STEPS} for the demo model, "
+                        f"{TINY_STEPS} for the tiny SDXL demo")
     p.add_argument("--cfg", type=float, metavar="X",
                    help="guidance of the edit (and of a generated source, and the one FPE Null-Text Invert tunes "
                         "for); default: the workflow's (7.5, SDXL 7)")
@@ -71,7 +85,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="generated images: width and height; real photos: the short side (aspect kept, then a "
                         "center crop to multiples of 8), and an Image Scale's width and height (the SDXL real-image "
                         f"workflow: size x size); default: the workflow's (512, SDXL 1024) or the photo's own, "
-                        f"{TINY_SIZE} for the tiny demo")
+                        f"{DEMO_SIZE} for the demo model, {TINY_SIZE} for the tiny SDXL demo")
     p.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
                    help="where the images go (created if missing)")
     p.add_argument("--comfyui", type=Path, metavar="DIR",
@@ -151,17 +165,33 @@ def _executor_errors_hidden():
             handler.removeFilter(hidden)
 
 
+def use_demo_defaults(job: Job, input_dir: Path) -> None:
+    """What the demo model knows: its size and steps, a colour edit of its world, and for a real-image
+    workflow a scene drawn now (never in its training set) as the photo. The command line still wins."""
+    args = job.args
+    args.steps = args.steps or DEMO_STEPS
+    args.size = args.size or DEMO_SIZE
+    args.source_prompt = args.source_prompt or DEMO_SOURCE
+    args.target_prompt = args.target_prompt or DEMO_TARGET
+    if job.real and job.image is None:
+        scene = world.random_scene(DEMO_PHOTO_SEED, objects=1, colour="red", shape="circle", ground="grass")
+        job.image = input_dir / "fpe_demo_scene.png"
+        world.draw(scene).save(job.image)
+
+
 def run(job: Job, say=print) -> list[Path]:
     """Boot ComfyUI in a temporary work folder, run the job, copy its images to ``job.out``."""
     workdir = make_workdir("run", say)  # and the work folders killed runs left go
     try:
         host, checkpoint_name = start_host(job.comfyui, workdir, job.checkpoint, sdxl=job.sdxl,
                                            cpu=job.args.cpu, say=say)
-        if job.checkpoint is None:
-            job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
-            job.args.size = job.args.size or TINY_SIZE
         for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures
             shutil.copy2(image, workdir / "input" / image.name)
+        if uses_demo_model(job.checkpoint, job.sdxl):
+            use_demo_defaults(job, workdir / "input")
+        elif job.checkpoint is None:
+            job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
+            job.args.size = job.args.size or TINY_SIZE
         try:
             prompt = to_api(job.workflow_data)
         except WorkflowError as exc:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..comfy.jobs import Job, JobResult, Runner
+from ..demo import world
 from ..shared import Progress
 
 COLORS_10 = ("red", "blue", "green", "yellow", "brown", "pink", "purple", "black", "white", "orange")
@@ -38,6 +39,10 @@ OBJECTS_SHOWN = ("apple", "banana", "carrot", "dog", "flower", "giraffe", "hat",
 COMPLEX_TEMPLATES_SHOWN = ("a photo of a {} car and a dog", "a photo of {} car", "the painting of a {} car",
                            "a cool painting of an old {} car", "a man and a {} car", "a {} car and a dog",
                            "a painting of a wooden {} car")
+# The demo model's world (``demo.world``): its 6 colours, and every shape on every ground as the object
+# ("a red circle on grass"), the captions it was trained on.
+DEMO_COLOURS = tuple(world.COLOURS)
+DEMO_OBJECTS = tuple(f"{shape} on {ground}" for shape in world.SHAPES for ground in world.GROUNDS)
 PAPER_SAMPLES = 2000  # per set (supplement §7.1)
 SAVE_NODE = "fpe_probe_maps"
 
@@ -92,6 +97,11 @@ SETS = {s.name: s for s in (
              about="Table 2/8: self-attention maps of 'a <color> car'"),
     ProbeSet("self-animal-park", "self", ANIMALS_10, ("{a} {c} standing in the park",), "", 200,
              about="Table 2/8: self-attention maps of the animal prompt"),
+    ProbeSet("demo-colour", "cross", DEMO_COLOURS, ("a {c} {o}",), "{c}", 2, DEMO_OBJECTS,
+             about="for the demo model: 'a <colour> <shape> on <ground>' of its drawn world, the colour (6 colours "
+                   "x 16 shape-ground objects)"),
+    ProbeSet("self-demo-colour", "self", DEMO_COLOURS, ("a {c} {o}",), "", 2, DEMO_OBJECTS,
+             about="for the demo model: self-attention maps of 'a <colour> <shape> on <ground>'"),
 )}
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 
 from ..comfy.host import make_workdir, remove_workdir
 from ..comfy.jobs import InProcessRunner
+from ..demo.checkpoint import DEMO_CHECKPOINT
 from ..fingerprint import file_fingerprint
 from ..shared import (
+    DEMO_SIZE,
+    DEMO_STEPS,
     TINY_STEPS,
     HelpFormatter,
     UserError,
@@ -28,10 +31,11 @@ from ..shared import (
     comfyui_folder,
     start_host,
     tiny_checkpoint_name,
+    uses_demo_model,
 )
 from . import build as probing
 
-TINY_PROBE_SIZE = 128  # the tiny demo: small maps, quick
+TINY_PROBE_SIZE = 128  # the tiny random model: small maps, quick
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -48,18 +52,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, metavar="DIR", help="the dataset folder; default: fpe_probe_<set>")
     b.add_argument("--checkpoint", type=Path, metavar="FILE",
                    help="your SD1.x/SD2.x/SDXL checkpoint; with --server its name on those servers; default: the "
-                        "tiny demo model (meaningless maps)")
+                        "demo model (trained on drawn shapes: the demo-colour sets), or where its file is not there a "
+                        "tiny random model (meaningless maps)")
     b.add_argument("--small", action="store_true", help="a tenth of the seeds (about 200 samples): a quick look")
     b.add_argument("--seeds", type=int, metavar="N", help="seeds per prompt; default: the paper's (200 per class)")
     b.add_argument("--limit", type=int, metavar="N", help="only the first N samples (classes interleaved)")
     b.add_argument("--seed", type=int, default=0, metavar="N", help="base of the per-sample seeds")
-    b.add_argument("--steps", type=int, metavar="N", help=f"default 50 (DDIM, as the official code), {TINY_STEPS} "
-                                                          "for the tiny demo")
+    b.add_argument("--steps", type=int, metavar="N",
+                   help=f"default 50 (DDIM, as the official code); without --checkpoint {DEMO_STEPS} for the demo "
+                        f"model, {TINY_STEPS} for the tiny random one")
     b.add_argument("--cfg", type=float, default=7.5, metavar="X", help="guidance")
     b.add_argument("--sampler", default="ddim", metavar="NAME", help="ComfyUI sampler name")
     b.add_argument("--scheduler", default="ddim_uniform", metavar="NAME", help="ComfyUI scheduler name")
-    b.add_argument("--size", type=int, metavar="PX", help=f"image side; default 512 (give 1024 for SDXL, 768 for "
-                                                         f"SD2.x 768-v), {TINY_PROBE_SIZE} for the tiny demo")
+    b.add_argument("--size", type=int, metavar="PX",
+                   help=f"image side; default 512 (give 1024 for SDXL, 768 for SD2.x 768-v); without --checkpoint "
+                        f"{DEMO_SIZE} for the demo model, {TINY_PROBE_SIZE} for the tiny random one")
     b.add_argument("--self-side", type=int, default=256, metavar="N",
                    help="self-attention maps larger than N x N are area-averaged to N x N (the supplement's 256)")
     b.add_argument("--words", type=Path, metavar="FILE",
@@ -145,6 +152,15 @@ def _check_weights(out: Path, extra: dict) -> None:
                         "to build it again")
 
 
+def build_defaults(checkpoint: Path | None, remote: list) -> tuple[int, int]:
+    """(steps, size) where the command line gives none: the official 50 steps at 512 px for a checkpoint;
+    without one the demo model's (DEMO_STEPS, DEMO_SIZE), or the tiny random model's (TINY_STEPS,
+    TINY_PROBE_SIZE) where the demo model's file is not there."""
+    if checkpoint is not None or remote:
+        return 50, 512
+    return (DEMO_STEPS, DEMO_SIZE) if uses_demo_model(None) else (TINY_STEPS, TINY_PROBE_SIZE)
+
+
 def run_build(args, prog: str) -> int:
     check_numbers(argparse.Namespace(steps=args.steps, seed=args.seed, cfg=args.cfg, invert_cfg=None,
                                      size=args.size))
@@ -185,16 +201,18 @@ def run_build(args, prog: str) -> int:
         except RemoteError as exc:
             raise UserError(str(exc)) from None
     checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
-    tiny = checkpoint is None and not remote
+    steps, size = build_defaults(checkpoint, remote)
     settings = probing.BuildSettings(
         checkpoint=args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint else tiny_checkpoint_name(False),
-        steps=args.steps or (TINY_STEPS if tiny else 50), cfg=args.cfg, sampler=args.sampler,
-        scheduler=args.scheduler, size=args.size or (TINY_PROBE_SIZE if tiny else 512), self_side=args.self_side)
+        steps=args.steps or steps, cfg=args.cfg, sampler=args.sampler,
+        scheduler=args.scheduler, size=args.size or size, self_side=args.self_side)
+    # the demo model's file is fingerprinted too: a retraining replaces it under the same name
+    weights = checkpoint or (DEMO_CHECKPOINT if not remote and uses_demo_model(None) else None)
     extra = {"base_seed": args.seed, "objects": list(objects or probe_set.objects),
              "templates": list(templates or probe_set.templates),
              # the weights by content ("_": bookkeeping a folder made before lacks); --server: the name only
-             "_checkpoint_file": str(checkpoint) if checkpoint else None,
-             "_checkpoint_content": file_fingerprint(checkpoint) if checkpoint else None}
+             "_checkpoint_file": str(weights) if weights else None,
+             "_checkpoint_content": file_fingerprint(weights) if weights else None}
     _check_weights(out, extra)
     try:  # a folder built with other settings is refused before ComfyUI starts
         probing.check_resume(out, probing.build_meta(probe_set, samples, settings, extra))

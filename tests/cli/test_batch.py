@@ -402,3 +402,19 @@ def test_a_hand_edited_items_json_is_refused_by_item(tmp_path):
     assert rows[0]["status"] == "not run" and "another version of this item" in rows[0]["error"]
     assert rows[0].get("edge_ssim") is None and rows[1]["status"] == "ok"
     assert "| six | 1/2 |" in (out / "summary.md").read_text()
+
+
+def test_without_a_checkpoint_the_batch_runs_at_the_demo_models_steps_and_size(monkeypatch):
+    """The demo model's 20 steps and 128 px where its file is there; the tiny random model's where it is not,
+    and always for SDXL workflows; a checkpoint or --server: the workflow's."""
+    from fpe_headless import shared
+    from fpe_headless.batch.cli import demo_defaults
+
+    for present in (True, False):
+        monkeypatch.setattr(shared, "demo_model_present", lambda present=present: present)
+        assert demo_defaults(None, [], sdxl=False) == ((shared.DEMO_STEPS, shared.DEMO_SIZE) if present
+                                                       else (shared.TINY_STEPS, shared.TINY_SIZE))
+        assert demo_defaults(None, [], sdxl=True) == (shared.TINY_STEPS, shared.TINY_SIZE)
+        assert demo_defaults(Path("model.safetensors"), [], sdxl=False) == (None, None)
+        assert demo_defaults(None, ["http://127.0.0.1:8188"], sdxl=False) == (None, None)
+    assert (shared.DEMO_STEPS, shared.DEMO_SIZE) == (20, 128)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fpe_headless.batch import datasets
 
@@ -224,3 +225,94 @@ def test_a_comma_in_an_unquoted_prompt_or_a_column_named_twice_is_refused(tmp_pa
     prompts.write_text('image,source_prompt,target_prompt\na.png,a cat,"a dog, wearing a red hat"\n'
                        "a.png,a cat,a fox,,\n")  # quoted; empty fields past the header (a spreadsheet's) lose nothing
     assert [i.target_prompt for i in datasets.read_folder(tmp_path, prompts)] == ["a dog, wearing a red hat", "a fox"]
+
+
+# --- the demo model's sets over its drawn world -------------------------------------------------------
+
+TRAINING_SEEDS = range(20260604, 20260604 + 16000)  # dev/train_demo_model.py's scenes
+
+
+def _scene_words(caption: str) -> tuple[str, str, str]:
+    """(colour, shape, ground) of a one-object caption, read back through the world: the caption the world
+    writes for that scene is the caption given."""
+    from fpe_headless.demo import world
+
+    words = caption.split()
+    assert len(words) == 5 and words[0] == "a" and words[3] == "on", caption
+    colour, shape, ground = words[1], words[2], words[4]
+    assert colour in world.COLOURS and shape in world.SHAPES and ground in world.GROUNDS, caption
+    scene = world.random_scene(0, objects=1, colour=colour, shape=shape, ground=ground)
+    assert scene.caption == caption
+    return colour, shape, ground
+
+
+def test_demo_colours_pairs_every_colour_of_the_world():
+    from itertools import permutations, product
+
+    from fpe_headless.demo import world
+
+    items = datasets.demo_colours()
+    assert len(items) == 30 and [item.id for item in items] == [str(i) for i in range(30)]
+    assert all(item.image is None for item in items)
+    parsed = [(_scene_words(item.source_prompt), _scene_words(item.target_prompt)) for item in items]
+    assert sorted((s[0], t[0]) for s, t in parsed) == sorted(permutations(world.COLOURS, 2))  # each pair once
+    assert all(s[1:] == t[1:] for s, t in parsed)  # only the colour changes
+    # shape and ground cycle over the pairs: the first 16 meet every shape on every ground
+    assert [s[1:] for s, _ in parsed[:16]] == [(shape, ground) for ground, shape in product(world.GROUNDS,
+                                                                                           world.SHAPES)]
+    assert {s[1] for s, _ in parsed} == set(world.SHAPES) and {s[2] for s, _ in parsed} == set(world.GROUNDS)
+    assert items == datasets.demo_colours()  # deterministic
+    from fpe_headless.batch import batch
+
+    assert batch.load_items("demo-colours") == ("demo-colours", items, None)  # by name, as car-fake-edit
+
+
+def test_demo_real_edit_draws_its_photos_beside_the_file(tmp_path, capsys):
+    from fpe_headless.batch import batch
+    from fpe_headless.batch.cli import run_datasets_command
+    from fpe_headless.demo import world
+
+    assert run_datasets_command(["list"], "fpe datasets") == 0
+    listed = capsys.readouterr().out
+    assert "demo-colours" in listed and "(30)" in listed and "demo-real-edit" in listed
+    out = tmp_path / "sets" / "demo_real.json"
+    out.parent.mkdir()
+    assert run_datasets_command(["generate", "demo-real-edit", "--out", str(out)], "fpe datasets") == 0
+    assert "wrote 30 prompt pairs" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert len(rows) == 30 and list(rows[0]) == ["image_name", "soure_prompt", "edit_prompt"]  # the paper's layout
+    items = datasets.read_official(out)
+    assert _pairs(items) == _pairs(datasets.demo_real_edit())
+    # the same pairs, shapes and grounds as demo-colours, each on its own drawn photo
+    assert [(i.source_prompt, i.target_prompt) for i in items] == [
+        (i.source_prompt, i.target_prompt) for i in datasets.demo_colours()]
+    assert len({item.image for item in items}) == 30
+    photos = sorted((out.parent / datasets.DEMO_PHOTOS).iterdir())
+    assert [p.relative_to(out.parent).as_posix() for p in photos] == sorted(item.image for item in items)
+    for item in items:
+        seed = int(Path(item.image).name.split("_")[0])
+        assert seed >= 10_000_000 and seed not in TRAINING_SEEDS  # never a training scene
+        picture = np.asarray(Image.open(out.parent / item.image))
+        assert picture.shape == (128, 128, 3) and picture.dtype == np.uint8
+        colour, shape, ground = _scene_words(item.source_prompt)
+        (seen,) = world.read(picture, objects=1)  # the photo shows what its caption says
+        assert (seen.colour, seen.shape) == (colour, shape), item
+        target = _scene_words(item.target_prompt)
+        assert target[0] != colour and target[1:] == (shape, ground)
+        scene = world.random_scene(seed, objects=1, colour=colour, shape=shape, ground=ground)
+        assert np.array_equal(picture, np.asarray(world.draw(scene)))  # drawn from its seed
+    # fpe batch reads it as a real-image set with the photos beside it
+    name, loaded, images = batch.load_items(str(out))
+    assert name == "demo_real" and images == out.parent and loaded == items
+    batch.check_items(loaded, images)
+    before = {p.name: p.read_bytes() for p in photos}  # written again: the same files
+    assert run_datasets_command(["generate", "demo-real-edit", "--out", str(out)], "fpe datasets") == 0
+    assert {p.name: p.read_bytes() for p in (out.parent / datasets.DEMO_PHOTOS).iterdir()} == before
+    with pytest.raises(batch.BatchError, match=r"fpe datasets generate demo-real-edit --out"):
+        batch.load_items("demo-real-edit")  # by name: its photos exist only once generated
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / datasets.DEMO_PHOTOS).write_text("a file where the photos go")
+    assert run_datasets_command(["generate", "demo-real-edit", "--out", str(tmp_path / "blocked" / "x.json")],
+                                "fpe datasets") == 2
+    assert "cannot write the photos there" in capsys.readouterr().err
+    assert not (tmp_path / "blocked" / "x.json").exists()

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fpe_headless.shared import demo_model_present
+
 REPO = Path(__file__).resolve().parents[2]
 _TMPDIR: list[Path] = []  # this module's own TMPDIR for the commands (``own_tmpdir``)
 
@@ -101,10 +103,119 @@ def test_batch_command_killed_and_resumed(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(before)} of 6 items finished before" in done.stderr
     assert f"6 of 6 items edited ({6 - len(before)} now, 0 failed now)" in done.stdout
-    assert "| car-fake-edit | 6/6 |" in done.stdout and "MEANINGLESS" in done.stderr  # the demo says what it is
+    assert "| car-fake-edit | 6/6 |" in done.stdout
+    # the demo says what it is: the demo model of drawn shapes, or where its file is not there the tiny random one
+    assert ("MEANINGLESS" in done.stderr) != demo_model_present() and "Running" in done.stderr
     assert "it/s" not in done.stderr  # the batch's bar replaces one bar per sampling
     after = [line for line in manifest.read_text().splitlines() if line.endswith("}")]
     assert after[:len(before)] == before and len(after) == 6  # nothing finished was run or written again
+
+
+DEMO_RUN = """import sys
+from pathlib import Path
+import fpe_headless.demo.checkpoint as demo
+demo.DEMO_CHECKPOINT = Path(sys.argv[1])  # before anything imports it
+from fpe_headless.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def demo_batch(out: Path, demo_file: Path | None = None):
+    """`fpe batch demo-colours` on 3 items at 2 steps, as a user runs it without --checkpoint; ``demo_file``:
+    the demo model's file is looked for there instead (a stand-in, or a path with nothing to hide it)."""
+    args = ["batch", "demo-colours", "--limit", "3", "--steps", "2", "--out", out]
+    if demo_file is None:
+        return fpe(*args)
+    env = dict(os.environ, PYTHONPATH=str(REPO), FPE_PROG="fpe", TMPDIR=str(_TMPDIR[0]))
+    return subprocess.run([sys.executable, "-c", DEMO_RUN, str(demo_file), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def check_demo_batch(done, out: Path, demo: bool, checkpoint: str) -> None:
+    """3 of demo-colours edited on the demo model (its 128 px, said so) or the tiny random one (256 px, said
+    MEANINGLESS), the weights recorded."""
+    from fpe_headless.shared import DEMO_SIZE, TINY_SIZE
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 of 3 items edited (3 now, 0 failed now)" in done.stdout and "| demo-colours | 3/3 |" in done.stdout
+    assert ("trained on drawn shapes" in done.stderr) == demo and ("MEANINGLESS" in done.stderr) != demo
+    size = DEMO_SIZE if demo else TINY_SIZE
+    recorded = json.loads((out / "batch.json").read_text())
+    assert (recorded["steps"], recorded["size"], recorded["checkpoint"]) == (2, size, checkpoint)
+    assert (recorded["checkpoint_content"] is not None) == demo  # a retrained demo model is not resumed into
+    with (out / "results.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["source_prompt"], r["target_prompt"]) for r in rows] == [
+        ("a red circle on grass", "a orange circle on grass"), ("a red square on grass", "a yellow square on grass"),
+        ("a red triangle on grass", "a green triangle on grass")]
+    from PIL import Image
+
+    for row in rows:
+        for role in ("source", "edit"):
+            assert np.asarray(Image.open(out / f"images/{row['id']}_{role}.png")).shape == (size, size, 3)
+
+
+def test_batch_of_the_demo_set_runs_on_whichever_demo_model_is_there(tmp_path):
+    """The demo set end to end without --checkpoint: the demo model where its file is there, the tiny random
+    model where it is not (never skipped)."""
+    from fpe_headless.shared import demo_model_present, tiny_checkpoint_name
+
+    out = tmp_path / "b"
+    check_demo_batch(demo_batch(out), out, demo_model_present(), tiny_checkpoint_name(False))
+
+
+def test_probe_build_of_a_demo_set_runs_on_whichever_demo_model_is_there(tmp_path):
+    from fpe_headless.demo import world
+    from fpe_headless.shared import tiny_checkpoint_name
+
+    out = tmp_path / "p"
+    done = fpe("probe", "build", "demo-colour", "--limit", "6", "--steps", "2", "--out", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 of 6 samples stored" in done.stdout
+    meta = json.loads((out / "probe.json").read_text())
+    assert meta["classes"] == list(world.COLOURS) and meta["word"] == "<colour>" and "demo model" in meta["about"]
+    assert (meta["steps"], meta["size"], meta["checkpoint"]) == (2, 128, tiny_checkpoint_name(False))
+    assert len(meta["layers"]) == 16  # the SD1.5 layout's cross-attention layers
+
+
+def test_help_names_the_demo_sets_and_the_demo_models_defaults():
+    from fpe_headless.probe.cli import TINY_PROBE_SIZE
+    from fpe_headless.shared import DEMO_SIZE, DEMO_STEPS, TINY_SIZE, TINY_STEPS
+
+    def text(*args):
+        done = fpe(*args)
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())  # argparse wraps the lines
+
+    batch_help = text("batch", "--help")
+    assert f"{DEMO_STEPS} for the demo model, {TINY_STEPS} for a tiny random one" in batch_help
+    assert f"{DEMO_SIZE} for the demo model, {TINY_SIZE} for a tiny random one" in batch_help
+    assert "demo-colours" in batch_help
+    probe_help = text("probe", "build", "--help")
+    assert f"{DEMO_STEPS} for the demo model, {TINY_STEPS} for the tiny random one" in probe_help
+    assert f"{DEMO_SIZE} for the demo model, {TINY_PROBE_SIZE} for the tiny random one" in probe_help
+    assert "demo-colour" in probe_help and "self-demo-colour" in probe_help
+    listed = text("probe", "list")
+    assert "demo-colour cross 2016 samples (192 with --small) for the demo model" in listed
+    assert "self-demo-colour self 2016 samples" in listed
+    assert "demo-real-edit" in text("datasets", "list")
+
+
+def test_batch_of_the_demo_set_on_the_other_demo_model(tmp_path, tiny_sd15_ckpt, comfy_host):
+    """The branch the machine's files do not take: a tiny SD1.5-layout checkpoint standing in as the demo model's
+    file where none is there (the demo's steps, size and message), or a path with nothing, hiding the real one
+    (the tiny random model's)."""
+    from fpe_headless.demo.checkpoint import DEMO_CHECKPOINT
+    from fpe_headless.shared import demo_model_present
+
+    out = tmp_path / "b"
+    if demo_model_present():
+        check_demo_batch(demo_batch(out, tmp_path / "nothing" / DEMO_CHECKPOINT.name), out, False,
+                         "tiny_sd15.safetensors")
+        return
+    stand_in = tmp_path / DEMO_CHECKPOINT.name
+    shutil.copy2(comfy_host.workdir / "models" / "checkpoints" / tiny_sd15_ckpt, stand_in)
+    check_demo_batch(demo_batch(out, stand_in), out, True, DEMO_CHECKPOINT.name)
 
 
 def one_line_error(done, *parts):

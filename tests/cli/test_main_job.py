@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from conftest import HOST
-from fpe_headless import drawing, workflows
+from fpe_headless import drawing, shared, workflows
 from fpe_headless.comfy.workflow import load_workflow, to_api
+from fpe_headless.demo import lab, world
 from fpe_headless.edit import main_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,10 @@ def test_headless_fpe_edit_writes_source_edit_and_side_by_side_where_the_user_st
     done = run_main(*workflow_args, "--steps", 2, "--size", 64,
                     "--target-prompt", "a photo of wooden ducks walking on street", cwd=tmp_path, tmpdir=scratch)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "pictures are MEANINGLESS" in done.stdout
+    if prefix or not shared.demo_model_present():
+        assert "pictures are MEANINGLESS" in done.stdout  # SDXL: the tiny random model, said loudly
+    else:
+        assert "Running the demo model" in done.stdout and "MEANINGLESS" not in done.stdout
     assert f"ran 14 nodes of {workflow}.json" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr  # no import noise of unrelated ComfyUI nodes
     out = tmp_path / "output"  # ./output of where the command ran
@@ -56,6 +60,35 @@ def test_headless_fpe_edit_writes_source_edit_and_side_by_side_where_the_user_st
     assert np.array_equal(both, np.concatenate([source, edit], axis=1))
     assert not np.array_equal(source, edit)
     assert list(scratch.iterdir()) == []  # the work folder (tiny model included) is gone
+
+
+demo_model = pytest.mark.skipif(not shared.demo_model_present(), reason="the demo checkpoint is not in this checkout")
+
+
+@demo_model
+def test_run_sh_with_no_options_edits_the_demo_world_red_circle_to_blue_keeping_its_outline(tmp_path):
+    done = run_main(cwd=tmp_path)  # exactly the README's first command: no options at all
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Running the demo model" in done.stdout
+    out = tmp_path / "output"
+    source, edit = (np.asarray(Image.open(out / f"{name}.png").convert("RGB")) for name in ("source", "edit"))
+    assert source.shape == (shared.DEMO_SIZE, shared.DEMO_SIZE, 3)
+    seen_source, seen_edit = world.read(source, 1), world.read(edit, 1)
+    assert [(s.colour, s.shape) for s in seen_source] == [("red", "circle")]
+    assert [(s.colour, s.shape) for s in seen_edit] == [("blue", "circle")]
+    assert lab.score_edit(source, edit, "blue").iou > 0.8  # the outline kept (a plain 'blue circle' lands elsewhere)
+
+
+@demo_model
+def test_run_sh_real_image_workflow_edits_a_scene_drawn_at_run_time(tmp_path):
+    done = run_main("--workflow", "fpe_real_image_edit", "--steps", 10, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    edit = np.asarray(Image.open(tmp_path / "output" / "real_edit.png").convert("RGB"))
+    photo = world.render(world.random_scene(main_job.DEMO_PHOTO_SEED, objects=1, colour="red", shape="circle",
+                                            ground="grass"))[0]
+    assert edit.shape == photo.shape
+    score = lab.score_edit(photo, edit, "blue")
+    assert score.found and score.colour_right and score.iou > 0.7
 
 
 def test_headless_real_image_edit_keeps_the_photo_aspect(tmp_path):

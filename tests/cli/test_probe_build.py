@@ -287,3 +287,39 @@ def test_a_nan_latent_shows_no_run(tiny_sd15):
     with pytest.raises(error, match="^samples: the latent holds NaN or infinite values"):
         call_node("FPEWordHeatmap", fpe_record=record, samples={"samples": broken}, clip=clip, text="a red car",
                   words="red", layers="", alpha=0.6)
+
+
+def test_the_demo_sets_probe_the_colour_words_of_the_drawn_world(monkeypatch):
+    """demo-colour (the colour word's cross-attention maps) and self-demo-colour (the self-attention maps) over
+    the demo model's captions: its 6 colours, every shape on every ground, seeds shared by the colours; and
+    without --checkpoint the build runs at the demo model's steps and size (the tiny random model's where the
+    demo model's file is not there)."""
+    from fpe_headless import shared
+    from fpe_headless.demo import world
+    from fpe_headless.probe import cli as probe_cli
+
+    for name, kind in (("demo-colour", "cross"), ("self-demo-colour", "self")):
+        probe_set = probing.SETS[name]
+        assert probe_set.kind == kind and probe_set.classes == tuple(world.COLOURS) and "demo model" in probe_set.about
+        samples = probing.plan(probe_set)
+        per_prompt = math.ceil(probing.PAPER_SAMPLES // 6 / 16)  # 16 shape-ground objects, ~2000 samples
+        assert len(samples) == 6 * 16 * per_prompt == 2016 and len(probing.plan(probe_set, small=True)) == 6 * 16 * 2
+        assert [s.label for s in samples[:12]] == list(range(6)) * 2  # classes interleaved
+        assert len({s.seed for s in samples[:6]}) == 1  # 'a red circle on grass' and 'a blue ...' share the noise
+        seen = set()
+        for sample in samples:
+            words = sample.prompt.split()
+            colour, shape, ground = words[1], words[2], words[4]
+            assert colour == probe_set.classes[sample.label] and sample.word == (colour if kind == "cross" else "")
+            scene = world.random_scene(0, objects=1, colour=colour, shape=shape, ground=ground)
+            assert scene.caption == sample.prompt  # the captions the demo model was trained on
+            seen.add((shape, ground))
+        assert seen == {(s, g) for s in world.SHAPES for g in world.GROUNDS}
+        assert probe_set.word_label == ("<colour>" if kind == "cross" else "(self-attention)")
+
+    for present, expect in ((True, (shared.DEMO_STEPS, shared.DEMO_SIZE)),
+                            (False, (shared.TINY_STEPS, probe_cli.TINY_PROBE_SIZE))):
+        monkeypatch.setattr(shared, "demo_model_present", lambda present=present: present)
+        assert probe_cli.build_defaults(None, []) == expect
+        assert probe_cli.build_defaults(Path("model.safetensors"), []) == (50, 512)  # a checkpoint: the official
+        assert probe_cli.build_defaults(None, ["http://127.0.0.1:8188"]) == (50, 512)
