@@ -34,6 +34,7 @@ from fpe_headless.demo import lab, world  # noqa: E402
 from fpe_headless.demo.checkpoint import DEMO_CHECKPOINT  # noqa: E402
 
 PARTS = ("control", "colour", "shape", "real", "sweep")
+SWEEP_ENDS = (0.2, 0.5, 0.8, 1.0)
 PHOTO_SEED0 = 10_000_000  # drawn 'photos': seeds far from the training scenes'
 
 
@@ -71,6 +72,7 @@ class Bench:
     def control(self, seeds: int) -> dict:
         """Is the prompted colour and shape drawn? Every colour x shape, grounds cycling, ``seeds`` each."""
         colour_ok, shape_ok, found = [], [], []
+        read_as = {shape: {} for shape in world.SHAPES}  # prompted shape -> what the reader saw, counted
         for k, (colour, shape) in enumerate((c, s) for c in world.COLOURS for s in world.SHAPES):
             text = f"a {colour} {shape} on {world.GROUNDS[k % len(world.GROUNDS)]}"
             for picture in self.run(lab.generation_graph(self.name, text, 1000 + k, seeds, lab.EditSettings()))["generated"]:
@@ -78,21 +80,26 @@ class Bench:
                 found.append(bool(seen))
                 colour_ok.append(bool(seen) and seen[0].colour == colour)
                 shape_ok.append(bool(seen) and seen[0].shape == shape)
-        return {"n": len(found), "object_found": pct(found), "colour_right": pct(colour_ok), "shape_right": pct(shape_ok)}
+                got = seen[0].shape if seen else "(none)"
+                read_as[shape][got] = read_as[shape].get(got, 0) + 1
+        return {"n": len(found), "object_found": pct(found), "colour_right": pct(colour_ok), "shape_right": pct(shape_ok),
+                "shape_read_as": read_as}
 
-    def colour_edits(self, seeds: int, settings: lab.EditSettings | None = None, pairs=None) -> dict:
+    def colour_edits(self, seeds: int, settings: lab.EditSettings | None = None, pairs=None, control: bool = True) -> dict:
         """Every ordered colour pair (shape and ground cycling): FPE edit vs control, against the source."""
         settings = settings or lab.EditSettings()
-        fpe, control = [], []
+        fpe, plain = [], []
         pairs = pairs or [(a, b) for a in world.COLOURS for b in world.COLOURS if a != b]
         for k, (a, b) in enumerate(pairs):
             shape, ground = world.SHAPES[k % 4], world.GROUNDS[(k // 4) % 4]
             pics = self.run(lab.generated_edit_graph(self.name, f"a {a} {shape} on {ground}",
-                                                     f"a {b} {shape} on {ground}", 2000 + k, seeds, settings))
-            for src, edit, ctl in zip(pics["source"], pics["edit"], pics["control"], strict=True):
+                                                     f"a {b} {shape} on {ground}", 2000 + k, seeds, settings,
+                                                     control=control))
+            for i, (src, edit) in enumerate(zip(pics["source"], pics["edit"], strict=True)):
                 fpe.append(lab.score_edit(src, edit, b))
-                control.append(lab.score_edit(src, ctl, b))
-        return {"fpe": summary(fpe), "control": summary(control), "pairs": len(pairs)}
+                if control:
+                    plain.append(lab.score_edit(src, pics["control"][i], b))
+        return {"fpe": summary(fpe), "control": summary(plain) if control else None, "pairs": len(pairs)}
 
     def shape_edits(self, seeds: int) -> dict:
         fpe, control = [], []
@@ -143,11 +150,16 @@ class Bench:
         pairs = [("red", "blue"), ("yellow", "purple"), ("green", "orange"), ("blue", "yellow"),
                  ("purple", "green"), ("orange", "red")]
         rows = []
-        for layers in ("official", "all", "paper 4-14"):
-            for end in (0.2, 0.4, 0.6, 0.8, 1.0):
-                result = self.colour_edits(seeds, lab.EditSettings(layers=layers, end=end), pairs)
-                rows.append({"layers": layers, "end": end, **result["fpe"]})
-                self.say(f"    sweep {layers} end {end}: IoU {result['fpe']['iou_median']:.3f}, "
+        # at 128 px (16 x 16 latent) every level has <= 32 x 32 tokens, so "official" is every layer
+        choices = [("official", "official", ""), ("official relative", "official relative", ""),
+                   ("paper 4-14", "paper 4-14", ""), ("encoder + mid (in, mid)", "custom", "in,mid"),
+                   ("decoder (out)", "custom", "out")]
+        for label, layers, custom in choices:
+            for end in SWEEP_ENDS:
+                settings = lab.EditSettings(layers=layers, custom_layers=custom or lab.EditSettings.custom_layers, end=end)
+                result = self.colour_edits(seeds, settings, pairs, control=False)
+                rows.append({"layers": label, "end": end, **result["fpe"]})
+                self.say(f"    sweep {label} end {end}: IoU {result['fpe']['iou_median']:.3f}, "
                          f"colour {result['fpe']['colour_right']:.0f} %")
         control = self.colour_edits(seeds, lab.EditSettings(end=0.0), pairs)["control"]
         rows.append({"layers": "(no FPE)", "end": 0.0, **control})

@@ -110,7 +110,7 @@ def encode_captions(clip, captions: list[str]) -> torch.Tensor:
 
 
 def train_unet(unet, latents, caption_ids, conds, steps: int, batch: int, say, log_every: int = 250, bf16: bool = False,
-               snapshot=None, snapshot_every: int = 1000):
+               snapshot=None, snapshot_every: int = 1000, min_snr: float = 5.0):
     alphas = sd1_schedule()
     gen = torch.Generator().manual_seed(SEED)
     params = [p for p in unet.parameters()]
@@ -136,10 +136,14 @@ def train_unet(unet, latents, caption_ids, conds, steps: int, batch: int, say, l
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             pred = unet(xt, timesteps=t.float(), context=cond, transformer_options={})
-        # min-SNR-5 weighting (Hang et al. 2023): the same optimum, reached in fewer steps
-        snr = a / (1 - a)
-        weight = torch.clamp(snr, max=5.0) / snr
-        loss = (weight * (pred.float() - noise) ** 2).mean()
+        loss_map = (pred.float() - noise) ** 2
+        if min_snr > 0:
+            # min-SNR-γ weighting (Hang et al. 2023): weight min(SNR, γ)/SNR, so the high-noise steps that
+            # decide the colours and the layout get the effort. Plain ε MSE (--min-snr 0) was tried and drew
+            # wrong colours and grounds far more often (docs/demo-model.md)
+            snr = a / (1 - a)
+            loss_map = torch.clamp(snr, max=min_snr) / snr * loss_map
+        loss = loss_map.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -207,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--snapshot-every", type=int, default=1000, help="write the EMA so far beside --out every N steps")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the UNet (fast on CPUs with AMX)")
+    p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-γ loss weighting (0: plain ε MSE)")
     p.add_argument("--out", type=Path, default=DEMO_CHECKPOINT)
     args = p.parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
@@ -258,7 +263,8 @@ def main(argv=None) -> int:
 
         unet_curve = train_unet(unet, latents, caption_ids, conds, args.unet_steps, args.batch, say,
                                 log_every=5 if args.probe else 250, bf16=args.bf16,
-                                snapshot=None if args.probe else snapshot, snapshot_every=args.snapshot_every)
+                                snapshot=None if args.probe else snapshot, snapshot_every=args.snapshot_every,
+                                min_snr=args.min_snr)
         decoder = first_vae.first_stage_model.taesd_decoder
         say(f"decoder fine-tune: {args.decoder_steps} steps")
         decoder_curve = train_decoder(decoder, pictures, args.decoder_steps, 8, say, log_every=5 if args.probe else 100)

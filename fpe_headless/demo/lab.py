@@ -78,8 +78,10 @@ def _inject(graph: _Graph, source: list, settings: EditSettings) -> list:
 
 
 def generated_edit_graph(checkpoint: str, source_text: str, target_text: str, seed: int, batch: int,
-                         settings: EditSettings, control: bool = True) -> _Graph:
-    """Source (Capture) and FPE edit (Inject + KSampler) of ``batch`` seeds, and the control without FPE."""
+                         settings: EditSettings, control: bool = True, layer_lists: dict[str, str] | None = None) -> _Graph:
+    """Source (Capture) and FPE edit (Inject + KSampler) of ``batch`` seeds, and the control without FPE.
+    ``layer_lists`` adds edits from the same capture with custom layer lists, saved as role "edit_<name>"
+    (the capture stores what ``settings`` select: at 128 px 'official' is every layer)."""
     g = _Graph(checkpoint)
     src, tgt, neg = g.text(source_text), g.text(target_text), g.text("")
     latent = [g.add(EMPTY_LATENT, width=settings.size, height=settings.size, batch_size=batch), 0]
@@ -90,6 +92,10 @@ def generated_edit_graph(checkpoint: str, source_text: str, target_text: str, se
                  latent_image=latent)
     g.decode_and_save("source", [capture, 0])
     g.decode_and_save("edit", [edit, 0])
+    for name, layers in (layer_lists or {}).items():
+        variant = EditSettings(**{**settings.__dict__, "layers": "custom", "custom_layers": layers})
+        g.decode_and_save(f"edit_{name}", [g.add("KSampler", **sampling, model=_inject(g, [capture, 1], variant),
+                                                 positive=tgt, negative=neg, latent_image=latent), 0])
     if control:
         plain = g.add("KSampler", **sampling, model=[g.ckpt, 0], positive=tgt, negative=neg, latent_image=latent)
         g.decode_and_save("control", [plain, 0])

@@ -1,10 +1,12 @@
 """What FPE is for, on a model that learned something: the demo model of the drawn world.
 
 An FPE colour edit keeps the object's outline (mask IoU with the source) and changes its colour; the
-same target prompt and seed without FPE (the control) puts the object elsewhere. The thresholds sit
-between what the edit and the control measure (docs/demo-model.md): each test fails when the
-injection is off, reaches the wrong rows or only part of the official layers (checked by running it
-against those mutations, see docs/DEVELOPMENT.md).
+same target prompt and seed without FPE (the control) moves the object. On this model the encoder's and
+the decoder's self-attention layers each carry the layout (docs/BENCHMARKS.md, the demo sweep), so the
+edits with only one of the two groups must keep the outline too. The thresholds sit between what the
+edits and the control measured on both hosts; the tests fail when the injection is off, reaches the
+wrong rows or only one group of layers (`bash dev/mutate_demo_tests.sh` runs them against those
+mutations; docs/demo-model.md).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from fpe_headless.demo.checkpoint import DEMO_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not in this checkout")
 
-SEEDS = 4  # one batch of four seeds per edit
+SEEDS = 5  # one batch of five seeds per edit
 EDITS = [("a red circle on grass", "a blue circle on grass", "blue"),
          ("a yellow square on sand", "a purple square on sand", "purple")]
-KEPT_IOU = 0.80  # every FPE edit keeps its outline at least this well
-CONTROL_IOU = 0.60  # the control's median stays below this: the outline is FPE's doing
+# custom layer lists from the same capture: only the encoder and middle block, only the decoder
+GROUPS = {"encoder": "in,mid", "decoder": "out"}
+KEPT_IOU = 0.70  # the median IoU of every kind of FPE edit (measured 0.79-0.87 on both hosts)
+GAP = 0.15  # ... and how far above the control's median (0.59) it must sit (measured 0.20-0.28)
+COLOUR_RIGHT = 0.8  # the share of edits in the target colour (measured 10/10 here, 96 % over 600)
 
 
 @pytest.fixture(scope="module")
@@ -35,33 +40,37 @@ def demo_name():
 
 
 @pytest.fixture(scope="module")
-def edits(demo_name):
+def scores(demo_name):
+    """IoU and colour of each kind of edit ("edit": the official layers; the groups; "control") vs its source,
+    and what the reader saw in each source."""
     executor = Executor()
-    out = []
+    out = {role: [] for role in ("edit", *(f"edit_{g}" for g in GROUPS), "control")}
+    sources = []
     for k, (source, target, colour) in enumerate(EDITS):
-        graph = lab.generated_edit_graph(demo_name, source, target, 11 + k, SEEDS, lab.EditSettings(steps=20))
-        out.append((colour, lab.run(graph, executor, HOST.workdir / "output")))
-    return out
-
-
-def test_the_demo_model_draws_what_the_source_prompt_says(edits):
-    for (source, _, _), (_, pictures) in zip(EDITS, edits):
+        graph = lab.generated_edit_graph(demo_name, source, target, 11 + k, SEEDS, lab.EditSettings(steps=20),
+                                         layer_lists=GROUPS)
+        pictures = lab.run(graph, executor, HOST.workdir / "output")
         words = source.split()
-        for picture in pictures["source"]:
-            seen = world.read(picture, 1)
-            assert [(s.colour, s.shape) for s in seen] == [(words[1], words[2])]
+        sources += [(words[1], world.read(picture, 1)) for picture in pictures["source"]]
+        for role, row in out.items():
+            row += [lab.score_edit(s, e, colour) for s, e in zip(pictures["source"], pictures[role], strict=True)]
+    return sources, out
 
 
-def test_fpe_keeps_the_outline_and_changes_the_colour(edits):
-    for colour, pictures in edits:
-        scores = [lab.score_edit(s, e, colour) for s, e in zip(pictures["source"], pictures["edit"])]
-        assert all(s.colour_right for s in scores), [s.colour_right for s in scores]
-        assert min(s.iou for s in scores) >= KEPT_IOU, [round(s.iou, 3) for s in scores]
+def _shown(scores):
+    return [(round(s.iou, 2), s.colour_right) for s in scores]
 
 
-def test_without_fpe_the_same_prompt_and_seed_lose_the_outline(edits):
-    for colour, pictures in edits:
-        control = [lab.score_edit(s, c, colour) for s, c in zip(pictures["source"], pictures["control"])]
-        fpe = [lab.score_edit(s, e, colour) for s, e in zip(pictures["source"], pictures["edit"])]
-        assert np.median([s.iou for s in control]) < CONTROL_IOU, [round(s.iou, 3) for s in control]
-        assert np.median([s.iou for s in fpe]) - np.median([s.iou for s in control]) > 0.25
+def test_the_demo_model_draws_the_source_prompts_colour(scores):
+    sources, _ = scores
+    right = [len(seen) == 1 and seen[0].colour == colour for colour, seen in sources]
+    assert sum(right) >= len(right) - 1, [(colour, seen) for colour, seen in sources]  # measured 98 %
+
+
+@pytest.mark.parametrize("role", ["edit", *(f"edit_{g}" for g in GROUPS)])
+def test_fpe_keeps_the_outline_and_changes_the_colour(scores, role):
+    _, by_role = scores
+    edits, control = by_role[role], by_role["control"]
+    kept, plain = np.median([s.iou for s in edits]), np.median([s.iou for s in control])
+    assert kept >= KEPT_IOU and kept - plain >= GAP, (role, _shown(edits), "control", _shown(control))
+    assert np.mean([s.colour_right for s in edits]) >= COLOUR_RIGHT, (role, _shown(edits))
