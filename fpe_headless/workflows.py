@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from .comfy.host import PACK_ROOT
+from .demo import world
 from .drawing import rgb
 from .shared import DuplicateKey, UserError, loads_strict
 
@@ -128,7 +129,8 @@ def follow_prompts(prompt: dict, replaced: dict[str, str]) -> None:
             new = node["inputs"][name] = replaced[old]
             words = node["inputs"].get("words")
             if node["class_type"] == "FPEWordHeatmap" and isinstance(words, str):
-                node["inputs"]["words"] = swapped_words(words, old, new)
+                # a caption of the demo model's world names its colours and shapes: those are the words
+                node["inputs"]["words"] = world.caption_words(new) or swapped_words(words, old, new)
 
 
 def _plain_words(text: str) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import colorsys
 import math
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,20 @@ class Scene:
 
 def caption(things, ground: str) -> str:
     return " and ".join(t.phrase for t in things) + f" on {ground}"
+
+
+def caption_words(text: str) -> str | None:
+    """The words a word heatmap should show for a caption of this world ("a red circle on grass" ->
+    "red, circle"; two objects: both colours and shapes), or None for any other text."""
+    match = _CAPTION.fullmatch(text.strip().lower())
+    if match is None:
+        return None
+    found = [w for w in match.group("things").split() if w in COLOURS or w in SHAPES]
+    return ", ".join(dict.fromkeys(found))
+
+
+_THING = rf"a (?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})"
+_CAPTION = re.compile(rf"(?P<things>{_THING}(?: and {_THING})?) on (?:{'|'.join(GROUNDS)})")
 
 
 def random_scene(seed: int, *, objects: int | None = None, colour: str | None = None, shape: str | None = None,

@@ -88,3 +88,13 @@ def test_the_committed_demo_checkpoint_is_fp16_under_25_mb_with_the_hand_set_enc
     for key, value in hand_set.items():
         if key.startswith("taesd_encoder."):  # fp16 rounding of the hand-set values, nothing more
             assert torch.allclose(weights["first_stage_model." + key].float(), value, atol=1e-3, rtol=1e-3), key
+
+
+def test_caption_words_name_the_colours_and_shapes_of_a_world_caption_and_nothing_else():
+    assert world.caption_words("a red circle on grass") == "red, circle"
+    assert world.caption_words("A blue square and a blue star on sand") == "blue, square, star"
+    for other in ("a photo of a white horse in the park", "a red circle on the moon", "a red circle"):
+        assert world.caption_words(other) is None
+    for seed in range(50):  # every caption the world writes
+        scene = world.random_scene(seed)
+        assert world.caption_words(scene.caption).split(", ")[:2] == [scene.things[0].colour, scene.things[0].shape]
