@@ -8,6 +8,7 @@ semantic tests score their pictures with the world's reader.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ def generated_edit_graph(checkpoint: str, source_text: str, target_text: str, se
     g.decode_and_save("source", [capture, 0])
     g.decode_and_save("edit", [edit, 0])
     for name, layers in (layer_lists or {}).items():
-        variant = EditSettings(**{**settings.__dict__, "layers": "custom", "custom_layers": layers})
+        variant = dataclasses.replace(settings, layers="custom", custom_layers=layers)
         g.decode_and_save(f"edit_{name}", [g.add("KSampler", **sampling, model=_inject(g, [capture, 1], variant),
                                                  positive=tgt, negative=neg, latent_image=latent), 0])
     if control:
