@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .architecture import check_inputs_fit
+from .architecture import check_inputs_fit, transformer_layers, unet_of
 from .conditioning import entry_ids, sampler_conds, structure_of
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, choose_layers, layer_key, model_attn1_layers
+from .local_mask import word_mask_layers
+from .recording import context_period, head_mean_map, token_grid
 from .memory import choose_storage, stored_evaluations
 from .replay import InputRecorder, reject_per_call_conditioning
 from .sampling import sample_over_sigmas
@@ -63,10 +65,12 @@ class CaptureSettings:
 class CaptureRecorder(Shared):
     """attn1 patch that stores the source's layer inputs into an ``FPESource``, with its run hooks."""
 
-    def __init__(self, source: FPESource, device: torch.device | None, dtype: torch.dtype | None):
+    def __init__(self, source: FPESource, device: torch.device | None, dtype: torch.dtype | None,
+                 word_modules: dict | None = None):
         self.source = source
         self.device = device
         self.dtype = dtype
+        self.word_modules = word_modules or {}  # LocalBlend's layers: attn2 module by layer key
         self.clock = EvaluationClock(source.schedule, top_evaluations=None)  # one run: the capture's
         self._logged = None
         self._contexts: dict = {}  # (kind, entry) -> the last text context stored for it
@@ -91,13 +95,16 @@ class CaptureRecorder(Shared):
         return n, context, value
 
     def record_cross(self, n, context, value, extra_options):
-        """attn2 patch: the stored rows' cross-attention input and their text context (store_cross)."""
+        """attn2 patch: the stored rows' cross-attention input and their text context (store_cross), and at
+        LocalBlend's layers the first cond entry's word maps (every evaluation, for local edits by words)."""
         source = self.source
+        layer = layer_key(extra_options)
+        if layer in self.word_modules:
+            self._record_words(n, context, layer, extra_options)
         if not source.cross_layers or source.replay is not None:
             return n, context, value
         call = self.clock.locate(extra_options, n.shape[0])  # attn1 of this block located the call already
         first, stop = source.stored_window
-        layer = layer_key(extra_options)
         if call.step is None or not first <= call.step < stop or layer not in source.cross_layers:
             return n, context, value
         for chunk in call.chunks:
@@ -113,6 +120,24 @@ class CaptureRecorder(Shared):
                 source.cross_context[chunk.key] = last  # one tensor per entry while its prompt stays the same
         return n, context, value
 
+    def _record_words(self, n, context, layer, extra_options) -> None:
+        source = self.source
+        call = self.clock.locate(extra_options, n.shape[0])
+        grid = source.word_grid
+        if grid is None or n.shape[1] != grid[0] * grid[1]:  # an area's crop: not the whole image's map
+            return
+        chunk = first_cond_chunk(call)
+        if chunk is None:
+            return
+        maps, text = word_maps(self.word_modules[layer], n[chunk.rows], context[chunk.rows])
+        if source.word_context is None:
+            source.word_context = text
+        key = (chunk.key.sigma, chunk.key.occurrence)
+        if key in source.word_maps and source.word_maps[key].shape == maps.shape:
+            source.word_maps[key] += maps
+        else:
+            source.word_maps[key] = maps
+
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
 
@@ -125,7 +150,13 @@ class CaptureRecorder(Shared):
             self.source.structure = structure_of(*lists, latent_hw(self.source.latent_shape))
 
     def end_evaluation(self, args):
-        """Post-CFG, both hosts: the run's first model input; the structure where no run hook saw it."""
+        """Post-CFG, both hosts: every evaluation's input and result (local edits follow them outside their
+        mask); the run's first model input; the structure where no run hook saw it."""
+        call = self.clock.current
+        if args["sigma"] is self.clock.sigma_tensor and call is not None:
+            self.source.blend_rows[(call.chunks[0].key.sigma, call.chunks[0].key.occurrence)] = (
+                args["input"].detach().to("cpu", torch.float32, copy=True),
+                args["denoised"].detach().to("cpu", torch.float32, copy=True))
         if args["sigma"] is self.clock.sigma_tensor and self.clock.evaluation_run_start:
             source = self.source
             if source.first_input is None:
@@ -145,11 +176,30 @@ class CrossRecorder(Shared):
         return self.recorder.record_cross(n, context, value, extra_options)
 
 
+def first_cond_chunk(call):
+    """The chunk of a UNet call that runs the first positive entry (its first run in the evaluation), if any."""
+    for chunk in call.chunks:
+        if chunk.kind == COND and chunk.key.entry[1] == 0 and chunk.key.entry[2] == 0:
+            return chunk
+    return None
+
+
+def word_maps(module, n: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attn2 layer's cross-attention maps of ``n``'s rows, averaged over heads: float32 CPU [rows, tokens,
+    context], with the context folded back to the prompt's own length; and row 0's text context."""
+    period = context_period(context[0])
+    with torch.no_grad():
+        q = module.to_q(n)
+        k = module.to_k(context[:, :period])
+        maps = torch.stack([head_mean_map(q[i], k[i], module.heads) for i in range(n.shape[0])])
+    return maps.cpu(), context[0, :period].detach().to("cpu", torch.float32, copy=True)
+
+
 def attach_recorder(model, recorder: CaptureRecorder):
     """A clone of ``model`` that records with ``recorder``."""
     patched = model.clone()
     patched.set_model_attn1_patch(recorder)
-    if recorder.source.cross_layers:
+    if recorder.source.cross_layers or recorder.word_modules:
         patched.set_model_attn2_patch(CrossRecorder(recorder))
     if recorder.source.replay is not None:
         previous = patched.model_options.get("model_function_wrapper")
@@ -256,7 +306,16 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
         cross_setting=settings.cross if crossed else "off",
         # storage auto fell back to replay: no cross record (the node says so)
         cross_layers=frozenset() if replay else frozenset(layer.key for layer in crossed))
-    return source, CaptureRecorder(source, plan.device, dtype)
+    # LocalBlend's layers: their word maps are kept for every source, so choosing words later re-runs nothing.
+    words = word_mask_layers(layers, height, width)
+    source.word_layers = words
+    if words:
+        level = next(layer for layer in layers if layer.key in words)
+        tokens = level.tokens(height, width)
+        source.word_grid = token_grid(tokens, (int(height), int(width)))
+    modules = {key: transformer.attn2 for key, transformer, _ in transformer_layers(unet_of(model))
+               if key in words and getattr(transformer, "attn2", None) is not None}
+    return source, CaptureRecorder(source, plan.device, dtype, modules)
 
 
 def _compute_dtype(model) -> torch.dtype:

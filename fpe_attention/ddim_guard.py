@@ -9,7 +9,7 @@ input and final denoised output, so it can check both on any host and whatever t
   latent is connected);
 * every later input must be the previous one advanced by one DDIM step,
   x + (σ_next − σ)·(x − D)/σ; a stochastic sampler (ancestral, SDE), a multistep or higher-order
-  solver, or a latent noise mask breaks that.
+  solver breaks that. (A latent noise mask does not: the inject turns it into a local edit's mask.)
 
 The step check is exact only when this is the last post-CFG function (one registered after it may
 change the denoised output the sampler uses), so it is skipped otherwise.
@@ -31,34 +31,9 @@ RELATIVE_TOLERANCE = 1e-4
 FIX_START = ("connect FPE DDIM Invert's latent output to the target sampler's latent input and disable its noise "
              "(KSamplerAdvanced: add_noise disable; SamplerCustom: add_noise off)")
 FIX_SAMPLER = ("sample the target with sampler ddim (or euler), the inverse of the inversion: stochastic samplers "
-               "(ancestral, SDE), multistep or higher-order solvers and latent noise masks do not reconstruct the "
-               "image")
-
-
-class MaskGuard(Shared):
-    """ComfyUI of early 2024: a denoise-mask function, called only when the target has a noise mask.
-
-    Current ComfyUI shows the mask to the inject's run hook before sampling; the older host only
-    hands it to this function. It takes the single slot, which changes no run that succeeds: with a
-    mask the edit stops anyway.
-    """
-
-    def __init__(self, source):
-        self.source = source
-
-    @staticmethod
-    def reject(source) -> None:
-        raise FPEError(
-            f"the target sampler has a latent noise mask (Set Latent Noise Mask, or an inpainting latent): an "
-            f"{source.maker} edit samples the whole inverted latent back with DDIM, which a mask breaks. Remove the "
-            f"mask from the target's latent (masked local edits of real photos are not supported yet)")
-
-    @classmethod
-    def attach(cls, patched, source) -> None:
-        patched.set_model_denoise_mask_function(cls(source))
-
-    def __call__(self, sigma, denoise_mask, extra_options):
-        self.reject(self.source)
+               "(ancestral, SDE) and multistep or higher-order solvers do not reconstruct the image; a node that "
+               "sets a denoise-mask function after FPE Self-Attn Inject (e.g. Differential Diffusion) must come "
+               "before it")
 
 
 class DDIMGuard(Shared):

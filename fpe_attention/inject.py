@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 from . import notify
 from .conditioning import entry_ids, sampler_conds, structure_of
-from .ddim_guard import DDIMGuard, MaskGuard
+from .ddim_guard import DDIMGuard
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, layer_key
+from .local_edit import LocalRun, NoiseMaskHook, settings_of
 from .replay import ChainedWrapper, ReplayCall, extended_batch, run_unet, unet_call_view
 from .source import FPESource, describe_signature, model_signature, reject_chained_inject, weights_fingerprint
 from .sweep import SweepSetting
@@ -47,6 +48,8 @@ class RunState:
 
     structure_checked: bool = False
     warned: set = field(default_factory=set)
+    local: LocalRun | None = None  # the run's local edit (FPE Local Edit's settings, or a real photo's noise mask)
+    local_ready: bool = False
 
 
 class InjectPatch(Shared):
@@ -68,8 +71,21 @@ class InjectPatch(Shared):
         self._pending: list[tuple[str, str, str]] = []  # warnings of the evaluation in progress
         self._warned_context = False
         self.by_order = True  # entries pair in ComfyUI's order, unless a run hook gives their ids
-        self.previous_wrapper = None  # storage replay: a UNet wrapper another pack set before ours
+        self.previous_wrapper = None  # a UNet wrapper another pack set before ours
         self._replay: ReplayCall | None = None  # storage replay: the extended UNet call in progress
+        self.host_mask = None  # real photos: this evaluation's noise mask, from NoiseMaskHook
+
+    @property
+    def local_run(self) -> LocalRun | None:
+        return self._run.local
+
+    @property
+    def replay_call(self) -> ReplayCall | None:
+        return self._replay
+
+    def close_run(self) -> None:
+        """A hook riding on this edit (FPE Local Edit's word recorder) failed: end the run."""
+        self._close()
 
     # --- run hooks ---------------------------------------------------------------------------
 
@@ -80,8 +96,6 @@ class InjectPatch(Shared):
                 self.source.check_latent(latent.shape)
                 self._check_sweep_rows(latent.shape[0])
             self.source.check_schedule(sigmas.detach().cpu())
-            if self.source.inverted and denoise_mask is not None:
-                MaskGuard.reject(self.source)
             lists = sampler_conds(guider)
             if lists is not None:
                 self.source.check_structure(structure_of(*lists, latent_hw(self.source.latent_shape)))
@@ -110,11 +124,28 @@ class InjectPatch(Shared):
                     f"FPE Self-Attn Inject: the target sampler's model prediction is NaN or infinite at step {call.step} "
                     f"(sigma {call.sigma:.6g}). Likely causes: the target sampler's cfg or denoise is NaN/Infinity in "
                     f"the workflow, or a model running in fp16 overflows (run it in fp32/bf16, or lower cfg)")
+            denoised = self._blend_denoised(args, call)
         except BaseException:
             self._close()
             raise
         self._flush()
-        return args["denoised"]
+        return denoised
+
+    def _blend_denoised(self, args, call):
+        """Local edits: the denoised output outside the mask is the source's (before the DDIM guard checks it)."""
+        host_mask, self.host_mask = self.host_mask, None  # one evaluation's
+        settings = settings_of(args.get("model_options", {}).get("transformer_options"))
+        local = self._run.local
+        if (settings is not None or host_mask is not None) and (
+                local is None or local.settings is not settings or not local.blended_input):
+            raise FPEError(
+                "FPE Local Edit: FPE Self-Attn Inject's UNet wrapper did not run (a node applied after the Inject "
+                "replaced the model's function wrapper, e.g. tiled diffusion), so the mask cannot act on the model's "
+                "input: apply that node before FPE Self-Attn Inject")
+        if local is None:
+            return args["denoised"]
+        local.blended_input = False
+        return local.blend_denoised(args, call, host_mask)
 
     def _first_evaluation_checks(self, args) -> None:
         source = self.source
@@ -145,12 +176,20 @@ class InjectPatch(Shared):
     # --- storage replay: the source rows run in the target's UNet call ----------------------
 
     def unet_call(self, apply_model, args):
-        """UNet wrapper (replay sources): in edited steps, put the source's rows in front of the batch."""
+        """UNet wrapper: a local edit's input blend; replay sources: in edited steps, put the source's rows in
+        front of the batch."""
         try:
             x = args["input"]
-            call = self.clock.locate(unet_call_view(args["c"].get("transformer_options", {}), x), x.shape[0])
-            self._enter(call, args["c"].get("transformer_options", {}))
-            if not self._edits(call):
+            if x.shape[0] == 0:
+                raise FPEError("the target latent batch is empty (0 images): give the target sampler a latent with "
+                               "at least one image")
+            options = args["c"].get("transformer_options", {})
+            call = self.clock.locate(unet_call_view(options, x), x.shape[0])
+            self._enter(call, options)
+            local = self._local(options)
+            if local is not None:
+                args = local.blend_input(args, call, self.host_mask)
+            if self.source.replay is None or not self._edits(call):
                 return run_unet(self.previous_wrapper, apply_model, args)
             inputs = []
             for chunk in call.chunks:
@@ -169,6 +208,16 @@ class InjectPatch(Shared):
         except BaseException:
             self._close()
             raise
+
+    def _local(self, options) -> LocalRun | None:
+        """The run's local edit, set up at its first UNet call (settings of this clone, or a noise mask)."""
+        run = self._run
+        if not run.local_ready:
+            settings = settings_of(options)
+            if settings is not None or self.host_mask is not None:
+                run.local = LocalRun(settings, self.source)
+            run.local_ready = True
+        return run.local
 
     def _edit_replayed(self, n, context, value, extra_options, replay: ReplayCall):
         """attn1 in an extended call: the target rows (after the source's) take the source rows' input."""
@@ -376,10 +425,12 @@ class InjectPatch(Shared):
         self._pending = []
         self._next_run = None
         self._checked = None
+        self.host_mask = None
 
 
-class ReplayWrapper(ChainedWrapper):
-    """The Inject's ``model_function_wrapper`` for replay sources (see ``InjectPatch.unet_call``)."""
+class InjectWrapper(ChainedWrapper):
+    """The Inject's ``model_function_wrapper``: local edits' input blend, replay sources' extended calls (see
+    ``InjectPatch.unet_call``)."""
 
     def __init__(self, patch: InjectPatch, previous=None):
         super().__init__(previous)
@@ -437,14 +488,17 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, start: 
     patch = InjectPatch(source, layers, window, kinds, rows)
     patched = model.clone()
     patched.set_model_attn1_patch(patch)
-    if source.replay is not None:  # no record: the source rows run beside the target's in the stored steps
-        patched.set_model_unet_function_wrapper(ReplayWrapper(patch, patched.model_options.get("model_function_wrapper")))
+    # The UNet wrapper: replay sources run their rows beside the target's in the stored steps; local edits
+    # (FPE Local Edit, a real photo's noise mask) blend the model input.
+    patched.set_model_unet_function_wrapper(InjectWrapper(patch, patched.model_options.get("model_function_wrapper")))
     announced = add_run_hook(patched, patch.begin_run)
     patch.by_order = not announced
     add_evaluation_end(patched, patch.end_evaluation)
     if source.inverted:  # a real image: the target must sample its inverted latent back with DDIM
-        if not announced:  # no run hook to see a noise mask before sampling: catch it at its first use
-            MaskGuard.attach(patched, source)
+        # A noise mask on the target latent becomes the local edit's mask (the host's own inpainting would
+        # blend towards the inverted noise).
+        patched.set_model_denoise_mask_function(
+            NoiseMaskHook(patch, patched.model_options.get("denoise_mask_function")))
         add_evaluation_end(patched, DDIMGuard(source))  # last: it checks the denoised result the sampler uses
     return patched
 

@@ -35,7 +35,7 @@ from .evaluations import UNCOND
 from .hooks import all_finite
 from .replay import reject_per_call_conditioning
 from .run_observers import paused, tagged
-from .steps import step_window
+from .steps import ScheduleIndex, step_window
 
 log = logging.getLogger("free-prompt-editing")
 
@@ -116,6 +116,24 @@ class TrajectoryReplay:
             if callback is not None:
                 callback({"x": latent, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         return x
+
+
+def trajectory_blend_rows(trajectory: list[torch.Tensor], sigmas: torch.Tensor) -> dict:
+    """What a local edit of a DDIM-inverted photo follows outside its mask: at step i the inverted latent
+    z_i, and the denoised output D_i with which a DDIM step lands on z_(i+1),
+    z_i + (σ_(i+1) − σ_i)·(z_i − D_i)/σ_i = z_(i+1). The background then walks the inverted trajectory
+    down to the photo's own latent (its last entry) instead of a reconstruction's drift."""
+    index = ScheduleIndex([float(s) for s in sigmas])
+    rows, seen = {}, {}
+    for i in range(len(trajectory) - 1):
+        z, z_next = trajectory[i].float(), trajectory[i + 1].float()
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = z_next.clone() if sigma_next == sigma else z - (z_next - z) * (sigma / (sigma_next - sigma))
+        key = index.key(sigma)
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        rows[(key, occurrence)] = (z.clone(), denoised)
+    return rows
 
 
 def same_conditioning(a, b) -> bool:
@@ -207,6 +225,7 @@ def invert_to_source(model, *, latent: dict, positive, negative, cfg: float, sig
                                    sigmas.to(model.load_device, copy=True), positive, negative, samples,
                                    callback=progress.phase(stop - first), disable_pbar=True, seed=0)
     source.finish(recorder.clock.order, trajectory=trajectory)  # reached only when both passes returned normally
+    source.blend_rows = trajectory_blend_rows(trajectory, sigmas)
     out = {key: value for key, value in latent.items() if key == "batch_index"}
     out["samples"] = top
     return out, source

@@ -155,6 +155,16 @@ class FPESource:
     # The capture's evaluations in order (their SigmaKeys): its sampler's pattern, which a target pairs with
     # one to one only if its sampler evaluates the same sigmas in the same order.
     evaluation_order: tuple = ()
+    # Local edits (``local_edit``): the source branch at every model evaluation, (sigma key, occurrence) ->
+    # (x, denoised) as its sampler saw them (float32, CPU). Real photos: DDIM Invert's trajectory and the
+    # denoised outputs that step along it; Null-Text Invert's reconstruction run.
+    blend_rows: dict = field(default_factory=dict)
+    # LocalBlend word masks: the first cond entry's cross-attention at ``word_layers`` (one token grid,
+    # ``word_grid``), averaged over heads and summed over those layers, per evaluation: [images, tokens, context]
+    word_layers: frozenset = frozenset()
+    word_grid: tuple[int, int] | None = None
+    word_maps: dict = field(default_factory=dict)
+    word_context: torch.Tensor | None = None  # that entry's text context [tokens, channels], to check source_text
     complete: bool = False
 
     def finish(self, evaluation_order, trajectory: list[torch.Tensor] | None = None,
@@ -187,6 +197,24 @@ class FPESource:
     @property
     def evaluated_kinds(self) -> frozenset[int]:
         return frozenset(key.kind for key in self.evaluations)
+
+    @property
+    def local_nbytes(self) -> int:
+        """Bytes kept for local edits: the source's latent and denoised output per evaluation, its word maps."""
+        rows = sum(t.numel() * t.element_size() for pair in self.blend_rows.values() for t in pair)
+        return rows + sum(t.numel() * t.element_size() for t in self.word_maps.values())
+
+    def blend_pair(self, key: tuple, call_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source's (x, denoised) at the evaluation ``key`` = (sigma key, occurrence): that evaluation, else
+        the latest one at the same sigma (a target that evaluates there more often); a sigma the source never
+        visited is an error."""
+        pair = self.blend_rows.get(key)
+        if pair is None:
+            here = [k for k in self.blend_rows if k[0] == key[0]]
+            if not here:
+                self.reject_sigma(call_sigma)
+            pair = self.blend_rows[max(here, key=lambda k: k[1])]
+        return pair
 
     @property
     def nbytes(self) -> int:

@@ -13,6 +13,7 @@ from .grid import FPESweepGrid, FPESweepLatent
 from .images import FPESideBySide
 from .inject import FPESelfAttnInject
 from .invert import FPEDDIMInvert, FPEVAEEncodeMean
+from .local_edit import FPELocalEdit, FPELocalMask
 from .nulltext import FPENullTextInvert
 from .overview import FPELayerOverview
 from .probe import FPESaveAttentionMaps
@@ -22,7 +23,7 @@ from .schedules import FPEOfficialDDIMSigmas
 
 # Node id -> class, in menu order. Ids are what saved workflows store: never rename one.
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls in (
-    FPESourceCapture, FPESelfAttnInject, FPEOfficialDDIMSigmas, FPESideBySide, FPEVAEEncodeMean, FPEDDIMInvert,
+    FPESourceCapture, FPESelfAttnInject, FPELocalEdit, FPELocalMask, FPEOfficialDDIMSigmas, FPESideBySide, FPEVAEEncodeMean, FPEDDIMInvert,
     FPEAttentionReplace, FPEAttentionRecord, FPEWordHeatmap, FPESelfAttnComponents, FPEAttentionQuery,
     FPENullTextInvert, FPESweepLatent, FPESweepGrid, FPELayerOverview, FPESaveAttentionMaps)}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {node_id: cls.DISPLAY_NAME for node_id, cls in NODE_CLASS_MAPPINGS.items()}

@@ -117,15 +117,6 @@ def test_block_lists_that_say_something_else_are_refused(tiny_sd15, fpe_error, t
     assert len(str(raised.value)) < 450
 
 
-def test_a_noise_mask_on_a_real_image_edit_is_named(tiny_sd15, fpe_error):
-    model, clip, _ = tiny_sd15
-    photo = encoded_photo(W, H, seed=7)
-    inverted, source, _ = invert(model, clip, photo, steps=3)
-    masked = call_node("SetLatentNoiseMask", samples=inverted, mask=torch.ones(1, H, W))[0]
-    with pytest.raises(fpe_error, match=r"the target sampler has a latent noise mask"):
-        sample_back(inject(model, source), clip, masked, steps=3)
-
-
 def test_side_by_side_takes_rgba_grey_and_other_heights(tiny_sd15):
     rgb = torch.rand(1, 32, 40, 3)
     rgba = torch.cat([torch.rand(2, 16, 20, 3), torch.ones(2, 16, 20, 1)], dim=-1)

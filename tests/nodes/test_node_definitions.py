@@ -7,6 +7,8 @@ from fpe_harness.host import pack_module
 EXPECTED = {
     "FPESourceCapture": "FPE Source Capture",
     "FPESelfAttnInject": "FPE Self-Attn Inject",
+    "FPELocalEdit": "FPE Local Edit",
+    "FPELocalMask": "FPE Local Mask",
     "FPEOfficialDDIMSigmas": "FPE Official DDIM Sigmas",
     "FPESideBySide": "FPE Side by Side",
     "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
@@ -24,7 +26,7 @@ EXPECTED = {
 }
 # The node menu: "Free Prompt Editing" and one sub-category per task.
 MENU = {
-    "edit": {"FPESourceCapture", "FPESelfAttnInject", "FPEOfficialDDIMSigmas"},
+    "edit": {"FPESourceCapture", "FPESelfAttnInject", "FPELocalEdit", "FPELocalMask", "FPEOfficialDDIMSigmas"},
     "real photos": {"FPEVAEEncodeMean", "FPEDDIMInvert", "FPENullTextInvert"},
     "compare": {"FPEAttentionReplace", "FPESweepLatent", "FPESweepGrid", "FPESideBySide"},
     "attention maps": {"FPEAttentionRecord", "FPEWordHeatmap", "FPESelfAttnComponents", "FPEAttentionQuery",
