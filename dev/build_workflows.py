@@ -557,6 +557,197 @@ NOTE_ATTENTION_MAPS = (
     "Change the words and queue again: only the pictures are drawn again.")
 
 
+# The local edit's scene: the demo model's world (two objects, the right one changes colour), so that the
+# same graph runs on the pack's demo model (dev/make_local_edit_pictures.py draws it there) and on SD1.5.
+LOCAL_SOURCE_PROMPT = "a blue circle and a yellow square on stone"
+LOCAL_TARGET_PROMPT = "a blue circle and a red square on stone"
+LOCAL_WORDS = "yellow, red"  # the changed object's word in each prompt
+LOCAL_START = 0.2  # Prompt-to-Prompt's: the word maps settle first
+LOCAL_THRESHOLD = 0.3  # LocalBlend's, for SD1.x (the demo model's flat maps need about 0.9)
+LOCAL_IO = dict(inputs=[("model", "MODEL"), ("mask", "MASK"), ("clip", "CLIP")],
+                outputs=[("model", "MODEL"), ("local_edit", "FPE_LOCAL_EDIT")])
+
+
+def local_edit_widgets(*, start=0.0, grow=0, feather=0, words="", source_text="", target_text="",
+                       threshold=LOCAL_THRESHOLD) -> list:
+    """FPE Local Edit's widgets in the page's order; soft 'blend', composite off."""
+    return [start, grow, feather, "blend", words, source_text, target_text, threshold, False]
+
+
+def local_edit() -> dict:
+    """The generated edit limited by words (LocalBlend): FPE Local Edit between the Inject and the target
+    KSampler, FPE Local Mask showing the mask the run found, source | local edit saved side by side."""
+    g = Graph()
+    base = SD15
+    step = base.prompt_size[1] + 50
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[base.checkpoint], size=(315, 100))
+    prompt_node(g, base, 2, (380, 40), LOCAL_SOURCE_PROMPT, "Source prompt")
+    prompt_node(g, base, 3, (380, 40 + step), LOCAL_TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
+    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
+           widgets=[base.side, base.side, 1], size=(315, 106))
+    g.node(6, "FPESourceCapture", (830, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
+           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
+           widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                    base.precision, "off"],
+           size=(340, 430), color=FPE_COLOR)
+    g.node(7, "FPESelfAttnInject", (830, 510), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
+           size=(340, 190), color=FPE_COLOR)
+    g.node(8, "FPELocalEdit", (830, 750), **LOCAL_IO,
+           widgets=local_edit_widgets(start=LOCAL_START, words=LOCAL_WORDS, source_text=LOCAL_SOURCE_PROMPT,
+                                      target_text=LOCAL_TARGET_PROMPT),
+           title="FPE Local Edit (words)", size=(340, 520), color=FPE_COLOR)
+    g.node(9, "KSampler", (1220, 460),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
+           title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
+    g.node(10, "VAEDecode", (1220, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
+           title="Decode source", size=(210, 50))
+    g.node(11, "VAEDecode", (1680, 460), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode local edit", size=(210, 50))
+    g.node(12, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    g.node(13, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/local_side_by_side"],
+           title="Save source | local edit", size=(420, 300))
+    g.node(14, "SaveImage", (1980, 460), inputs=[("images", "IMAGE")], widgets=["FPE/local_edit"],
+           title="Save local edit", size=(320, 280))
+    g.node(15, "FPELocalMask", (1680, 560), inputs=[("local_edit", "FPE_LOCAL_EDIT"), ("samples", "LATENT")],
+           outputs=[("mask", "MASK")], title="FPE Local Mask (the words' mask)", size=(260, 300),
+           color=FPE_COLOR)
+    g.node(16, "Note", (20, 480), widgets=[NOTE_LOCAL], size=(330, 520))
+    g.link(1, 0, 6, "model")
+    g.link(1, 0, 7, "model")
+    for clip_user in (2, 3, 4, 8):
+        g.link(1, 1, clip_user, "clip")
+    g.link(2, 0, 6, "positive")
+    g.link(4, 0, 6, "negative")
+    g.link(5, 0, 6, "latent_image")
+    g.link(6, 1, 7, "fpe_source")
+    g.link(7, 0, 8, "model")
+    g.link(8, 0, 9, "model")
+    g.link(3, 0, 9, "positive")
+    g.link(4, 0, 9, "negative")
+    g.link(5, 0, 9, "latent_image")
+    g.link(6, 0, 10, "samples")
+    g.link(1, 2, 10, "vae")
+    g.link(9, 0, 11, "samples")
+    g.link(1, 2, 11, "vae")
+    g.link(10, 0, 12, "image_a")
+    g.link(11, 0, 12, "image_b")
+    g.link(12, 0, 13, "images")
+    g.link(11, 0, 14, "images")
+    g.link(8, 1, 15, "local_edit")
+    g.link(9, 0, 15, "samples")
+    return g.workflow()
+
+
+NOTE_LOCAL = (
+    "Local edit by words (Prompt-to-Prompt's LocalBlend): FPE changes only where the words' cross-attention "
+    "points, and everywhere else the target follows the source at every step: the blue circle and the ground "
+    "stay the source's pixels, the square turns red.\n\n"
+    "FPE Local Edit goes between FPE Self-Attn Inject and the target KSampler. words: the changed object's word "
+    "in each prompt ('yellow' in the source, 'red' in the target). source_text and target_text must be the two "
+    "prompts exactly as typed above: change them together with the prompts.\n\n"
+    "start 0.2 (Prompt-to-Prompt's): the first steps run unmasked while the word maps settle. threshold 0.3: "
+    "lower finds a larger region. FPE Local Mask shows the mask the run found.\n\n"
+    "A painted MASK instead of words: connect it to FPE Local Edit's mask and clear words. Change only words, "
+    "threshold or the mask and queue again: the source is cached.")
+
+
+def real_image_local_edit() -> dict:
+    """The DDIM-inversion real-image edit limited by a painted mask (Load Image (as Mask)): outside it the
+    target follows the photo's inverted trajectory, so the background stays the photo's."""
+    g = Graph()
+    base = SD15
+    step = base.prompt_size[1] + 50
+    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+           widgets=[base.checkpoint], size=(315, 100))
+    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
+           title="Load the photo to edit", size=(315, 360))
+    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+    prompt_node(g, base, 4, (380, 40), "", "Source prompt (empty, as the official code)")
+    prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
+    prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Negative prompt")
+    g.node(7, "FPEDDIMInvert", (830, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                   ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+           outputs=[("inverted_latent", "LATENT"), ("fpe_source", "FPE_SOURCE"), ("report", "STRING")],
+           widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
+                    base.precision, True, "off"],
+           size=(360, 700), color=FPE_COLOR)
+    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
+           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
+           size=(340, 190), color=FPE_COLOR)
+    g.node(9, "FPELocalEdit", (1230, 280), **LOCAL_IO, widgets=local_edit_widgets(feather=2),
+           title="FPE Local Edit (painted mask)", size=(340, 520), color=FPE_COLOR)
+    g.node(10, "KSamplerAdvanced", (1230, 850),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")],
+           widgets=["disable", 0, "fixed", base.steps, base.cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
+           title="KSamplerAdvanced (target: ddim, no noise)", size=(380, 340))
+    g.node(11, "VAEDecode", (1680, 400), inputs=[("samples", "LATENT"), ("vae", "VAE")],
+           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
+    g.node(12, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    g.node(13, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_local_side_by_side"],
+           title="Save photo | edit", size=(420, 300))
+    g.node(14, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_local_edit"],
+           title="Save edit", size=(320, 300))
+    g.node(15, "LoadImageMask", (20, 880), outputs=[("MASK", "MASK")], widgets=[EXAMPLE_MASK, "red", "image"],
+           title="Load the painted mask (white: edit)", size=(315, 360))
+    g.node(16, "FPELocalMask", (1680, 760), inputs=[("local_edit", "FPE_LOCAL_EDIT"), ("samples", "LATENT")],
+           outputs=[("mask", "MASK")], title="FPE Local Mask (the mask used)", size=(260, 300), color=FPE_COLOR)
+    g.node(17, "Note", (380, 720), widgets=[NOTE_REAL_LOCAL], size=(400, 420))
+    g.link(1, 0, 7, "model")
+    g.link(1, 0, 8, "model")
+    for clip_user in (4, 5, 6):
+        g.link(1, 1, clip_user, "clip")
+    g.link(2, 0, 3, "pixels")
+    g.link(1, 2, 3, "vae")
+    g.link(3, 0, 7, "latent")
+    g.link(4, 0, 7, "positive")
+    g.link(1, 2, 7, "vae")
+    g.link(7, 1, 8, "fpe_source")
+    g.link(8, 0, 9, "model")
+    g.link(15, 0, 9, "mask")
+    g.link(9, 0, 10, "model")
+    g.link(5, 0, 10, "positive")
+    g.link(6, 0, 10, "negative")
+    g.link(7, 0, 10, "latent_image")
+    g.link(10, 0, 11, "samples")
+    g.link(1, 2, 11, "vae")
+    g.link(2, 0, 12, "image_a")
+    g.link(11, 0, 12, "image_b")
+    g.link(12, 0, 13, "images")
+    g.link(11, 0, 14, "images")
+    g.link(9, 1, 16, "local_edit")
+    g.link(10, 0, 16, "samples")
+    return g.workflow()
+
+
+EXAMPLE_MASK = "fpe_example_apple_mask.png"  # drawn by dev/make_example_image.py; copy it to ComfyUI/input too
+NOTE_REAL_LOCAL = (
+    "Local real-image edit: the photo is inverted and edited as in the real-image workflow, but only inside the "
+    "painted mask. Outside it the target follows the photo's inverted trajectory at every step, so the wall and "
+    "the table stay the photo's (DDIM Invert's trajectory ends on the photo's own latent).\n\n"
+    "The mask: white = edit, black = keep, any size of the photo's shape. This example loads a painted file with "
+    "Load Image (as Mask), channel red. Your own: paint on the photo in Load Image's mask editor and connect "
+    "Load Image's MASK to FPE Local Edit's mask instead, or put a Set Latent Noise Mask on the inverted latent.\n\n"
+    "feather 2 softens the edge over 2 latent pixels (16 px); grow widens the mask. Keep add_noise 'disable', "
+    "sampler 'ddim' and the SAME steps and scheduler as DDIM Invert.\n\n"
+    "Change only the mask or the target prompt and queue again: the inversion is cached.")
+
+
 WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
@@ -566,6 +757,8 @@ WORKFLOWS = {
     "fpe_settings_sweep.json": settings_sweep,
     "fpe_real_image_edit_nulltext.json": lambda: real_image_edit(nulltext=True),
     "fpe_attention_maps.json": attention_maps,
+    "fpe_local_edit.json": local_edit,
+    "fpe_real_image_local_edit.json": real_image_local_edit,
 }
 
 

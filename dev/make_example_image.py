@@ -1,8 +1,10 @@
-"""Draw the real-image workflow's example input (self-made: no third-party photo).
+"""Draw the real-image workflows' example input (self-made: no third-party photo) and its painted mask.
 
-    python dev/make_example_image.py    # writes workflows/fpe_example_apple.png
+    python dev/make_example_image.py    # writes workflows/fpe_example_apple.png and fpe_example_apple_mask.png
 
-A red apple on a wooden table, drawn with Pillow; 512x512 like the official example's input.
+A red apple on a wooden table, drawn with Pillow; 512x512 like the official example's input. The mask
+(white: edit, black: keep) covers the apple with a margin, as a user paints it loosely; the local
+real-image workflow loads it with Load Image (as Mask), channel red.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 OUT = Path(__file__).resolve().parents[1] / "workflows" / "fpe_example_apple.png"
+MASK_OUT = OUT.with_name("fpe_example_apple_mask.png")
 SIZE = 512
+APPLE = (256, 300, 118)  # centre x, centre y, radius (the apple is 0.93 as high as wide)
+MASK_MARGIN = 18  # pixels the painted mask reaches past the apple
 
 
 def draw() -> Image.Image:
@@ -29,7 +34,7 @@ def draw() -> Image.Image:
     picture = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
 
     draw = ImageDraw.Draw(picture, "RGBA")
-    cx, cy, r = 256, 300, 118
+    cx, cy, r = APPLE
     draw.ellipse((cx - 150, cy + r - 34, cx + 150, cy + r + 22), fill=(40, 22, 10, 110))  # shadow on the table
     apple = np.zeros((SIZE, SIZE, 4), np.float32)
     dx, dy = (x * SIZE - cx) / r, (y * SIZE - cy) / (r * 0.93)
@@ -49,6 +54,17 @@ def draw() -> Image.Image:
     return picture.filter(ImageFilter.GaussianBlur(1.2))
 
 
+def draw_mask() -> Image.Image:
+    """The apple's body (not its stem and leaf) and a margin, white on black, in grey levels."""
+    cx, cy, r = APPLE
+    rx, ry = r + MASK_MARGIN, 0.93 * r + MASK_MARGIN
+    big = Image.new("L", (4 * SIZE, 4 * SIZE), 0)  # drawn 4x and reduced: an anti-aliased edge
+    ImageDraw.Draw(big).ellipse((4 * (cx - rx), 4 * (cy - ry), 4 * (cx + rx), 4 * (cy + ry)), fill=255)
+    return big.resize((SIZE, SIZE), Image.Resampling.BOX)
+
+
 if __name__ == "__main__":
     draw().save(OUT, optimize=True)
-    print(f"wrote {OUT.relative_to(OUT.parents[1])} ({OUT.stat().st_size // 1024} KiB)")
+    draw_mask().save(MASK_OUT, optimize=True)
+    for path in (OUT, MASK_OUT):
+        print(f"wrote {path.relative_to(path.parents[1])} ({path.stat().st_size // 1024} KiB)")

@@ -74,6 +74,7 @@ class CaptureRecorder(Shared):
         self.clock = EvaluationClock(source.schedule, top_evaluations=None)  # one run: the capture's
         self._logged = None
         self._contexts: dict = {}  # (kind, entry) -> the last text context stored for it
+        self._words: dict = {}  # this evaluation's word maps, summed over LocalBlend's layers
 
     def __call__(self, n, context, value, extra_options):
         call = self.clock.locate(extra_options, n.shape[0])
@@ -131,12 +132,10 @@ class CaptureRecorder(Shared):
             return
         maps, text = word_maps(self.word_modules[layer], n[chunk.rows], context[chunk.rows])
         if source.word_context is None:
-            source.word_context = text
+            source.word_context = text.to("cpu", torch.float32, copy=True)
         key = (chunk.key.sigma, chunk.key.occurrence)
-        if key in source.word_maps and source.word_maps[key].shape == maps.shape:
-            source.word_maps[key] += maps
-        else:
-            source.word_maps[key] = maps
+        pending = self._words.get(key)  # summed on the model's device, moved once per evaluation
+        self._words[key] = maps if pending is None or pending.shape != maps.shape else pending + maps
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
@@ -153,6 +152,9 @@ class CaptureRecorder(Shared):
         """Post-CFG, both hosts: every evaluation's input and result (local edits follow them outside their
         mask); the run's first model input; the structure where no run hook saw it."""
         call = self.clock.current
+        for key, maps in self._words.items():
+            self.source.word_maps[key] = maps.cpu()
+        self._words = {}
         if args["sigma"] is self.clock.sigma_tensor and call is not None:
             self.source.blend_rows[(call.chunks[0].key.sigma, call.chunks[0].key.occurrence)] = (
                 args["input"].detach().to("cpu", torch.float32, copy=True),
@@ -185,14 +187,15 @@ def first_cond_chunk(call):
 
 
 def word_maps(module, n: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One attn2 layer's cross-attention maps of ``n``'s rows, averaged over heads: float32 CPU [rows, tokens,
-    context], with the context folded back to the prompt's own length; and row 0's text context."""
+    """One attn2 layer's cross-attention maps of ``n``'s rows, averaged over heads: float32 [rows, tokens,
+    context] on the model's device, with the context folded back to the prompt's own length; and row 0's
+    text context (a view)."""
     period = context_period(context[0])
     with torch.no_grad():
         q = module.to_q(n)
         k = module.to_k(context[:, :period])
         maps = torch.stack([head_mean_map(q[i], k[i], module.heads) for i in range(n.shape[0])])
-    return maps.cpu(), context[0, :period].detach().to("cpu", torch.float32, copy=True)
+    return maps, context[0, :period].detach()
 
 
 def attach_recorder(model, recorder: CaptureRecorder):

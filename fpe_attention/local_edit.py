@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import notify
 from .capture import first_cond_chunk, word_maps
 from .errors import FPEError
 from .hooks import Shared
@@ -184,7 +185,7 @@ class LocalRun:
 
     def _fold_word_maps(self, latent_shape) -> None:
         if self._evaluation_maps is not None:
-            maps = self._evaluation_maps
+            maps = self._evaluation_maps.cpu()
             self.target_sum = maps if self.target_sum is None else self.target_sum + maps
             self._evaluation_maps = None
 
@@ -401,8 +402,12 @@ def local_edit_model(model, *, mask=None, clip=None, source_text: str = "", targ
         raise FPEError(f"soft: unknown value {soft!r}; choose one of {', '.join(SOFT)}")
     mask_batch = as_mask_batch(mask) if mask is not None else None
     if mask_batch is not None:  # the aspect and batch checks, before sampling
-        latent_mask(mask_batch, source.latent_shape if mask_batch.shape[0] in (1, source.batch) else
-                    (mask_batch.shape[0],) + tuple(source.latent_shape[1:]))
+        shown = latent_mask(mask_batch, source.latent_shape if mask_batch.shape[0] in (1, source.batch) else
+                            (mask_batch.shape[0],) + tuple(source.latent_shape[1:]), grow=grow, feather=feather)
+        if float(shown.max()) == 0.0:
+            notify.warn("the local edit's mask is empty",
+                        "FPE Local Edit's mask is 0 everywhere (after grow), so the target will be the source: paint "
+                        "the region to edit white (1), or invert the mask")
     spec = None
     if words.strip():
         spec = _word_spec(source, clip, source_text, target_text, words, threshold)

@@ -24,7 +24,8 @@ from .shared import DuplicateKey, UserError, loads_strict
 
 WORKFLOWS = PACK_ROOT / "workflows"
 # Our inputs that repeat a prompt's text (to find its tokens): they follow the prompt they copy.
-MIRRORED_TEXT = {"FPEWordHeatmap": ("text",), "FPEAttentionReplace": ("source_text", "target_text")}
+MIRRORED_TEXT = {"FPEWordHeatmap": ("text",), "FPEAttentionReplace": ("source_text", "target_text"),
+                 "FPELocalEdit": ("source_text", "target_text")}
 SAMPLER_NODES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
 PROMPT_NODES = ("CLIPTextEncode", "CLIPTextEncodeSDXL")  # the SDXL one: the prompt in text_g and text_l
 PROMPT_INPUTS = ("text", "text_g", "text_l")
@@ -44,6 +45,7 @@ class Job:
     image: Path | None
     out: Path
     args: argparse.Namespace
+    mask: Path | None = None  # --mask: a real-image local edit's painted mask
 
     @property
     def real(self) -> bool:
@@ -122,15 +124,35 @@ def follow_prompts(prompt: dict, replaced: dict[str, str]) -> None:
     """Inputs that copy a prompt's text take its new text; a Word Heatmap's words that the new prompt lacks
     become the new prompt's words at the same places (a word swap: 'black' -> 'zebra')."""
     for node in prompt.values():
+        followed = False
         for name in MIRRORED_TEXT.get(node["class_type"], ()):
             old = node["inputs"].get(name)
             if not isinstance(old, str) or old not in replaced:
                 continue
             new = node["inputs"][name] = replaced[old]
+            followed = True
             words = node["inputs"].get("words")
             if node["class_type"] == "FPEWordHeatmap" and isinstance(words, str):
                 # a caption of the demo model's world names its colours and shapes: those are the words
                 node["inputs"]["words"] = world.caption_words(new) or swapped_words(words, old, new)
+        if followed and node["class_type"] == "FPELocalEdit":
+            _follow_local_words(node["inputs"])
+
+
+def _follow_local_words(inputs: dict) -> None:
+    """FPE Local Edit's words for its new prompts: the words they differ by (as ``fpe batch --local words``
+    picks them); prompts that do not differ keep the old words they still hold."""
+    from .batch.local import changed_words, clip_words  # plain text: no ComfyUI, no torch
+
+    words, source, target = inputs.get("words"), inputs.get("source_text"), inputs.get("target_text")
+    if not (isinstance(words, str) and words.strip() and isinstance(source, str) and isinstance(target, str)):
+        return
+    found = changed_words(source, target)
+    if not found:
+        held = set(clip_words(source)) | set(clip_words(target))
+        found = [w for w in clip_words(words) if w in held]
+    if found:
+        inputs["words"] = ", ".join(found)
 
 
 def _plain_words(text: str) -> list[str]:

@@ -13,7 +13,8 @@ The batch folder::
                         settings): a resume must match it
     items.json          the items as run (prompts, photos, masks): what ``fpe eval`` reads
     manifest.jsonl      one line per finished item (the last line of an item counts): status, files, metrics
-    images/             <id>_source.png, <id>_edit.png
+                        (with ``--local``: the local mode and the item's words)
+    images/             <id>_source.png, <id>_edit.png (with ``--local``: <id>_mask.png, the mask the edit used)
     results.csv         one row per item (``report``), rewritten at the end
     summary.md          the Table 4/5-style summary
     contact_sheet_*.png source | edit pairs, captioned
@@ -42,9 +43,9 @@ from ..comfy.jobs import Job, JobResult, Runner
 from ..comfy.workflow import WorkflowError, to_api
 from ..drawing import rgb
 from ..shared import DuplicateKey, Progress, UserError, loads_strict
-from ..workflows import SAMPLER_NODES, WORKFLOWS, apply_settings, load_workflow_file, resolve_workflow
+from ..workflows import SAMPLER_NODES, WORKFLOWS, apply_settings, load_workflow_file, prompt_roles, resolve_workflow
 from ..workflows import Job as EditJob
-from . import datasets, report
+from . import datasets, local, report
 
 GENERATED_WORKFLOW, REAL_WORKFLOW = "fpe_generated_edit", "fpe_real_image_edit"
 SOURCE_NODE, EDIT_NODE = "fpe_batch_source", "fpe_batch_edit"
@@ -52,7 +53,10 @@ NOT_RUN = "not run"  # where an item ran that never reached ComfyUI (its photo i
 SOURCE_MAKERS = ("FPESourceCapture",)  # a latent out of these is the generated source
 MANIFEST, SETTINGS_FILE, ITEMS_FILE = "manifest.jsonl", "batch.json", "items.json"
 ASKED = ("dataset", "workflow", "checkpoint", "steps", "cfg", "invert_cfg", "size", "seed", "same_seed",
-         "negative", "invert_prompt", "reconstruction_check")  # what a resume must match
+         "negative", "invert_prompt", "reconstruction_check", "local", "local_start",
+         "local_threshold")  # what a resume must match
+# What a batch.json written before a setting existed means by its absence (a folder of local-less edits).
+ASKED_BEFORE = {"local": "off", "local_start": None, "local_threshold": None}
 
 
 class BatchError(ValueError):
@@ -80,6 +84,18 @@ class BatchSettings:
     staging: Path | None = None  # where resized photos are written before they go to ComfyUI's input folder
     checkpoint_file: str | None = None  # the local file given (None: --server's name, or the tiny demo)
     checkpoint_content: str | None = None  # its ``fingerprint.file_fingerprint``: a resume needs the same weights
+    # issue 26: each edit limited to a region by FPE Local Edit: "off", "words" (LocalBlend from the item's
+    # blend words) or "annotation" (the dataset's mask); the blend's start (fraction of the steps; None: 0.2
+    # for words, 0 for a mask) and the words' threshold (None: 0.3). Resolved on creation (what batch.json says).
+    local: str = "off"
+    local_start: float | None = None
+    local_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.local not in local.MODES:
+            raise BatchError(f"--local {self.local}: choose one of {', '.join(local.MODES)}")
+        self.local_start = local.start_of(self.local, self.local_start)
+        self.local_threshold = local.threshold_of(self.local, self.local_threshold)
 
 
 def seed_for(base: int, group: str) -> int:
@@ -216,6 +232,17 @@ def check_workflow_file(settings: BatchSettings, items: list[datasets.EditItem])
     if ("LoadImage" in kinds) != real:
         raise BatchError(f"--workflow {name}: {'loads a photo' if real is False else 'loads no photo'} but the "
                          f"dataset's items {'have none' if real is False else 'are photos'}")
+    if settings.local != "off" and not kinds & set(local.INJECT_KINDS):
+        raise BatchError(f"--local {settings.local}: --workflow {name} has no FPE Self-Attn Inject (or FPE Attention "
+                         "Replace) whose edit FPE Local Edit could limit; use an FPE edit workflow")
+
+
+def check_local(settings: BatchSettings, items: list[datasets.EditItem]) -> None:
+    """A dataset that cannot give what --local asks (no mask annotation): before ComfyUI starts."""
+    try:
+        local.check_dataset(settings.local, items, settings.dataset)
+    except local.LocalSetupError as exc:
+        raise BatchError(str(exc)) from None
 
 
 def _keep_ancestors(prompt: dict, roots: list[str]) -> None:
@@ -251,6 +278,11 @@ def make_jobs(items: list[datasets.EditItem], settings: BatchSettings) -> list[J
         raise BatchError(f"--workflow {path.name}: a settings sweep makes several edits per item; batch one "
                          "setting at a time (set it in the workflow)")
     roles = output_roles(template)
+    try:
+        local.check_own(template, settings.local, path.name)
+        site = local.find_site(template, roles["edit"][0], path.name) if settings.local != "off" else None
+    except local.LocalSetupError as exc:
+        raise BatchError(str(exc)) from None
     nulltext = any(node["class_type"] == "FPENullTextInvert" for node in template.values())
     keep_source_prompt = not real or settings.invert_prompt == "source" or (
         settings.invert_prompt == "auto" and nulltext)
@@ -296,14 +328,44 @@ def make_jobs(items: list[datasets.EditItem], settings: BatchSettings) -> list[J
             if "reconstruction_check" in node["inputs"]:  # FPE DDIM Invert, FPE Null-Text Invert
                 node["inputs"]["reconstruction_check"] = settings.reconstruction_check
         outputs = {}
+        if site is not None:
+            try:
+                outputs.update(_local_edit(prompt, site, item, settings, staging, uploads))
+            except local.LocalItemError as exc:
+                jobs.append(_unrunnable(item, group, str(exc)))
+                continue
         for role, link in roles.items():
             node_id = SOURCE_NODE if role == "source" else EDIT_NODE
             prompt[node_id] = {"class_type": "SaveImage", "inputs": {
                 "images": list(link), "filename_prefix": f"fpe_batch/{safe_name(item.id)}_{role}"},
                 "_meta": {"title": f"batch {role}"}}
             outputs[node_id] = role
+        if site is not None:  # what the item's region replaced (a workflow's painted mask) goes
+            _keep_ancestors(prompt, list(outputs))
         jobs.append(Job(item.id, group, prompt, outputs, uploads))
     return jobs
+
+
+def _local_edit(prompt: dict, site: local.Site, item: datasets.EditItem, settings: BatchSettings,
+                staging: Path | None, uploads: dict) -> dict[str, str]:
+    """The item's FPE Local Edit (``--local``) in its prompt: the words looked up in the prompts its branches
+    encode, or its annotated mask as a PNG upload; the output node that saves the mask it used."""
+    texts = prompt_roles(prompt)
+    source_text = local.text_of(prompt, texts["source"][0]) if texts.get("source") else ""
+    target = local.link_of(prompt[site.sampler]["inputs"].get("positive"))
+    target_text = local.text_of(prompt, target[0]) if target else item.target_prompt
+    words, mask_file = "", None
+    if settings.local == "words":
+        words = local.item_words(item, source_text, target_text)[0]
+    else:
+        if staging is None:
+            raise BatchError("internal: masks need a staging folder")
+        path = local.mask_png(item, staging)
+        uploads[path.name] = path
+        mask_file = path.name
+    return local.apply(prompt, site, mode=settings.local, start=settings.local_start, threshold=settings.local_threshold,
+                       words=words, source_text=source_text, target_text=target_text, mask_file=mask_file,
+                       stem=safe_name(item.id))
 
 
 def _unrunnable(item, group: str, error: str) -> Job:
@@ -378,7 +440,8 @@ def check_folder(out: Path, wanted: dict, restart: bool = False) -> None:
     if not isinstance(before, dict):
         raise BatchError(f"{settings_path}: not a batch's settings (a JSON object); use another --out, or --restart "
                          "to discard its results")
-    changed = [f"{k}: {before.get(k)!r} -> {wanted.get(k)!r}" for k in ASKED if before.get(k) != wanted.get(k)]
+    changed = [f"{k}: {before.get(k, ASKED_BEFORE.get(k))!r} -> {wanted.get(k)!r}" for k in ASKED
+               if before.get(k, ASKED_BEFORE.get(k)) != wanted.get(k)]
     if changed:
         raise BatchError(f"--out {out} holds a batch with other settings ({'; '.join(changed[:3])}): use another "
                          "--out, or --restart to discard its results")
@@ -502,9 +565,25 @@ def stale_entry(item: datasets.EditItem, entry: dict | None) -> bool:
 def evaluate_folder(out: Path, scoring: Scoring, recompute: bool = False) -> list[dict]:
     """``fpe eval`` of a batch folder: the missing metrics (all with ``recompute``), then the reports."""
     names, items, entries = check_eval_folder(out)
-    settings = BatchSettings(checkpoint="", dataset=names["dataset"], method=names["method"])
+    settings = BatchSettings(checkpoint="", dataset=names["dataset"], method=names["method"],
+                             **local_settings_of(out))
     fill_missing_metrics(out, items, entries, scoring, recompute=recompute)
     return write_reports(out, items, entries, settings)
+
+
+def local_settings_of(out: Path) -> dict:
+    """The --local a batch folder was made with (its batch.json), for the reports ``fpe eval`` rewrites."""
+    try:
+        record = read_json_file(out / SETTINGS_FILE, "")
+    except BatchError:
+        return {}
+    if not isinstance(record, dict) or record.get("local") not in local.MODES:
+        return {}
+    values = {"local": record["local"]}
+    for key in ("local_start", "local_threshold"):
+        if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool):
+            values[key] = float(record[key])
+    return values
 
 
 # --- metrics of one item --------------------------------------------------------------------------------
@@ -609,6 +688,7 @@ def run_batch(items: list[datasets.EditItem], settings: BatchSettings, out: Path
     out = Path(out)
     scoring = scoring or Scoring()
     settings.staging = settings.staging or out / "inputs"
+    check_local(settings, items)
     finished = open_folder(out, wanted_settings(settings, items), restart)
     every_item = write_items(out, items, settings, say)
     (out / "images").mkdir(exist_ok=True)
@@ -643,6 +723,9 @@ def _run_pending(pending, settings, out, runner, scoring, finished, prints, outc
                  "seed": _seed_of(job), "seconds": round(result.seconds, 3), "where": result.where,
                  "error": result.error, "warnings": result.warnings, "source_image": None, "edit_image": None,
                  "metrics": {}}
+        notes, warned = local.record_of(settings.local, item, job.prompt)
+        entry.update(notes)
+        entry["warnings"] = list(entry["warnings"] or []) + warned
         if result.ok:
             try:
                 entry.update(save_images(out, item, result, job))
@@ -688,10 +771,14 @@ def _seed_of(job: Job):
 def save_images(out: Path, item: datasets.EditItem, result: JobResult, job: Job) -> dict:
     stem = safe_name(item.id)
     files = {}
-    for role in ("source", "edit"):
+    photos = [job.uploads[node["inputs"]["image"]] for node in job.prompt.values()
+              if node["class_type"] == "LoadImage" and node["inputs"].get("image") in job.uploads]
+    for role in ("source", "edit", "mask"):
         data = result.images.get(role)
         if data is None and role == "source":  # a real photo: the photo, as the workflow was given it
-            data = next(iter(job.uploads.values())).read_bytes() if job.uploads else None
+            data = photos[0].read_bytes() if photos else None
+        if data is None and role == "mask":  # only a local edit (--local) saves the mask it used
+            continue
         if data is None:
             raise ValueError(f"no {role} image came back")
         name = f"images/{stem}_{role}.png"
@@ -739,7 +826,11 @@ def write_reports(out: Path, items: list[datasets.EditItem], entries: dict[str, 
             rows.append(item_row(item, entry, settings))
     report.write_results_csv(rows, out / "results.csv")
     title = f"{settings.method} on {settings.dataset}"
-    (out / "summary.md").write_text(report.summary_markdown(report.summarize(rows), title=title), encoding="utf-8")
+    summary = report.summary_markdown(report.summarize(rows), title=title)
+    if settings.local != "off":
+        summary = summary.rstrip("\n") + "\n\n" + local.describe(settings.local, settings.local_start,
+                                                                 settings.local_threshold) + "\n"
+    (out / "summary.md").write_text(summary, encoding="utf-8")
     sheet_entries = []
     for row in rows:
         if row.get("status") == report.STATUS_NOT_RUN:
@@ -748,6 +839,10 @@ def write_reports(out: Path, items: list[datasets.EditItem], entries: dict[str, 
         figures = [f"{name} {row[key]:{spec}}" for name, key, spec in (
             ("CS", "clip_score", ".2f"), ("CDS", "clip_directional", ".4f"), ("edge SSIM", "edge_ssim", ".3f"))
             if isinstance(row.get(key), float)]
+        if row.get("local_words"):
+            caption += f"  [local: {row['local_words']}]"
+        elif row.get("local"):
+            caption += f"  [local: {row['local']}]"
         if figures:
             caption += "\n" + "  ".join(figures)
         if row.get("status") != "ok":

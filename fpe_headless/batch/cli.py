@@ -37,7 +37,7 @@ from ..shared import (
     uses_demo_model,
 )
 from ..workflows import load_workflow_file, resolve_workflow
-from . import batch, datasets, report
+from . import batch, datasets, local, report
 from .batch import BatchError, BatchSettings, Scoring
 
 DEFAULT_TIMEOUT_S, DEFAULT_RETRIES = 1800.0, 2
@@ -90,6 +90,17 @@ def batch_parser(prog: str) -> argparse.ArgumentParser:
                         "item's source prompt for FPE Null-Text Invert (the notebook)")
     p.add_argument("--reconstruction-check", action="store_true",
                    help="photos: keep DDIM Invert's reconstruction check (one more sampling pass per photo)")
+    p.add_argument("--local", choices=local.MODES, default="off",
+                   help="limit each edit to a region with FPE Local Edit: 'words' = LocalBlend's mask from the "
+                        "cross-attention of the item's blend words (PIE-Bench's blended_word, else the words that "
+                        "differ between its prompts); 'annotation' = the dataset's mask (PIE-Bench's); outside the "
+                        "region the edit follows the source")
+    p.add_argument("--local-start", type=float, metavar="X",
+                   help="--local: the fraction of the steps after which the region limits the edit; default: 0.2 "
+                        "for words (Prompt-to-Prompt's LocalBlend), 0 for annotation")
+    p.add_argument("--local-threshold", type=float, metavar="X",
+                   help="--local words: a pixel is in the region where the words' attention, over its peak, exceeds "
+                        "X; default: 0.3 (LocalBlend's)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items; default: all")
     p.add_argument("--clip", type=Path, metavar="DIR",
                    help="a transformers CLIP folder (e.g. openai/clip-vit-base-patch32 saved locally) for CS and "
@@ -108,11 +119,25 @@ def batch_parser(prog: str) -> argparse.ArgumentParser:
                    help="--server: how often an item moves to another server after its server failed")
     p.add_argument("--restart", action="store_true", help="discard the results already in --out")
     p.add_argument("--name", metavar="NAME", help="the dataset's name in the report; default: the file's name")
-    p.add_argument("--method", default="FPE", metavar="NAME", help="the method's name in the report")
+    p.add_argument("--method", metavar="NAME",
+                   help="the method's name in the report; default: FPE (with --local: FPE local words, FPE local "
+                        "annotation)")
     p.add_argument("--comfyui", type=Path, metavar="DIR",
                    help="the ComfyUI to run; default: COMFYUI_PATH, or the ComfyUI this pack is installed in")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
     return p
+
+
+def check_local_options(args) -> None:
+    """--local-start and --local-threshold: numbers from 0 to 1, and only where --local uses them."""
+    for flag, value, modes in (("--local-start", args.local_start, ("words", "annotation")),
+                               ("--local-threshold", args.local_threshold, ("words",))):
+        if value is None:
+            continue
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise UserError(f"{flag} {value}: must be a number from 0 to 1")
+        if args.local not in modes:
+            raise UserError(f"{flag}: only with --local {' or '.join(modes)} (it is {args.local})")
 
 
 def _clip(args) -> object | None:
@@ -205,6 +230,7 @@ def run_batch_command(argv: list[str], prog: str) -> int:
     try:
         check_numbers(args)
         check_clip_scale(args)
+        check_local_options(args)
         if args.limit is not None and args.limit < 1:
             raise UserError(f"--limit {args.limit}: must be 1 or more")
         if not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -214,6 +240,10 @@ def run_batch_command(argv: list[str], prog: str) -> int:
         name, items, images = batch.load_items(args.dataset, args.images)
         items = items[:args.limit] if args.limit else items
         batch.check_items(items, images)
+        try:  # a dataset without what --local needs: before the batch folder is made
+            local.check_dataset(args.local, items, args.name or name)
+        except local.LocalSetupError as exc:
+            raise UserError(str(exc)) from None
         out = check_out(args.out or Path(f"fpe_batch_{batch.safe_name(args.name or name)}"))
         remote = []
         if args.server:
@@ -240,9 +270,12 @@ def run_batch_command(argv: list[str], prog: str) -> int:
             steps=args.steps or steps, cfg=args.cfg, invert_cfg=args.invert_cfg,
             size=args.size or size, seed=args.seed, same_seed=args.same_seed,
             negative=args.negative, invert_prompt=args.invert_prompt, reconstruction_check=args.reconstruction_check,
-            images=images, dataset=args.name or name, method=args.method,
+            images=images, dataset=args.name or name,
+            method=args.method or ("FPE" if args.local == "off" else f"FPE local {args.local}"),
             checkpoint_file=str(weights) if weights else None,
-            checkpoint_content=file_fingerprint(weights) if weights else None)
+            checkpoint_content=file_fingerprint(weights) if weights else None,
+            local=args.local, local_start=args.local_start, local_threshold=args.local_threshold)
+        batch.check_local(settings, items)
         batch.check_workflow_file(settings, items)
         batch.check_folder(out, batch.wanted_settings(settings, items), args.restart)
         workdir = make_workdir("batch", say)  # before CLIP: transformers imports torch's compiler (its cache)

@@ -259,11 +259,13 @@ def read_pie_bench(path: Path) -> list[EditItem]:
         if (not isinstance(mask, list) or len(mask) % 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mask)):
             raise DatasetError(f"{path}: entry {key!r}: mask must be (start, length) pairs of whole numbers")
+        # A run that starts in the picture and ends past it is cut, as PIE-Bench's own decoder does; one that
+        # starts past it is a broken annotation.
         outside = next(((start, length) for start, length in zip(mask[0::2], mask[1::2], strict=True)
-                        if start + length > size), None)
+                        if start >= size), None)
         if outside is not None:
-            raise DatasetError(f"{path}: entry {key!r}: mask run (start {outside[0]}, length {outside[1]}) ends past "
-                               f"the {PIE_SIZE[0]}x{PIE_SIZE[1]} picture ({size} pixels); mask runs must lie inside it")
+            raise DatasetError(f"{path}: entry {key!r}: mask run (start {outside[0]}, length {outside[1]}) starts past "
+                               f"the {PIE_SIZE[0]}x{PIE_SIZE[1]} picture ({size} pixels); mask runs must start inside it")
         image = entry.get("image_path")
         items.append(EditItem(
             id=str(key), source_prompt=strip_markers(_text(entry, ("original_prompt",), path, key)),
@@ -283,7 +285,7 @@ def decode_mask(runs: tuple[int, ...], shape: tuple[int, int] = PIE_SIZE, border
     its outermost pixels count as edited, as PIE-Bench's evaluation sets them (annotation errors there)."""
     flat = np.zeros(shape[0] * shape[1], dtype=bool)
     for start, length in zip(runs[0::2], runs[1::2], strict=True):
-        flat[start:start + length] = True
+        flat[start:start + length] = True  # a run past the picture is cut at its end, as PIE-Bench's decoder does
     mask = flat.reshape(shape)
     if border:
         mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True

@@ -497,7 +497,7 @@ class _Batch:
             try:
                 data = local.read_bytes()
             except OSError as exc:
-                self.emit(JobResult(job.key, error=f"cannot read the photo {local}: {exc.strerror or exc}",
+                self.emit(JobResult(job.key, error=f"cannot read the upload {local}: {exc.strerror or exc}",
                                     where=server.url))
                 return
             subfolder, _, filename = name.rpartition("/")
@@ -508,7 +508,7 @@ class _Batch:
             form.add_field("subfolder", subfolder)
             status, answer = await self.request(session, server, "POST", "/upload/image", data=form)
             if status != 200 or not isinstance(answer, dict) or answer.get("name") != filename:
-                self.emit(JobResult(job.key, error=f"{server.url} refused the photo {name} (HTTP {status})",
+                self.emit(JobResult(job.key, error=f"{server.url} refused the upload {name} (HTTP {status})",
                                     where=server.url))
                 return
             server.uploaded.add(name)

@@ -6,8 +6,9 @@ declared inputs from the running host:
 * widget values (``widgets_values``) are matched in order to the node's widget inputs (required
   then optional; INT/FLOAT/STRING/BOOLEAN and combos, unless ``forceInput``). The UI stores extra,
   non-serialised values after some widgets: the "control after generate" value after ``seed`` /
-  ``noise_seed`` or any input declaring ``control_after_generate``, and the upload button after a
-  combo declaring ``image_upload``. Those are skipped.
+  ``noise_seed`` or any input declaring ``control_after_generate``, and the upload button of a node
+  whose combo declares ``image_upload`` (after the last required widget: Load Image (as Mask) stores
+  image, channel, upload). Those are skipped.
 * links become ``[origin_node_id, origin_slot]``; a link into a widget input overrides its value.
 * frontend-only nodes are resolved as the UI does: ``Reroute`` passes its input through,
   ``PrimitiveNode`` supplies its value to the widgets it feeds, ``Note``/``MarkdownNote`` vanish;
@@ -62,6 +63,7 @@ def widget_slots(class_type: str) -> list[tuple[str, int]]:
     decl = node_class(class_type).INPUT_TYPES()
     slots = []
     for section in ("required", "optional"):
+        upload = False
         for name, spec in (decl.get(section) or {}).items():
             if not isinstance(spec, (tuple, list)) or not spec or not _is_widget(spec):
                 continue
@@ -71,9 +73,11 @@ def widget_slots(class_type: str) -> list[tuple[str, int]]:
                 extra = 1
             elif (isinstance(spec[0], list) or spec[0] == "COMBO") and opts.get("control_after_generate"):
                 extra = 2  # control mode + filter list
-            if opts.get("image_upload"):
-                extra += 1
+            upload = upload or (section == "required" and bool(opts.get("image_upload")))
             slots.append((name, extra))
+        if upload:  # both pages add the upload button as the last required input: after the last required widget
+            name, extra = slots[-1]
+            slots[-1] = (name, extra + 1)
     return slots
 
 

@@ -19,7 +19,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageFilter
 
 from ..comfy.executor import Executor, PromptFailed
 from ..comfy.host import find_comfyui, is_comfyui, make_workdir, remove_workdir
@@ -45,9 +46,16 @@ from ..workflows import WORKFLOWS, Job, apply_settings, load_workflow_file, reso
 
 DEFAULT_WORKFLOW = "fpe_generated_edit"
 DEMO_PHOTO_SEED = 10_000_007  # the demo's real-image scene: far from the training scenes' seeds
+# The demo model's text encoder is frozen and random, so its word maps are flat (outside its object a word's
+# map is 0.7-0.9 of its peak): LocalBlend's 0.3 marks the whole frame, 0.8-0.9 only part of the object (whose
+# colour edit then fails); 0.7 holds the object and about half of the ground (looked at, seed 42).
+DEMO_WORD_THRESHOLD = 0.7
+DEMO_MASK = "fpe_demo_scene_mask.png"  # the drawn scene's object, grown: a real-image local edit's painted mask
+DEMO_MASK_GROW = 9  # image pixels (a 9x9 max filter: 4 px each way)
 PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
                  "FPEWordHeatmap": "word_heatmap", "FPESelfAttnComponents": "self_attn_components",
-                 "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview"}
+                 "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview",
+                 "FPELocalMask": "local_mask"}
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -67,6 +75,10 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, metavar="PHOTO",
                    help="the photo a real-image workflow edits; default: the workflow's own (the shipped drawing), "
                         "with the demo model a drawn scene")
+    p.add_argument("--mask", type=Path, metavar="PNG",
+                   help="a real-image local edit's mask (fpe_real_image_local_edit): white where the photo is "
+                        "edited, black where it is kept, the photo's aspect; default: the workflow's own (painted on "
+                        "the shipped drawing), with the demo model the drawn scene's object")
     p.add_argument("--source-prompt", metavar="TEXT",
                    help=f"what the image shows; default: the workflow's ('{DEMO_SOURCE}' with the demo model)")
     p.add_argument("--target-prompt", metavar="TEXT",
@@ -97,14 +109,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
 # --- checks made before ComfyUI starts --------------------------------------------------------
 
 
-def check_image(path: Path) -> Path:
+def check_image(path: Path, option: str = "--image") -> Path:
     if not path.is_file():
-        raise UserError(f"--image {path}: no such file")
+        raise UserError(f"{option} {path}: no such file")
     try:
         with Image.open(path) as image:
             image.load()  # decodes it all: a truncated download fails here, not inside ComfyUI
     except Exception:
-        raise UserError(f"--image {path}: not an image Pillow can read (PNG, JPEG, WebP...)") from None
+        raise UserError(f"{option} {path}: not an image Pillow can read (PNG, JPEG, WebP...)") from None
     return path.resolve()
 
 
@@ -136,6 +148,16 @@ def prepare(args: argparse.Namespace) -> Job:
             if wanted is not None and wanted not in shipped:
                 raise UserError(f"--workflow {workflow.name}: its Load Image wants {str(wanted)!r}, which only your "
                                 "ComfyUI's input folder has: pass the photo with --image")
+    painted = any(node.get("type") == "LoadImageMask" for node in data["nodes"])
+    if args.mask is not None:
+        if not painted:
+            raise UserError(f"--mask: {workflow.name} loads no painted mask (Load Image (as Mask)); use it with "
+                            "--workflow fpe_real_image_local_edit")
+        job.mask = check_image(args.mask, "--mask")
+    elif painted and args.image is not None:
+        raise UserError(f"--mask: {workflow.name} edits inside a mask painted on its own photo; for --image "
+                        f"{args.image.name}, paint the region to edit white on black at the photo's aspect and pass "
+                        "it with --mask")
     if args.invert_cfg is not None and not any(node.get("type") == "FPEDDIMInvert" for node in data["nodes"]):
         raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows "
                         "(FPE Null-Text Invert inverts at cfg 1 and tunes for --cfg)")
@@ -177,6 +199,30 @@ def use_demo_defaults(job: Job, input_dir: Path) -> None:
         scene = world.random_scene(DEMO_PHOTO_SEED, objects=1, colour="red", shape="circle", ground="grass")
         job.image = input_dir / "fpe_demo_scene.png"
         world.draw(scene).save(job.image)
+        coverage = np.maximum.reduce(world.render(scene)[1])
+        Image.fromarray((coverage > 0.5).astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(DEMO_MASK_GROW)).save(
+            input_dir / DEMO_MASK)
+
+
+def use_mask(prompt: dict, job: Job, input_dir: Path) -> None:
+    """--mask: the painted mask every Load Image (as Mask) loads (its grey level, read from the red channel)."""
+    name = "fpe_user_mask.png"
+    with Image.open(job.mask) as image:
+        image.convert("L").convert("RGB").save(input_dir / name)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImageMask":
+            node["inputs"]["image"], node["inputs"]["channel"] = name, "red"
+
+
+def use_demo_local_settings(prompt: dict, job: Job) -> None:
+    """A local-edit workflow on the demo model: its word threshold, and for the drawn scene (no --image) the
+    scene's own object as the painted mask (the shipped mask outlines the example photo's apple)."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "FPELocalEdit" and isinstance(inputs.get("words"), str) and inputs["words"].strip():
+            inputs["threshold"] = DEMO_WORD_THRESHOLD
+        if node["class_type"] == "LoadImageMask" and job.image is not None and job.image.name == "fpe_demo_scene.png":
+            inputs["image"], inputs["channel"] = DEMO_MASK, "red"
 
 
 def run(job: Job, say=print) -> list[Path]:
@@ -197,6 +243,10 @@ def run(job: Job, say=print) -> list[Path]:
         except WorkflowError as exc:
             raise UserError(f"--workflow {job.workflow.name}: {exc}") from None
         apply_settings(prompt, job, checkpoint_name, workdir / "input")
+        if uses_demo_model(job.checkpoint, job.sdxl):
+            use_demo_local_settings(prompt, job)
+        if job.mask is not None:
+            use_mask(prompt, job, workdir / "input")
         try:
             with _executor_errors_hidden():  # a failure is reported below, in one line
                 result = Executor().run(prompt)

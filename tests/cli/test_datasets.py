@@ -179,7 +179,7 @@ def test_an_unclosed_quote_is_named_where_it_opens(tmp_path):
 
 
 def test_pie_bench_mask_and_mapping_mistakes_are_named(tmp_path):
-    """A mask that is a number or true (a TypeError before), a run past the 512x512 picture (ignored before), an
+    """A mask that is a number or true (a TypeError before), a run starting past the 512x512 picture, an
     empty mapping (a success with no results before) and a list (read as the paper's format before)."""
     from fpe_headless.batch import batch
 
@@ -189,11 +189,14 @@ def test_pie_bench_mask_and_mapping_mistakes_are_named(tmp_path):
         path.write_text(json.dumps({"000": {**entry, "mask": mask}}))
         with pytest.raises(datasets.DatasetError, match=r"entry '000': mask must be \(start, length\) pairs"):
             datasets.read_pie_bench(path)
-    for mask in ([10**12, 5], [512 * 512 - 4, 5]):
+    for mask in ([10**12, 5], [512 * 512, 5]):
         path.write_text(json.dumps({"000": {**entry, "mask": mask}}))
-        with pytest.raises(datasets.DatasetError, match=rf"entry '000': mask run \(start {mask[0]}, length 5\) ends "
-                                                        r"past the 512x512 picture"):
+        with pytest.raises(datasets.DatasetError, match=rf"entry '000': mask run \(start {mask[0]}, length 5\) "
+                                                        r"starts past the 512x512 picture"):
             datasets.read_pie_bench(path)
+    path.write_text(json.dumps({"000": {**entry, "mask": [512 * 512 - 4, 5]}}))  # ends past it: cut, as PIE-Bench's
+    cut = datasets.decode_mask(datasets.read_pie_bench(path)[0].mask, border=False)
+    assert cut.sum() == 4 and cut.reshape(-1)[-4:].all()
     path.write_text(json.dumps({"000": {**entry, "mask": [512 * 512 - 5, 5]}}))  # the last pixels: inside
     assert datasets.read_pie_bench(path)[0].mask == (512 * 512 - 5, 5)
     path.write_text("{}")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from conftest import HOST
 from fpe_headless import drawing, shared, workflows
@@ -157,6 +157,12 @@ def _workflow_with_a_repeated_key(tmp_path):
     return path
 
 
+def _photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(path)
+    return path
+
+
 def _lora_file(tmp_path):
     path = tmp_path / "lora.safetensors"
     safetensors.torch.save_file({"lora_unet_down_blocks_0.alpha": torch.ones(1)}, str(path))
@@ -188,6 +194,11 @@ def _lora_file(tmp_path):
      r"--image .*photo.png: not an image Pillow can read"),
     (lambda t: ["--workflow", "fpe_real_image_edit", "--image", _truncated_jpeg(t)],
      r"--image .*cut.jpg: not an image Pillow can read"),
+    (lambda t: ["--mask", t / "mask.png"], r"--mask: fpe_generated_edit.json loads no painted mask"),
+    (lambda t: ["--workflow", "fpe_real_image_local_edit", "--image", _photo(t)],
+     r"--mask: fpe_real_image_local_edit.json edits inside a mask painted on its own photo; for --image photo.png"),
+    (lambda t: ["--workflow", "fpe_real_image_local_edit", "--mask", _text_file(t, "mask.png")],
+     r"--mask .*mask.png: not an image Pillow can read"),
     (lambda t: ["--workflow", _real_workflow_wanting(t, "my_holiday.png")],
      r"--workflow mine.json: its Load Image wants 'my_holiday.png', which only your ComfyUI's input folder has: "
      r"pass the photo with --image"),
@@ -342,3 +353,50 @@ def test_attention_maps_workflow_writes_one_captioned_grid_per_batch_node(tmp_pa
             assert np.array_equal(grid[y:y + picture.shape[0], x:x + picture.shape[1]], picture), (name, k)
         assert len(set(map(bytes, (p.tobytes() for p in pictures)))) == len(pictures)  # distinct images, not one
         assert (grid[:drawing.TILE_LINE, :] > 200).any()  # the title is drawn
+
+
+def test_local_edit_workflow_follows_the_prompts(tmp_path):
+    """fpe edit --workflow fpe_local_edit: FPE Local Edit's texts follow the prompts and its words become the
+    words the new prompts differ by (as `fpe batch --local words` picks them); the mask it used is saved."""
+    path = REPO / "workflows" / "fpe_local_edit.json"
+    target = "a blue circle and a green square on stone"
+    args = main_job.parser("run.sh").parse_args(["--source-prompt", "a blue circle and a yellow star on stone",
+                                                 "--target-prompt", target])
+    data = load_workflow(path)
+    job = workflows.Job(HOST.path, path, data, None, None, tmp_path, args)
+    prompt = to_api(data)
+    workflows.apply_settings(prompt, job, "tiny.safetensors", HOST.workdir / "input")
+    (local,) = [node["inputs"] for node in prompt.values() if node["class_type"] == "FPELocalEdit"]
+    assert (local["source_text"], local["target_text"], local["words"]) == (
+        "a blue circle and a yellow star on stone", target, "yellow, star, green, square")
+    done = run_main("--workflow", "fpe_local_edit", "--steps", 2, "--size", 64, "--target-prompt",
+                    "a blue circle and a purple square on stone", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "output").iterdir())
+    assert names == ["local_edit.png", "local_mask.png", "local_side_by_side.png"]
+
+
+@demo_model
+def test_local_edits_on_the_demo_model_find_their_region(tmp_path):
+    """fpe_real_image_local_edit on the drawn scene: the scene's own object is the painted mask, so the circle
+    turns blue and the ground outside the mask stays the photo's; fpe_local_edit: the words' mask (at the demo
+    model's threshold) is a region, not the whole frame."""
+    done = run_main("--workflow", "fpe_real_image_local_edit", "--steps", 10, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mask is empty" not in done.stdout
+    out = tmp_path / "output"
+    edit = np.asarray(Image.open(next(out.glob("*edit.png"))).convert("RGB")).astype(np.float64)
+    mask = np.asarray(Image.open(out / "local_mask.png").convert("L")) > 127
+    scene = world.random_scene(main_job.DEMO_PHOTO_SEED, objects=1, colour="red", shape="circle", ground="grass")
+    photo, coverage = world.render(scene)
+    assert mask.shape == photo.shape[:2] and 0 < mask.mean() < 0.5 and mask[coverage[0] > 0.5].all()
+    seen = world.read(edit.astype(np.uint8), 1)
+    assert seen and seen[0].colour == "blue"
+    far = ~np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(9))).astype(bool)
+    assert lab.psnr(edit[far], photo[far].astype(np.float64)) > 24  # the demo VAE's own round trip is ~27 dB
+
+    (tmp_path / "words").mkdir()
+    done = run_main("--workflow", "fpe_local_edit", "--steps", 10, cwd=tmp_path / "words")
+    assert done.returncode == 0, done.stderr[-3000:]
+    words = np.asarray(Image.open(tmp_path / "words" / "output" / "local_mask.png").convert("L")) > 127
+    assert 0 < words.mean() < 0.9

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from fpe_headless.batch.datasets import EditItem
 from fpe_headless.comfy.jobs import InProcessRunner, Job
 from fpe_headless.comfy.remote import RemoteError, RemoteRunner, check_servers
 
+REPO = Path(__file__).resolve().parents[2]
 SIDE, STEPS = 64, 2
 SOURCES = {"ducks": "a photo of green ducks walking on street", "car": "a photo of a red car in a city"}
 TARGETS = {"ducks": ["a photo of rubber ducks walking on street", "a photo of wooden ducks walking on street",
@@ -391,3 +393,25 @@ def test_probe_maps_come_back_from_servers_as_in_process(servers, tiny_sd15_ckpt
         local_names, local_maps = probing.read_maps(local[key].images["maps"], "cross")
         assert names == local_names and len(maps) == 16
         assert all(torch.equal(a, b) for a, b in zip(maps, local_maps, strict=True))
+
+
+def test_a_local_edit_batch_uploads_its_mask_and_comes_back_as_in_process(servers, tiny_sd15_ckpt, tmp_path):
+    """fpe batch --local annotation on a server: the item's mask PNG goes up beside its photo (/upload/image),
+    and the edit and the mask the run used come back equal, pixel for pixel, to the in-process run's."""
+    from fpe_headless.batch.datasets import encode_mask
+
+    Image.open(REPO / "workflows" / "fpe_example_apple.png").convert("RGB").resize((512, 512)).save(tmp_path / "a.png")
+    left = np.zeros((512, 512), dtype=bool)
+    left[:, :256] = True
+    items = [EditItem(f"apple-{n}", "a red apple", f"a {colour} apple", image="a.png", mask=encode_mask(left))
+             for n, colour in enumerate(("green", "purple"))]
+    jobs = make_jobs(items, BatchSettings(checkpoint=tiny_sd15_ckpt, steps=STEPS, size=SIDE, images=tmp_path,
+                                          staging=tmp_path / "in", local="annotation"))
+    assert [sorted(name.split("_")[1] for name in job.uploads) for job in jobs] == [["mask", "photo"]] * 2
+    remote = run_all(RemoteRunner([servers[0].url], say=None), jobs)
+    local = run_all(InProcessRunner(), jobs)
+    for key, result in remote.items():
+        assert result.ok, result.error
+        assert set(result.images) == {"edit", "mask"}
+        for role in ("edit", "mask"):
+            assert np.array_equal(pixels(result.images[role]), pixels(local[key].images[role])), (key, role)

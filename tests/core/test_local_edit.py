@@ -435,3 +435,14 @@ def test_changing_the_mask_reruns_no_source_and_a_failed_run_leaves_nothing(tiny
     fresh = Executor().run(a)
     assert torch.equal(saved_latent(again), saved_latent(fresh)) and torch.equal(saved_latent(first),
                                                                                   saved_latent(fresh))
+
+
+def test_an_empty_mask_is_warned(tiny_sd15, caplog):
+    model, clip, size, src, source, edited, plain = _setup("tiny_sd15", "auto")
+    with caplog.at_level("WARNING"):
+        local(edited, torch.zeros(1, 96, 128))
+    assert "the local edit's mask is empty" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        local(edited, torch.ones(1, 96, 128))
+    assert "mask is empty" not in caplog.text

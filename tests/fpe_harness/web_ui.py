@@ -260,9 +260,13 @@ class WebUI:
         self.page.get_by_text(category, exact=True).click()
         shown = ("() => Object.fromEntries([...document.querySelectorAll('img[alt]')]"
                  ".filter(i => i.complete && i.naturalWidth > 0).map(i => [i.alt, [i.naturalWidth, i.naturalHeight]]))")
-        self.page.wait_for_function(f"(names) => {{ const shown = ({shown})(); return names.every(n => n in shown); }}",
-                                    arg=names)
-        return self.page.evaluate(shown)
+        pictures: dict[str, list[int]] = {}
+        for name in names:  # a card loads its picture once scrolled into view (more cards than fit on the page)
+            if name not in pictures:
+                self.page.get_by_text(name, exact=True).first.scroll_into_view_if_needed()
+                self.page.wait_for_function(f"(name) => name in ({shown})()", arg=name)
+            pictures.update(self.page.evaluate(shown))
+        return pictures
 
     def pick_template(self, name: str, workflow: dict) -> None:
         """Click a template card; wait until the canvas holds the workflow's nodes."""

@@ -103,3 +103,27 @@ def test_sdxl_workflows_make_1024_px_images_with_matching_size_conditioning(path
             1024, 1024, 0, 0, 1024, 1024)
     fpe = [n["inputs"] for n in api.values() if n["class_type"] in ("FPESourceCapture", "FPEDDIMInvert")]
     assert [(n["store_layers"], n["precision"]) for n in fpe] == [("official", "fp16")]
+
+
+LOCAL = [WORKFLOWS / "fpe_local_edit.json", WORKFLOWS / "fpe_real_image_local_edit.json"]
+
+
+@pytest.mark.parametrize("path", LOCAL, ids=[p.stem for p in LOCAL])
+def test_local_edit_workflows_show_their_mask(path, executor, tiny_for_shipped, comfy_host, caplog):
+    api = _api(path, tiny_for_shipped)
+    local = api[_node_id(api, "FPELocalEdit")]["inputs"]
+    painted = any(node["class_type"] == "LoadImageMask" for node in api.values())
+    assert painted == (path.stem == "fpe_real_image_local_edit")
+    if painted:  # the painted mask reaches the node, from the channel it was painted in
+        loader = next(node["inputs"] for node in api.values() if node["class_type"] == "LoadImageMask")
+        assert loader["channel"] in ("red", "green", "blue", "alpha") and isinstance(local["mask"], list)
+    else:
+        assert local["words"].strip() and local["source_text"] and local["target_text"]
+    with caplog.at_level("WARNING"):
+        result = executor.run(api)
+    assert "mask is empty" not in caplog.text
+    image = result.outputs[_node_id(api, "FPELocalMask")]["images"][0]
+    shown = np.asarray(Image.open(comfy_host.workdir / image["type"] / image["subfolder"] / image["filename"]))
+    assert shown.shape[:2] == (64, 64)
+    if painted:  # the apple's region: some of the picture, not all of it
+        assert 0 < (shown[..., 0] > 127).mean() < 1
