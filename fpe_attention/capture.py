@@ -21,8 +21,8 @@ from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
 from .layers import LayerSelection, choose_layers, layer_key, model_attn1_layers
 from .local_mask import word_mask_layers
-from .recording import context_period, head_mean_map, token_grid
 from .memory import choose_storage, stored_evaluations
+from .recording import context_period, head_mean_map, token_grid
 from .replay import InputRecorder, reject_per_call_conditioning
 from .sampling import sample_over_sigmas
 from .source import FPESource, model_signature, reject_chained_inject, weights_fingerprint

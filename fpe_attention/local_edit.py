@@ -34,9 +34,17 @@ from .capture import first_cond_chunk, word_maps
 from .errors import FPEError
 from .hooks import Shared
 from .layers import layer_key
-from .local_mask import as_mask_batch, blend, grow_mask, feather_mask, latent_mask, local_blend_mask, thresholded, \
-    threshold_fraction
-from .prompt_words import encode_text, encodes_alike, prompt_tokens, plain_word
+from .local_mask import (
+    as_mask_batch,
+    blend,
+    feather_mask,
+    grow_mask,
+    latent_mask,
+    local_blend_mask,
+    threshold_fraction,
+    thresholded,
+)
+from .prompt_words import encode_text, encodes_alike, plain_word, prompt_tokens
 from .source import FPESource
 from .validate import check_number
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fpe_harness.execute import Executor, call_node
-from fpe_harness.graphs import SRC, TGT, capture, encoded_photo, inject, invert, ksampler, latent, sample_back
+from fpe_harness.graphs import SRC, TGT, capture, encoded_photo, inject, invert, ksampler, latent
 from fpe_harness.host import pack_submodule
 from fpe_harness.prompts import fpe_prompt
 from fpe_harness.reference import encode
