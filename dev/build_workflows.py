@@ -107,32 +107,82 @@ class Graph:
 FPE_COLOR = ("#233", "#355")
 
 
-def generated_edit(official_schedule: bool = False, base: Base = SD15) -> dict:
-    """The official example edit; with ``official_schedule`` over the authors' exact DDIM timesteps
-    (980 ... 20, 0) through FPE Official DDIM Sigmas and SamplerCustom; ``base`` picks the model's
-    settings (SD1.5, or SDXL with its own prompt encoder, size and sampler)."""
-    g = Graph()
-    step = base.prompt_size[1] + 50  # vertical spacing of the prompt column
-    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+def checkpoint_node(g: Graph, base: Base) -> None:
+    """Node 1: Load Checkpoint, left of the prompt column."""
     g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
            widgets=[base.checkpoint], size=(315, 100))
-    prompt_node(g, base, 2, (380, 40), SOURCE_PROMPT, "Source prompt")
-    prompt_node(g, base, 3, (380, 40 + step), TARGET_PROMPT, "Target prompt (the edit)")
+
+
+def generated_prompts(g: Graph, base: Base, source: str, target: str) -> None:
+    """Nodes 2-5 of a generated edit: source, target and negative prompts, and the empty latent."""
+    step = base.prompt_size[1] + 50  # vertical spacing of the prompt column
+    prompt_node(g, base, 2, (380, 40), source, "Source prompt")
+    prompt_node(g, base, 3, (380, 40 + step), target, "Target prompt (the edit)")
     prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
     g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
            widgets=[base.side, base.side, 1], size=(315, 106))
-    capture_title = "FPE Source Capture (sigmas)" if official_schedule else None
-    g.node(6, "FPESourceCapture", (830, 40),
+
+
+def capture_node(g: Graph, base: Base, node_id: int, pos, title: str | None = None) -> None:
+    """FPE Source Capture with the base's sampling, seed 42, the official store settings."""
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+    g.node(node_id, "FPESourceCapture", pos,
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
            outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
            widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
                     base.precision, "off"],
-           title=capture_title, size=(340, 430), color=FPE_COLOR)
-    g.node(7, "FPESelfAttnInject", (830, 510), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           title=title, size=(340, 430), color=FPE_COLOR)
+
+
+def inject_node(g: Graph, base: Base, node_id: int, pos) -> None:
+    """FPE Self-Attn Inject with the official settings, no sweep."""
+    g.node(node_id, "FPESelfAttnInject", pos, inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
            outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
            widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
            size=(340, 190), color=FPE_COLOR)
+
+
+def photo_nodes(g: Graph, base: Base) -> None:
+    """Nodes 1-3 of a real-image edit: Load Checkpoint, the example photo, FPE VAE Encode (Mean)."""
+    step = base.prompt_size[1] + 50
+    checkpoint_node(g, base)
+    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
+           title="Load the photo to edit", size=(315, 360))
+    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
+           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+
+
+def target_ksampler(g: Graph, base: Base, node_id: int, pos, size) -> None:
+    """The target's KSampler: the capture's seed and sampling settings."""
+    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
+    g.node(node_id, "KSampler", pos,
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
+           title="KSampler (target: same seed, steps, sampler)", size=size)
+
+
+def decode_node(g: Graph, node_id: int, pos, title: str) -> None:
+    g.node(node_id, "VAEDecode", pos, inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
+           title=title, size=(210, 50))
+
+
+def side_by_side_node(g: Graph, node_id: int, pos) -> None:
+    g.node(node_id, "FPESideBySide", pos, inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
+           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+
+
+def generated_edit(official_schedule: bool = False, base: Base = SD15) -> dict:
+    """The official example edit; with ``official_schedule`` over the authors' exact DDIM timesteps
+    (980 ... 20, 0) through FPE Official DDIM Sigmas and SamplerCustom; ``base`` picks the model's
+    settings (SD1.5, or SDXL with its own prompt encoder, size and sampler)."""
+    g = Graph()
+    checkpoint_node(g, base)
+    generated_prompts(g, base, SOURCE_PROMPT, TARGET_PROMPT)
+    capture_title = "FPE Source Capture (sigmas)" if official_schedule else None
+    capture_node(g, base, 6, (830, 40), title=capture_title)
+    inject_node(g, base, 7, (830, 510))
     if official_schedule:
         g.node(16, "FPEOfficialDDIMSigmas", (380, 720), inputs=[("model", "MODEL")], outputs=[("sigmas", "SIGMAS")],
                widgets=[50], size=(315, 60), color=FPE_COLOR)
@@ -143,17 +193,10 @@ def generated_edit(official_schedule: bool = False, base: Base = SD15) -> dict:
                outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], widgets=[True, 42, "fixed", 7.5],
                title="SamplerCustom (target: same seed, sigmas)", size=(380, 230))
     else:
-        g.node(8, "KSampler", (1220, 460),
-               inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                       ("latent_image", "LATENT")],
-               outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
-               title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
-    g.node(9, "VAEDecode", (1220, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
-           title="Decode source", size=(210, 50))
-    g.node(10, "VAEDecode", (1680, 460), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+        target_ksampler(g, base, 8, (1220, 460), (380, 270))
+    decode_node(g, 9, (1220, 40), "Decode source")
+    decode_node(g, 10, (1680, 460), "Decode edit")
+    side_by_side_node(g, 11, (1680, 40))
     g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}side_by_side"],
            title="Save source | edit", size=(420, 300))
     g.node(13, "SaveImage", (1220, 140), inputs=[("images", "IMAGE")], widgets=[f"FPE/{base.save_prefix}source"],
@@ -246,12 +289,7 @@ def real_image_edit(base: Base = SD15, nulltext: bool = False) -> dict:
     the edit at cfg 7.5 with the per-step null embeddings as the target sampler's negative)."""
     g = Graph()
     step = base.prompt_size[1] + 50
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
-           title="Load the photo to edit", size=(315, 360))
-    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
-           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+    photo_nodes(g, base)
     if nulltext:
         prompt_node(g, base, 4, (380, 40), REAL_SOURCE_PROMPT, "Source prompt (describes the photo)")
     else:
@@ -277,10 +315,7 @@ def real_image_edit(base: Base = SD15, nulltext: bool = False) -> dict:
                widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
                         base.precision, True, "off"],
                size=(360, 700), color=FPE_COLOR)
-    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
-           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
-           size=(340, 190), color=FPE_COLOR)
+    inject_node(g, base, 8, (1230, 40))
     g.node(9, "KSamplerAdvanced", (1230, 290),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT")],
@@ -288,10 +323,8 @@ def real_image_edit(base: Base = SD15, nulltext: bool = False) -> dict:
            widgets=["disable", 0, "fixed", base.steps, cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
            title="KSamplerAdvanced (target: ddim, no noise" + (", null_negative)" if nulltext else ")"),
            size=(380, 340))
-    g.node(10, "VAEDecode", (1680, 290), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(11, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    decode_node(g, 10, (1680, 290), "Decode edit")
+    side_by_side_node(g, 11, (1680, 40))
     prefix = "FPE/nulltext_" if nulltext else f"FPE/{base.save_prefix}real_"
     g.node(12, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=[f"{prefix}side_by_side"],
            title="Save photo | edit", size=(420, 300))
@@ -368,15 +401,9 @@ def settings_sweep() -> dict:
     """One source, 8 edits in one batched run (layers x replace ratio), laid out as a titled grid."""
     g = Graph()
     base = SD15
-    step = base.prompt_size[1] + 50
     sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    prompt_node(g, base, 2, (380, 40), SOURCE_PROMPT, "Source prompt")
-    prompt_node(g, base, 3, (380, 40 + step), TARGET_PROMPT, "Target prompt (the edit)")
-    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
-    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
-           widgets=[base.side, base.side, 1], size=(315, 106))
+    checkpoint_node(g, base)
+    generated_prompts(g, base, SOURCE_PROMPT, TARGET_PROMPT)
     g.node(6, "FPESourceCapture", (830, 40),
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
@@ -394,10 +421,8 @@ def settings_sweep() -> dict:
                    ("latent_image", "LATENT")],
            outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
            title="KSampler (target: 8 edits in one batch)", size=(380, 270))
-    g.node(10, "VAEDecode", (1260, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
-           title="Decode source", size=(210, 50))
-    g.node(11, "VAEDecode", (1680, 560), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edits", size=(210, 50))
+    decode_node(g, 10, (1260, 40), "Decode source")
+    decode_node(g, 11, (1680, 560), "Decode edits")
     g.node(12, "FPESweepGrid", (1680, 40), inputs=[("images", "IMAGE"), ("sweep_labels", "FPE_SWEEP_LABELS"),
                                                    ("source", "IMAGE")],
            outputs=[("image", "IMAGE")], size=(260, 80), color=FPE_COLOR)
@@ -452,7 +477,6 @@ def attention_maps() -> dict:
     g = Graph()
     base = SD15
     step = base.prompt_size[1] + 50
-    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
     record_widgets = ["all", "", "official", "", 0.0, 1.0, "cond", 0]
     record_io = dict(inputs=[("model", "MODEL")],
                      outputs=[("model", "MODEL"), ("fpe_record", "FPE_ATTENTION_RECORD")])
@@ -461,52 +485,31 @@ def attention_maps() -> dict:
                       outputs=[("heatmaps", "IMAGE"), ("masks", "MASK")])
     components_io = dict(inputs=[("fpe_record", "FPE_ATTENTION_RECORD"), ("samples", "LATENT"), ("image", "IMAGE")],
                          outputs=[("components", "IMAGE")])
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    prompt_node(g, base, 2, (380, 40), MAPS_SOURCE_PROMPT, "Source prompt")
-    prompt_node(g, base, 3, (380, 40 + step), MAPS_TARGET_PROMPT, "Target prompt (the edit)")
-    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
-    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
-           widgets=[base.side, base.side, 1], size=(315, 106))
+    checkpoint_node(g, base)
+    generated_prompts(g, base, MAPS_SOURCE_PROMPT, MAPS_TARGET_PROMPT)
     # the source row (top): record -> capture -> decode -> pictures
     g.node(6, "FPEAttentionRecord", (830, 40), **record_io, widgets=record_widgets,
            title="FPE Attention Record (source)", size=(340, 270), color=FPE_COLOR)
-    g.node(7, "FPESourceCapture", (1220, 40),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
-           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
-           widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
-                    base.precision, "off"],
-           size=(340, 430), color=FPE_COLOR)
-    g.node(8, "VAEDecode", (1610, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
-           title="Decode source", size=(210, 50))
+    capture_node(g, base, 7, (1220, 40))
+    decode_node(g, 8, (1610, 40), "Decode source")
     g.node(9, "FPEWordHeatmap", (2130, 40), **heatmap_io,
            widgets=[MAPS_SOURCE_PROMPT, MAPS_SOURCE_WORDS, "", 0.6],
            title="FPE Word Heatmap (source)", size=(440, 560), color=FPE_COLOR)
     g.node(10, "FPESelfAttnComponents", (2610, 40), **components_io, widgets=["", 6, "randomized", 0.6],
            title="FPE Self-Attn Components (source)", size=(540, 560), color=FPE_COLOR)
     # the edit row (below): inject -> record -> KSampler -> decode -> pictures
-    g.node(11, "FPESelfAttnInject", (830, 660), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
-           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
-           size=(340, 190), color=FPE_COLOR)
+    inject_node(g, base, 11, (830, 660))
     g.node(12, "FPEAttentionRecord", (830, 900), **record_io, widgets=record_widgets,
            title="FPE Attention Record (edit)", size=(340, 270), color=FPE_COLOR)
-    g.node(13, "KSampler", (1220, 660),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent_image", "LATENT")],
-           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
-           title="KSampler (target: same seed, steps, sampler)", size=(340, 270))
-    g.node(14, "VAEDecode", (1610, 660), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
+    target_ksampler(g, base, 13, (1220, 660), (340, 270))
+    decode_node(g, 14, (1610, 660), "Decode edit")
     g.node(15, "FPEWordHeatmap", (2130, 660), **heatmap_io,
            widgets=[MAPS_TARGET_PROMPT, MAPS_TARGET_WORDS, "", 0.6],
            title="FPE Word Heatmap (edit)", size=(440, 560), color=FPE_COLOR)
     g.node(16, "FPESelfAttnComponents", (2610, 660), **components_io, widgets=["", 6, "randomized", 0.6],
            title="FPE Self-Attn Components (edit)", size=(540, 560), color=FPE_COLOR)
     # source | edit, between the rows' decodes
-    g.node(17, "FPESideBySide", (1610, 140), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    side_by_side_node(g, 17, (1610, 140))
     g.node(18, "SaveImage", (1610, 240), inputs=[("images", "IMAGE")], widgets=["FPE/attention_maps_side_by_side"],
            title="Save source | edit", size=(480, 300))
     g.node(19, "Note", (20, 460), widgets=[NOTE_ATTENTION_MAPS], size=(330, 440))
@@ -579,41 +582,18 @@ def local_edit() -> dict:
     KSampler, FPE Local Mask showing the mask the run found, source | local edit saved side by side."""
     g = Graph()
     base = SD15
-    step = base.prompt_size[1] + 50
-    sampling = [base.steps, base.cfg, base.sampler, base.scheduler]
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    prompt_node(g, base, 2, (380, 40), LOCAL_SOURCE_PROMPT, "Source prompt")
-    prompt_node(g, base, 3, (380, 40 + step), LOCAL_TARGET_PROMPT, "Target prompt (the edit)")
-    prompt_node(g, base, 4, (380, 40 + 2 * step), "", "Negative prompt")
-    g.node(5, "EmptyLatentImage", (380, 40 + 3 * step), outputs=[("LATENT", "LATENT")],
-           widgets=[base.side, base.side, 1], size=(315, 106))
-    g.node(6, "FPESourceCapture", (830, 40),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
-           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
-           widgets=[42, "fixed", *sampling, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
-                    base.precision, "off"],
-           size=(340, 430), color=FPE_COLOR)
-    g.node(7, "FPESelfAttnInject", (830, 510), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
-           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
-           size=(340, 190), color=FPE_COLOR)
+    checkpoint_node(g, base)
+    generated_prompts(g, base, LOCAL_SOURCE_PROMPT, LOCAL_TARGET_PROMPT)
+    capture_node(g, base, 6, (830, 40))
+    inject_node(g, base, 7, (830, 510))
     g.node(8, "FPELocalEdit", (830, 750), **LOCAL_IO,
            widgets=local_edit_widgets(start=LOCAL_START, words=LOCAL_WORDS, source_text=LOCAL_SOURCE_PROMPT,
                                       target_text=LOCAL_TARGET_PROMPT),
            title="FPE Local Edit (words)", size=(340, 520), color=FPE_COLOR)
-    g.node(9, "KSampler", (1220, 460),
-           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                   ("latent_image", "LATENT")],
-           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
-           title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
-    g.node(10, "VAEDecode", (1220, 40), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
-           title="Decode source", size=(210, 50))
-    g.node(11, "VAEDecode", (1680, 460), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode local edit", size=(210, 50))
-    g.node(12, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    target_ksampler(g, base, 9, (1220, 460), (380, 270))
+    decode_node(g, 10, (1220, 40), "Decode source")
+    decode_node(g, 11, (1680, 460), "Decode local edit")
+    side_by_side_node(g, 12, (1680, 40))
     g.node(13, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/local_side_by_side"],
            title="Save source | local edit", size=(420, 300))
     g.node(14, "SaveImage", (1980, 460), inputs=[("images", "IMAGE")], widgets=["FPE/local_edit"],
@@ -667,12 +647,7 @@ def real_image_local_edit() -> dict:
     g = Graph()
     base = SD15
     step = base.prompt_size[1] + 50
-    g.node(1, "CheckpointLoaderSimple", (20, 300), outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-           widgets=[base.checkpoint], size=(315, 100))
-    g.node(2, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
-           title="Load the photo to edit", size=(315, 360))
-    g.node(3, "FPEVAEEncodeMean", (380, 40 + 3 * step), inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
-           outputs=[("latent", "LATENT")], widgets=["crop to a multiple of 8"], size=(315, 80), color=FPE_COLOR)
+    photo_nodes(g, base)
     prompt_node(g, base, 4, (380, 40), "", "Source prompt (empty, as the official code)")
     prompt_node(g, base, 5, (380, 40 + step), REAL_TARGET_PROMPT, "Target prompt (the edit)")
     prompt_node(g, base, 6, (380, 40 + 2 * step), "", "Negative prompt")
@@ -683,10 +658,7 @@ def real_image_local_edit() -> dict:
            widgets=[base.steps, "ddim_uniform", 1.0, 1.0, "official", base.custom_layers, 0.8, "cond", "auto",
                     base.precision, True, "off"],
            size=(360, 700), color=FPE_COLOR)
-    g.node(8, "FPESelfAttnInject", (1230, 40), inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
-           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")],
-           widgets=["official", base.custom_layers, 0.0, 0.8, "cond only", ""],
-           size=(340, 190), color=FPE_COLOR)
+    inject_node(g, base, 8, (1230, 40))
     g.node(9, "FPELocalEdit", (1230, 280), **LOCAL_IO, widgets=local_edit_widgets(feather=2),
            title="FPE Local Edit (painted mask)", size=(340, 520), color=FPE_COLOR)
     g.node(10, "KSamplerAdvanced", (1230, 850),
@@ -695,10 +667,8 @@ def real_image_local_edit() -> dict:
            outputs=[("LATENT", "LATENT")],
            widgets=["disable", 0, "fixed", base.steps, base.cfg, "ddim", "ddim_uniform", 0, 10000, "disable"],
            title="KSamplerAdvanced (target: ddim, no noise)", size=(380, 340))
-    g.node(11, "VAEDecode", (1680, 400), inputs=[("samples", "LATENT"), ("vae", "VAE")],
-           outputs=[("IMAGE", "IMAGE")], title="Decode edit", size=(210, 50))
-    g.node(12, "FPESideBySide", (1680, 40), inputs=[("image_a", "IMAGE"), ("image_b", "IMAGE")],
-           outputs=[("image", "IMAGE")], size=(260, 50), color=FPE_COLOR)
+    decode_node(g, 11, (1680, 400), "Decode edit")
+    side_by_side_node(g, 12, (1680, 40))
     g.node(13, "SaveImage", (1980, 40), inputs=[("images", "IMAGE")], widgets=["FPE/real_local_side_by_side"],
            title="Save photo | edit", size=(420, 300))
     g.node(14, "SaveImage", (1980, 400), inputs=[("images", "IMAGE")], widgets=["FPE/real_local_edit"],
