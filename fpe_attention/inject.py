@@ -15,6 +15,7 @@ error closes the run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import notify
@@ -73,7 +74,7 @@ class InjectPatch(Shared):
         self.by_order = True  # entries pair in ComfyUI's order, unless a run hook gives their ids
         self.previous_wrapper = None  # a UNet wrapper another pack set before ours
         self._replay: ReplayCall | None = None  # storage replay: the extended UNet call in progress
-        self.host_mask = None  # real photos: this evaluation's noise mask, from NoiseMaskHook
+        self.host_mask = None  # real photos: (sigma, noise mask) of the evaluation in progress, from NoiseMaskHook
 
     @property
     def local_run(self) -> LocalRun | None:
@@ -104,6 +105,8 @@ class InjectPatch(Shared):
             raise
         self.clock.begin_run(entry_ids(getattr(guider, "conds", None)))
         self._pending = []
+        if denoise_mask is None:  # an interrupted run's noise mask is not this run's
+            self.host_mask = None
         self._next_run = RunState(structure_checked=lists is not None)
 
     def end_evaluation(self, args):
@@ -133,7 +136,7 @@ class InjectPatch(Shared):
 
     def _blend_denoised(self, args, call):
         """Local edits: the denoised output outside the mask is the source's (before the DDIM guard checks it)."""
-        host_mask, self.host_mask = self.host_mask, None  # one evaluation's
+        host_mask, self.host_mask = self._host_mask(call), None  # one evaluation's
         settings = settings_of(args.get("model_options", {}).get("transformer_options"))
         local = self._run.local
         if (settings is not None or host_mask is not None) and (
@@ -188,7 +191,7 @@ class InjectPatch(Shared):
             self._enter(call, options)
             local = self._local(options)
             if local is not None:
-                args = local.blend_input(args, call, self.host_mask)
+                args = local.blend_input(args, call, self._host_mask(call))
             if self.source.replay is None or not self._edits(call):
                 return run_unet(self.previous_wrapper, apply_model, args)
             inputs = []
@@ -214,10 +217,23 @@ class InjectPatch(Shared):
         run = self._run
         if not run.local_ready:
             settings = settings_of(options)
-            if settings is not None or self.host_mask is not None:
+            host_mask = self._host_mask(self.clock.current)
+            if settings is not None or host_mask is not None:
+                if settings is not None and host_mask is None and settings.mask is None and settings.words is None:
+                    raise FPEError(
+                        "FPE Local Edit has no region: connect a MASK to its mask input, name words (with clip, "
+                        "source_text and target_text), or put a Set Latent Noise Mask on the target latent")
                 run.local = LocalRun(settings, self.source)
             run.local_ready = True
         return run.local
+
+    def _host_mask(self, call):
+        """The noise mask NoiseMaskHook saw for this evaluation (one left by an interrupted run is another
+        sigma's, or was cleared by the run hook)."""
+        if self.host_mask is None or call is None:
+            return None
+        sigma, mask = self.host_mask
+        return mask if math.isclose(sigma, call.sigma, rel_tol=1e-6, abs_tol=1e-9) else None
 
     def _edit_replayed(self, n, context, value, extra_options, replay: ReplayCall):
         """attn1 in an extended call: the target rows (after the source's) take the source rows' input."""
@@ -257,6 +273,11 @@ class InjectPatch(Shared):
                 self._run, self._next_run = self._next_run or RunState(), None
             else:
                 self._flush()  # the last evaluation's end was not reported (a guider without post-CFG)
+                if self._run.local is not None and self._run.local.blended_input:
+                    raise FPEError(
+                        "FPE Local Edit: the sampler's guider does not call ComfyUI's post-CFG functions, so the "
+                        "denoised output outside the mask would not be the source's: use a sampler node that "
+                        "does (KSampler, KSamplerAdvanced, SamplerCustom with CFG)")
             self._check_pattern(call)
         self._check_call(call, extra_options)
         self._checked = call

@@ -309,7 +309,7 @@ class NoiseMaskHook(Shared):
         mask = denoise_mask
         if self.previous is not None:
             mask = self.previous(sigma, denoise_mask, extra_options=extra_options, **kwargs)
-        self.patch.host_mask = mask
+        self.patch.host_mask = (float(torch.as_tensor(sigma).reshape(-1)[0]), mask)
         return torch.ones_like(denoise_mask)
 
 
@@ -353,6 +353,15 @@ class TargetWordMaps(Shared):
 def _word_spec(source: FPESource, clip, source_text: str, target_text: str, words: str,
                threshold: float) -> WordSpec:
     items = [w for w in words.replace(",", " ").split() if plain_word(w)]
+    if not items:
+        raise FPEError(f"words: {words.strip()[:40]!r} names no word: type words of the prompts (e.g. 'cat, dog'), "
+                       "or clear words to use the mask alone")
+    entries = len(source.structure.positive) if source.structure is not None else 1
+    if entries > 1:  # the words' columns belong to one prompt; several entries hold several prompts
+        raise FPEError(
+            f"words: {source.maker}'s positive has {entries} entries (Conditioning (Combine), Set Area or Set Mask), "
+            f"whose prompts source_text and target_text cannot all name: give each side one CLIP Text Encode for "
+            f"word masks, or use a painted mask")
     if clip is None:
         raise FPEError("clip: words need the CLIP model that encoded the prompts (to find the words' tokens): connect "
                        "Load Checkpoint's CLIP")

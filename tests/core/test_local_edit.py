@@ -323,6 +323,7 @@ def test_thresholds_grow_the_edit_over_the_steps(tiny_sd15):
     ("word", r"words: 'zebra' is in neither prompt"),
     ("stale source", r"source_text: .* does not encode to the prompt"),
     ("grow", r"grow: 99 is outside"),
+    ("punctuation", r"words: ', ;' names no word"),
 ])
 def test_bad_settings_are_named_before_sampling(tiny_sd15, fpe_error, kind, message):
     model, clip, size, src, source, edited, plain = _setup("tiny_sd15", "auto")
@@ -339,6 +340,7 @@ def test_bad_settings_are_named_before_sampling(tiny_sd15, fpe_error, kind, mess
         "word": lambda: local(edited, clip=clip, words="zebra"),
         "stale source": lambda: local(edited, clip=clip, words="green", source_text="a photo of a cat"),
         "grow": lambda: local(edited, full, grow=99),
+        "punctuation": lambda: local(edited, clip=clip, words=", ;"),
     }
     with pytest.raises(fpe_error, match=message):
         cases[kind]()
@@ -446,3 +448,25 @@ def test_an_empty_mask_is_warned(tiny_sd15, caplog):
     with caplog.at_level("WARNING"):
         local(edited, torch.ones(1, 96, 128))
     assert "mask is empty" not in caplog.text
+
+
+def test_a_feathered_mask_of_ones_is_still_the_unmasked_edit(tiny_sd15):
+    model, clip, size, src, source, edited, plain = _setup("tiny_sd15", "auto")
+    out = ksampler(local(edited, torch.ones(1, 96, 128), feather=3)[0], clip, steps=STEPS, latent_image=size)
+    assert torch.equal(out, plain)
+
+
+def test_words_need_one_prompt_and_a_photo_edit_needs_a_region(tiny_sd15, fpe_error):
+    from fpe_harness.graphs import capture_with
+
+    model, clip, _ = tiny_sd15
+    size = latent(128, 96)
+    both = call_node("ConditioningCombine", conditioning_1=encode(clip, SRC), conditioning_2=encode(clip, "a wall"))[0]
+    _, combined = capture_with(model, clip, both, size, steps=2)
+    with pytest.raises(fpe_error, match=r"words: FPE Source Capture's positive has 2 entries"):
+        local(inject(model, combined), clip=clip, words="green")
+    photo = encoded_photo(128, 96, seed=5)
+    inverted, source, _ = invert(model, clip, photo, steps=2)
+    patched, _ = local(inject(model, source))  # a photo's region may come from a noise mask: known at sampling
+    with pytest.raises(fpe_error, match=r"FPE Local Edit has no region: connect a MASK"):
+        sample_back(patched, clip, inverted, steps=2)
