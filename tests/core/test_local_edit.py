@@ -470,3 +470,15 @@ def test_words_need_one_prompt_and_a_photo_edit_needs_a_region(tiny_sd15, fpe_er
     patched, _ = local(inject(model, source))  # a photo's region may come from a noise mask: known at sampling
     with pytest.raises(fpe_error, match=r"FPE Local Edit has no region: connect a MASK"):
         sample_back(patched, clip, inverted, steps=2)
+
+
+def test_one_mask_per_image_of_a_batch(tiny_sd15):
+    model, clip, _ = tiny_sd15
+    size = latent(128, 96, batch=2)
+    src, source = capture(model, clip, steps=STEPS, latent_image=size, store_layers="all")
+    edited = inject(model, source, layers="all")
+    plain = ksampler(edited, clip, steps=STEPS, latent_image=size)
+    masks = torch.stack([torch.zeros(96, 128), torch.ones(96, 128)])
+    out = ksampler(local(edited, masks)[0], clip, steps=STEPS, latent_image=size)
+    assert torch.equal(out[0], src["samples"][0]), "image 0, mask 0: its source"
+    assert torch.equal(out[1], plain[1]), "image 1, mask 1: its edit"
