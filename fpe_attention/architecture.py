@@ -46,7 +46,7 @@ def unet_of(model):
     raise FPEError(
         f"model: FPE edits the self-attention layers of UNet models (SD1.x, SD2.x, SDXL and their fine-tunes); this "
         f"model is {type(inner).__name__} with a {type(backbone).__name__} backbone, which has none: load an SD1.x, "
-        f"SD2.x or SDXL checkpoint")
+        f"SD2.x or SDXL checkpoint (Flux.1, SD3 and SD3.5 are edited by FPE MMDiT Inject)")
 
 
 def transformer_layers(diffusion_model):

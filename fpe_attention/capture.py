@@ -16,6 +16,8 @@ import torch
 
 from .architecture import check_inputs_fit, transformer_layers, unet_of
 from .conditioning import entry_ids, sampler_conds, structure_of
+from .dit_capture import check_dit_inputs, dit_source
+from .dit_model import dit_layout, is_dit
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
 from .hooks import Shared, add_evaluation_end, add_run_hook, all_finite, latent_hw
@@ -57,7 +59,9 @@ class CaptureSettings:
                     storage: str, precision: str, store_cross: str = "off") -> CaptureSettings:
         """The store widgets of FPE Source Capture, DDIM Invert and Null-Text Invert, resolved for ``model``."""
         store_end = check_number("store_end", store_end, 0.0, 1.0)
-        selection = choose_layers(model, store_layers, store_custom_layers, "store_layers", "store_custom_layers")
+        # An MMDiT source replays its model inputs (no layer record): the UNet layer choice does not apply.
+        selection = None if is_dit(model) else choose_layers(model, store_layers, store_custom_layers,
+                                                             "store_layers", "store_custom_layers")
         return cls(selection=selection, store_end=store_end, rows=store_rows, storage=storage, precision=precision,
                    cross=store_cross)
 
@@ -248,6 +252,15 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
     """
     signature = model_signature(model)
     reject_chained_inject(model, maker)
+    if is_dit(model) and maker not in ("FPE Source Capture", "FPE Flow Invert"):
+        raise FPEError(f"model: {maker} inverts UNet models (SD1.x, SD2.x, SDXL) with DDIM; this model is "
+                       f"{dit_layout(model).family}, a flow model: invert its photos with FPE Flow Invert and edit them "
+                       f"with FPE MMDiT Inject")
+    if is_dit(model):  # an MMDiT replays its source (``dit_capture``): no layer record, no word maps
+        source = dit_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
+                            settings=settings, evaluations=evaluations, rows=rows, maker=maker,
+                            kinds=ROWS[settings.rows])
+        return source, CaptureRecorder(source, None, None)
     layers = model_attn1_layers(model)
     check_latent(samples, "latent_image" if maker == "FPE Source Capture" else "latent")
     height, width = samples.shape[-2:]
@@ -330,7 +343,10 @@ def capture_source(model, *, seed: int, cfg: float, sampler_name: str, scheduler
                    latent: dict, sigmas: torch.Tensor, denoise: float, schedule_origin: str,
                    settings: CaptureSettings) -> tuple[dict, FPESource]:
     """Sample the source over ``sigmas`` and return (source LATENT, complete FPESource)."""
-    check_inputs_fit(model, latent["samples"], "latent_image", {"positive": positive, "negative": negative})
+    if is_dit(model):
+        check_dit_inputs(model, latent["samples"], "latent_image", {"positive": positive, "negative": negative})
+    else:
+        check_inputs_fit(model, latent["samples"], "latent_image", {"positive": positive, "negative": negative})
     if sampler_name == "dpm_adaptive":
         raise FPEError("sampler_name: dpm_adaptive picks its own steps from the model's output, so a target with "
                        "another prompt never evaluates where the source did: choose another sampler (e.g. dpmpp_2m)")

@@ -1,4 +1,5 @@
-"""Target-side checks for real-image edits: start from the inverted latent, take DDIM steps.
+"""Target-side checks for real-image edits: start from the inverted latent, take DDIM steps (flow models: Euler
+steps, the same update in sampler space).
 
 The inverted noise reconstructs the image only under the inverse of the inversion: DDIM (ComfyUI's
 ``ddim`` or ``euler``) over the same sigmas, from the inverted latent itself with no noise added.
@@ -35,6 +36,14 @@ FIX_SAMPLER = ("sample the target with sampler ddim (or euler), the inverse of t
                "sets a denoise-mask function after FPE Self-Attn Inject (e.g. Differential Diffusion) must come "
                "before it")
 
+# Flow models (FPE Flow Invert): the inverted noise enters as the sampler's NOISE (a flow model's first sigma, 1,
+# keeps nothing of a LATENT), and the inverse of reverse Euler is Euler.
+FLOW_MAKER = "FPE Flow Invert"
+FIX_FLOW_START = ("connect FPE Flow Invert's inverted_noise output to SamplerCustomAdvanced's noise input, with its "
+                  "sigmas output (or the same scheduler and steps) as the sigmas")
+FIX_FLOW_SAMPLER = ("sample the target with sampler euler, the inverse of the inversion: stochastic samplers and "
+                    "multistep or higher-order solvers do not reconstruct the image")
+
 
 class DDIMGuard(Shared):
     def __init__(self, source):
@@ -64,7 +73,7 @@ class DDIMGuard(Shared):
         if start.shape != x.shape or not _close(x, start):
             raise FPEError(
                 f"the target sampler does not start from {self.source.maker}'s latent (noise added, or another latent "
-                f"connected): {FIX_START.replace('FPE DDIM Invert', self.source.maker)}")
+                f"connected): {self._fix_start()}")
 
     def _check_cfg(self, args) -> None:
         """Null-text sources: the embeddings are tuned for one cfg; another one drifts off the photo."""
@@ -92,7 +101,14 @@ class DDIMGuard(Shared):
             return
         predicted = x_prev + (x_prev - denoised_prev) / sigma_prev * (sigma - sigma_prev)
         if not _close(x, predicted):
+            if self.source.maker == FLOW_MAKER:
+                raise FPEError(f"the target sampler does not take Euler steps (at sigma {sigma:.4g}): {FIX_FLOW_SAMPLER}")
             raise FPEError(f"the target sampler does not take DDIM steps (at sigma {sigma:.4g}): {FIX_SAMPLER}")
+
+    def _fix_start(self) -> str:
+        if self.source.maker == FLOW_MAKER:
+            return FIX_FLOW_START
+        return FIX_START.replace("FPE DDIM Invert", self.source.maker)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -201,7 +201,7 @@ class InjectPatch(Shared):
                     inputs.append((chunk, self.source.source_input(key, call.step)))
             if not inputs:  # e.g. an uncond-only call (split batches, SAG) with branches 'cond only'
                 return run_unet(self.previous_wrapper, apply_model, args)
-            extended, replay = extended_batch(args, call, inputs, self.source.maker)
+            extended, replay = self._extended(args, call, inputs)
             self._replay = replay
             try:
                 out = run_unet(self.previous_wrapper, apply_model, extended)
@@ -211,6 +211,10 @@ class InjectPatch(Shared):
         except BaseException:
             self._close()
             raise
+
+    def _extended(self, args, call, inputs):
+        """The UNet call's arguments with the source rows in front (an MMDiT edit checks its token layout here)."""
+        return extended_batch(args, call, inputs, self.source.maker)
 
     def _local(self, options) -> LocalRun | None:
         """The run's local edit, set up at its first UNet call (settings of this clone, or a noise mask)."""

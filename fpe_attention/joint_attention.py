@@ -73,6 +73,28 @@ def image_map_attention(q_t, k_t, v_t, q_s, k_s, img: slice, attention=sdpa) -> 
     return out
 
 
+def image_map_chunked(q_t, k_t, v_t, q_s, k_s, img: slice, chunk: int = 1024) -> torch.Tensor:
+    """``image map`` built explicitly, ``chunk`` queries at a time (logits [B, H, chunk, L] in float32): the
+    alternative to the 2D-wide kernel call, kept for the benchmark's comparison (dev/benchmark_mmdit.py)."""
+    scale = q_t.shape[-1] ** -0.5
+    length = q_t.shape[-2]
+    out = torch.empty_like(v_t)
+    for first in range(0, length, chunk):
+        rows = slice(first, min(first + chunk, length))
+        logits = (q_t[..., rows, :].float() @ k_t.float().transpose(-1, -2)) * scale
+        image_rows = torch.arange(rows.start, rows.stop, device=q_t.device)
+        in_image = (image_rows >= img.start) & (image_rows < img.stop)
+        if bool(in_image.any()):
+            picked = image_rows[in_image] - rows.start
+            source = (q_s[..., rows, :][..., picked, :].float() @ k_s[..., img, :].float().transpose(-1, -2)) * scale
+            block = logits[..., picked, :]
+            block[..., img] = source
+            logits[..., picked, :] = block
+        out[..., rows, :] = (torch.softmax(logits, dim=-1) @ v_t.float()).to(v_t.dtype)
+        del logits
+    return out
+
+
 def explicit_image_qk(q_t, k_t, v_t, q_s, k_s, img: slice) -> torch.Tensor:
     """The reference for ``image Q,K``: the swapped q and k, the logits built whole."""
     q, k = q_t.clone(), k_t.clone()

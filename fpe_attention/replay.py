@@ -108,6 +108,8 @@ class InputRecorder(ChainedWrapper):
         recorder = self.recorder
         source = recorder.source
         call = recorder.clock.locate(unet_call_view(options, x), x.shape[0])
+        for chunk in call.chunks:  # (a UNet's attn1 recorder notes them too; an MMDiT has only this hook)
+            source.evaluations.setdefault(chunk.key, call.step)
         first, stop = source.stored_window
         if call.step is not None and first <= call.step < stop:
             cond = per_row_conditioning(c, x.shape[0], source.maker, source.auto_replay)

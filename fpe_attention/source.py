@@ -21,6 +21,7 @@ import torch
 
 from .architecture import unet_of
 from .conditioning import Structure
+from .dit_model import dit_layout, dit_signature
 from .errors import FPEError
 from .evaluations import EvalKey, kind_name
 from .layers import Attn1Layer, LayerKey, LayerSelection, unet_attn1_layers
@@ -34,6 +35,9 @@ _FIX_SCHEDULE = ("give the target sampler the same steps, scheduler and denoise 
 def model_signature(model) -> tuple:
     """What must agree between the capture's and the inject's model for the pairing to hold."""
     inner = model.model
+    layout = dit_layout(model)
+    if layout is not None:  # an MMDiT: its block table
+        return dit_signature(model, layout)
     layers = unet_attn1_layers(unet_of(model))
     return (type(inner).__name__, type(inner.latent_format).__name__,
             tuple((layer.key, layer.channels, layer.heads) for layer in layers))
@@ -104,13 +108,18 @@ def weights_fingerprint(model) -> str:
 
 def describe_signature(signature: tuple) -> str:
     model_type, latent_format, widths = signature
+    if widths and isinstance(widths[0][0], str):  # an MMDiT's (kind, count) blocks
+        blocks = ", ".join(f"{count} {kind}" for kind, count in widths)
+        return f"{model_type} ({latent_format} latents, blocks: {blocks})"
     return f"{model_type} ({latent_format} latents, {len(widths)} self-attention layers)"
 
 
 def reject_chained_inject(model, node: str) -> None:
     """A model that already carries an FPE edit cannot take another FPE node: say what to connect."""
-    patches = getattr(model, "model_options", {}).get("transformer_options", {}).get("patches", {})
-    if any(getattr(patch, "fpe_inject", False) for patch in patches.get("attn1_patch", [])):
+    options = getattr(model, "model_options", {}).get("transformer_options", {})
+    patches = options.get("patches", {})
+    if any(getattr(patch, "fpe_inject", False) for patch in patches.get("attn1_patch", [])) or getattr(
+            options.get("optimized_attention_override"), "fpe_inject", False):  # FPE MMDiT Inject's
         raise FPEError(
             f"model: this model already carries an FPE Self-Attn Inject edit, so {node} would not run as asked "
             f"(a second Inject would be overridden by the first; a capture or inversion would record an edited "

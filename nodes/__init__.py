@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .attention_maps import FPEAttentionQuery, FPESelfAttnComponents, FPEWordHeatmap
 from .capture import FPESourceCapture
+from .dit_inject import FPEMMDiTInject
+from .flow_invert import FPEFlowInvert
 from .grid import FPESweepGrid, FPESweepLatent
 from .images import FPESideBySide
 from .inject import FPESelfAttnInject
@@ -25,5 +27,5 @@ from .schedules import FPEOfficialDDIMSigmas
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls in (
     FPESourceCapture, FPESelfAttnInject, FPELocalEdit, FPELocalMask, FPEOfficialDDIMSigmas, FPESideBySide, FPEVAEEncodeMean, FPEDDIMInvert,
     FPEAttentionReplace, FPEAttentionRecord, FPEWordHeatmap, FPESelfAttnComponents, FPEAttentionQuery,
-    FPENullTextInvert, FPESweepLatent, FPESweepGrid, FPELayerOverview, FPESaveAttentionMaps)}
+    FPENullTextInvert, FPESweepLatent, FPESweepGrid, FPELayerOverview, FPESaveAttentionMaps, FPEMMDiTInject, FPEFlowInvert)}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {node_id: cls.DISPLAY_NAME for node_id, cls in NODE_CLASS_MAPPINGS.items()}

@@ -36,6 +36,9 @@ def test_image_map_on_a_kernel_equals_the_explicit_logits(layout):
     # in float32, within rounding of the latent scale
     fast32 = j.image_map_attention(*(t.float() for t in (q_t, k_t, v_t, q_s, k_s)), img)
     assert float((fast32.double() - reference).abs().max()) < 1e-5
+    # the chunked explicit form (the benchmark's alternative), with chunks that cut through the image's rows
+    chunked = j.image_map_chunked(q_t, k_t, v_t, q_s, k_s, img, chunk=5)
+    assert float((chunked - reference).abs().max()) < 1e-6  # its logits are float32 by design
     # the edit acts: it differs from the target's own attention far above the float floor
     plain = j.sdpa(q_t, k_t, v_t)
     assert float((reference - plain)[..., img, :].abs().max()) > 1e-2

@@ -38,6 +38,13 @@ SPECS = {
         "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
         "num_patches": 64, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None,
         "x_block_self_attn_layers": []}),
+    # SD3.5-Medium: the MMDiT-X (an image-only self-attention in the first joint blocks) with RMS q/k norms.
+    "SD35M": ForeignSpec("SD3", 16, {
+        "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+        "adm_in_channels": 32,
+        "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+        "num_patches": 64, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None, "qk_norm": "rms",
+        "x_block_self_attn_layers": [0]}),
     # Flux (dev): double- and single-stream DiT blocks.
     "Flux": ForeignSpec("Flux", 16, {
         "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
@@ -59,8 +66,15 @@ def available() -> list[str]:
     return [name for name, spec in SPECS.items() if hasattr(comfy.supported_models, spec.config)]
 
 
-def build(name: str, seed: int = 0):
-    """A ModelPatcher (CPU) of a tiny, randomly initialised model of family ``name``."""
+# Attention projections of the MMDiT blocks (Flux's single blocks project q, k, v in ``linear1``): N(0, 0.02)
+# weights give near-uniform attention, in which any attention edit is invisible; the edit tests scale them up.
+ATTENTION_WEIGHTS = ("qkv.weight", "linear1.weight", "norm.query_norm.scale", "norm.key_norm.scale", "ln_q.weight",
+                     "ln_k.weight")
+
+
+def build(name: str, seed: int = 0, attention_scale: float = 1.0, scale: float = 0.02):
+    """A ModelPatcher (CPU) of a tiny, randomly initialised model of family ``name`` (weights N(0, ``scale``²);
+    attention projections times ``attention_scale``)."""
     import comfy.model_patcher
     import comfy.supported_models
 
@@ -75,9 +89,12 @@ def build(name: str, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         # The host builds with weight-init disabled (uninitialised memory), as a loader fills them next.
-        for tensor in list(model.parameters()) + list(model.buffers()):
+        # Only the backbone's: model_sampling's buffers (the flow shift's sigmas) are the host's schedule.
+        backbone = model.diffusion_model
+        for key, tensor in list(backbone.named_parameters()) + list(backbone.named_buffers()):
             if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.02)
+                factor = attention_scale if key.endswith(ATTENTION_WEIGHTS) else 1.0
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * scale * factor)
     model = model.to(cpu).eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 

@@ -1,0 +1,237 @@
+"""FPE on MMDiT models (Flux.1, SD3, SD3.5-Medium) through FPE Source Capture and FPE MMDiT Inject, on tiny models
+of the host's own classes (``fpe_harness.foreign_models``), against the independent batched reference
+(``fpe_harness.mmdit_reference``). ComfyUI of early 2024 has neither Flux nor SD3: these tests skip there; the
+edit's arithmetic is tested host-free in ``test_joint_attention.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpe_harness import foreign_models
+from fpe_harness.execute import call_node
+from fpe_harness.mmdit_reference import reference_edit
+
+FAMILIES = [name for name in ("Flux", "SD3", "SD35M") if name in foreign_models.available()]
+pytestmark = pytest.mark.skipif(not FAMILIES, reason="this ComfyUI (early 2024) has no Flux or SD3 model classes; "
+                                                     "the MMDiT edit is tested on current ComfyUI")
+STEPS = 6
+_MODELS: dict = {}
+
+
+# Weight scales that make attention clearly non-uniform (foreign_models.ATTENTION_WEIGHTS): the edit moves the
+# result ~1e5 times the rounding floor. Larger SD3 weights make its trajectories chaotic (rounding of 1e-7 grows
+# to 1e-4), which would blur the exactness test.
+SCALES = {"Flux": 0.1, "SD3": 0.05, "SD35M": 0.1}
+
+
+def tiny(name):
+    if name not in _MODELS:
+        _MODELS[name] = foreign_models.build(name, attention_scale=6.0, scale=SCALES[name])
+    return _MODELS[name]
+
+
+def prompt(seed, tokens=8):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 32, generator=generator),
+             {"pooled_output": torch.randn(1, 32, generator=generator), "guidance": 3.5}]]
+
+
+SRC, TGT, NEG = prompt(1), prompt(2), prompt(3)
+
+
+def settings(name, **over):
+    out = dict(seed=7, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", negative=NEG,
+               latent_image=foreign_models.empty_latent(name, height=8, width=8), denoise=1.0)
+    out.update(over)
+    return out
+
+
+def capture(name, positive=SRC, **over):
+    return call_node("FPESourceCapture", model=tiny(name), positive=positive, store_layers="all",
+                     store_custom_layers="", store_end=1.0, store_rows="cond", storage="auto", precision="exact",
+                     **settings(name, **over))
+
+
+def inject(name, source, *, mode="image map", blocks="all", custom_blocks="", start=0.0, end=0.5, model=None):
+    return call_node("FPEMMDiTInject", model=model or tiny(name), fpe_source=source, mode=mode, blocks=blocks,
+                     custom_blocks=custom_blocks, start=start, end=end, branches="cond only")[0]
+
+
+def sample(name, model, positive=TGT, **over):
+    return call_node("KSampler", model=model, positive=positive, **settings(name, **over))[0]["samples"]
+
+
+_SOURCES: dict = {}
+
+
+def source_of(name):
+    if name not in _SOURCES:
+        _SOURCES[name] = capture(name)
+    return _SOURCES[name]
+
+
+CASES = [(name, mode, blocks) for name in FAMILIES for mode, blocks in (
+    ("image map", "all"), ("image Q,K", "all"))] + (
+    [("SD35M", "image map", "image self-attention"), ("SD35M", "image map", "custom")] if "SD35M" in FAMILIES else [])
+
+
+@pytest.mark.parametrize("name,mode,blocks", CASES)
+def test_edit_matches_the_batched_reference(name, mode, blocks):
+    """The edit through the host's sampler equals the batched algorithm with explicit float64 attention; the
+    edit moves the target far above that difference."""
+    model = tiny(name)
+    layout = foreign_models_layout(model)
+    latent, source = source_of(name)
+    custom = "joint0-1, self0"  # SD3.5-M: joint attention and MMDiT-X self-attention together
+    edited = sample(name, inject(name, source, mode=mode, blocks=blocks, custom_blocks=custom, end=0.5))
+    plain = sample(name, model)
+    keys = {"all": layout.blocks.keys(("double", "single", "joint")), "image self-attention": layout.blocks.keys(
+        ("self",)), "custom": layout.blocks.keys(("joint", "self"))}[blocks]
+    expected = reference_edit(model, SRC, TGT, latent=settings(name)["latent_image"]["samples"], seed=7, steps=STEPS,
+                              mode=mode, blocks=keys, window=(0, 3), flux=layout.flux,
+                              selfs=layout.blocks.blocks.get("self", ()))
+    # The floor: the reference with the edit off against the plain sampler differs by batch-layout rounding
+    # alone (a 2-row batch against 1 row), ~1e-7 of the output.
+    unedited = reference_edit(model, SRC, TGT, latent=settings(name)["latent_image"]["samples"], seed=7, steps=STEPS,
+                              mode=mode, blocks=keys, window=(0, 0), flux=layout.flux)
+    floor = (unedited - plain).abs().max().item()
+    gap = (edited - expected).abs().max().item()
+    effect = (edited - plain).abs().max().item()
+    scale = plain.abs().max().item()
+    assert gap <= 3 * floor + 1e-6 * scale, (gap, floor, scale)
+    assert effect >= 100 * max(gap, 1e-6 * scale), (effect, gap)
+
+
+def foreign_models_layout(model):
+    from fpe_harness.host import pack_submodule
+
+    return pack_submodule("fpe_attention.dit_model").dit_layout(model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_same_prompt_reproduces_the_source(name):
+    """With the source's own prompt the target's queries and keys are the source's: the result is the source image
+    up to the rounding of running the source rows in a batch with the target's (bound: 1e-6 of the output)."""
+    latent, source = source_of(name)
+    for mode in ("image map", "image Q,K"):
+        same = sample(name, inject(name, source, mode=mode, end=1.0), positive=SRC)
+        assert (same - latent["samples"]).abs().max().item() <= 1e-6 * latent["samples"].abs().max().item()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_an_empty_window_samples_the_plain_model_bit_for_bit(name):
+    _, source = source_of(name)
+    assert torch.equal(sample(name, inject(name, source, start=0.5, end=0.5)), sample(name, tiny(name)))
+
+
+def test_cfg_runs_edit_the_cond_rows_only_unless_asked():
+    """SD3 at cfg 4: the uncond rows run unedited ('cond only'); 'cond + uncond' needs them stored and edits them."""
+    name = "SD3" if "SD3" in FAMILIES else FAMILIES[0]
+    latent, source = capture(name, cfg=4.0)
+    cond_only = sample(name, inject(name, source), cfg=4.0)
+    same = sample(name, inject(name, source, end=1.0), positive=SRC, cfg=4.0)
+    # cfg 4 multiplies the cond rows' rounding by ~4 (the bound above, times cfg)
+    assert (same - latent["samples"]).abs().max().item() <= 4.0 * 1e-6 * latent["samples"].abs().max().item()
+    with pytest.raises(Exception, match="store_rows to 'cond \\+ uncond'"):
+        call_node("FPEMMDiTInject", model=tiny(name), fpe_source=source, mode="image map", blocks="all",
+                  custom_blocks="", start=0.0, end=0.5, branches="cond + uncond")
+    _, both = call_node("FPESourceCapture", model=tiny(name), positive=SRC, store_layers="all", store_custom_layers="",
+                        store_end=1.0, store_rows="cond + uncond", storage="auto", precision="exact",
+                        **settings(name, cfg=4.0))
+    (patched,) = call_node("FPEMMDiTInject", model=tiny(name), fpe_source=both, mode="image map", blocks="all",
+                           custom_blocks="", start=0.0, end=0.5, branches="cond + uncond")
+    assert (sample(name, patched, cfg=4.0) - cond_only).abs().max().item() > 1e-4
+
+
+def test_blocks_choose_where_the_edit_acts():
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    results = {blocks: sample(name, inject(name, source, blocks="custom", custom_blocks=blocks))
+               for blocks in ("double0", "single0", "double0, single0")} if name == "Flux" else {}
+    if results:
+        assert not torch.equal(results["double0"], results["single0"])
+        assert not torch.equal(results["double0"], results["double0, single0"])
+
+
+def test_a_replayed_source_keeps_model_inputs_only():
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    assert source.storage_device == "replay" and not source.entries
+    assert source.nbytes < 64 * 1024, source.nbytes  # 6 steps of a 16x8x8 latent and an 8-token prompt
+    with pytest.raises(Exception, match="storage: an MMDiT source keeps no layer record"):
+        call_node("FPESourceCapture", model=tiny(name), positive=SRC, store_layers="all", store_custom_layers="",
+                  store_end=1.0, store_rows="cond", storage="cpu", precision="exact", **settings(name))
+
+
+def test_an_override_set_before_runs_everything_fpe_does_not_edit_and_one_set_after_is_named():
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    calls = []
+
+    def counting(func, *args, **kwargs):
+        calls.append(args[0].shape)
+        return func(*args, **kwargs)
+
+    before = tiny(name).clone()
+    before.model_options["transformer_options"] = dict(before.model_options["transformer_options"],
+                                                       optimized_attention_override=counting)
+    edited = sample(name, inject(name, source, model=before))
+    assert calls and torch.equal(edited, sample(name, inject(name, source)))
+    after = inject(name, source).clone()
+    after.model_options["transformer_options"] = dict(after.model_options["transformer_options"],
+                                                      optimized_attention_override=counting)
+    with pytest.raises(Exception, match="replaced it \\(e.g. a Sage / flash attention patch\\)"):
+        sample(name, after)
+
+
+def test_prompts_of_other_token_counts_are_refused_by_name():
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    with pytest.raises(Exception, match="the source prompt encodes to 8 text tokens, the target's to 12"):
+        sample(name, inject(name, source), positive=prompt(2, tokens=12))
+
+
+def test_a_run_after_a_failed_one_is_fresh():
+    """A, failing B, A: the second A equals the first bit for bit (nothing of B's run is kept)."""
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    patched = inject(name, source)
+    first = sample(name, patched)
+    with pytest.raises(Exception, match="text tokens"):
+        sample(name, patched, positive=prompt(2, tokens=12))
+    with pytest.raises(Exception, match="latent"):
+        sample(name, patched, latent_image=foreign_models.empty_latent(name, height=12, width=12))
+    assert torch.equal(sample(name, patched), first)
+
+
+def test_wrong_models_sources_and_block_lists_are_named(tiny_sd15, small_source, fpe_error):
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    model = tiny(name)
+    with pytest.raises(fpe_error, match="edited by FPE MMDiT Inject"):
+        call_node("FPESelfAttnInject", model=model, fpe_source=source, layers="all", custom_layers="", start=0.0,
+                  end=0.5, branches="cond only")
+    with pytest.raises(fpe_error, match="model: FPE MMDiT Inject edits MMDiT models"):
+        call_node("FPEMMDiTInject", model=tiny_sd15[0], fpe_source=source, mode="image map", blocks="all",
+                  custom_blocks="", start=0.0, end=0.5, branches="cond only")
+    with pytest.raises(fpe_error, match="fpe_source was captured with"):
+        inject(name, small_source)
+    with pytest.raises(fpe_error, match="custom_blocks: block item 'double7'"):
+        inject(name, source, blocks="custom", custom_blocks="double7" if name == "Flux" else "joint7")
+    with pytest.raises(fpe_error, match="edited by FPE MMDiT Inject"):
+        call_node("FPEDDIMInvert", model=model, **invert_inputs(name))
+    with pytest.raises(fpe_error, match="positive: the prompt is encoded 768 wide, but"):
+        capture(name, positive=[[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 32)}]])
+
+
+def invert_inputs(name):
+    from fpe_harness.execute import input_types
+
+    inputs = {"latent": foreign_models.empty_latent(name, fill=1.0), "positive": SRC}
+    for key, spec in {**input_types("FPEDDIMInvert")["required"]}.items():
+        if key not in inputs and key != "model":
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            inputs[key] = options.get("default", kind[0] if isinstance(kind, list) else None)
+    return inputs
