@@ -156,20 +156,29 @@ def bench_model(name, device, size, steps, tiny):
     results = []
     _, base, base_peak = timed(lambda: plain(model, target_prompt), device)
     results.append(("plain generation", base, base_peak))
-    settings = CaptureSettings(selection=None, store_end=1.0, rows="cond", storage="auto", precision="exact")
-    (_, source), seconds, peak = timed(lambda: capture_source(
-        model, seed=7, cfg=cfg, sampler_name="euler", scheduler="simple", positive=source_prompt, negative=negative,
-        latent=latent, sigmas=sigmas, denoise=1.0, schedule_origin="benchmark", settings=settings), device)
-    results.append((f"FPE Source Capture (replay record {source.nbytes / 2**20:.1f} MiB)", seconds, peak))
     joint = layout.blocks.keys(("double", "single", "joint"))
-    runs = [("image map", joint, 0.2), ("image Q,K", joint, 0.2), ("image map", joint, 1.0)]
-    if layout.blocks.blocks.get("self"):
-        runs.append(("image map", layout.blocks.keys(("self",)), 0.2))
-    for mode, blocks, end in runs:
-        patched = inject_dit_model(model, source, blocks=blocks, start=0.0, end=end, mode=mode)
-        _, seconds, peak = timed(lambda patched=patched: plain(patched, target_prompt), device)
-        what = "self-attention blocks" if blocks and next(iter(blocks))[0] == "self" else "all joint blocks"
-        results.append((f"edit: {mode}, {what}, end {end}", seconds, peak))
+    for storage, store_end in (("replay", 1.0), ("auto", 0.2)):
+        settings = CaptureSettings(selection=None, store_end=store_end, rows="cond", storage=storage,
+                                   precision="exact")
+        (_, source), seconds, peak = timed(lambda settings=settings: capture_source(
+            model, seed=7, cfg=cfg, sampler_name="euler", scheduler="simple", positive=source_prompt,
+            negative=negative, latent=latent, sigmas=sigmas, denoise=1.0, schedule_origin="benchmark",
+            settings=settings), device)
+        kept = f"{source.storage_device} {source.nbytes / 2**30:.2f} GiB, store_end {store_end}"
+        results.append((f"FPE Source Capture ({kept})", seconds, peak))
+        runs = [("image map", joint, 0.2), ("image Q,K", joint, 0.2)]
+        if storage == "replay":
+            runs.append(("image map", joint, 1.0))
+            if layout.blocks.blocks.get("self"):
+                runs.append(("image map", layout.blocks.keys(("self",)), 0.2))
+        for mode, blocks, end in runs:
+            patched = inject_dit_model(model, source, blocks=blocks, start=0.0, end=end, mode=mode)
+            _, seconds, peak = timed(lambda patched=patched: plain(patched, target_prompt), device)
+            what = "self-attention blocks" if blocks and next(iter(blocks))[0] == "self" else "all joint blocks"
+            results.append((f"edit ({source.storage_device}): {mode}, {what}, end {end}", seconds, peak))
+        del source
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     print(f"\n{name}: {layout.family} layout ({layout.blocks.describe()}), {size}x{size} px, {steps} euler steps, "
           f"cfg {cfg}, {device}")
     print("| run | seconds | s/step | peak GiB | x plain |")

@@ -718,6 +718,233 @@ NOTE_REAL_LOCAL = (
     "Change only the mask or the target prompt and queue again: the inversion is cached.")
 
 
+
+# ---- MMDiT models (Flux.1 dev, SD3.5 Medium): FPE MMDiT Inject; current ComfyUI only (no Flux/SD3 in early 2024)
+
+@dataclass(frozen=True)
+class DiT:
+    """What differs between the Flux.1 dev and SD3.5 Medium workflows."""
+
+    unet: str  # UNETLoader's file (models/diffusion_models)
+    clip_loader: str  # DualCLIPLoader (type flux) or TripleCLIPLoader
+    clip_widgets: tuple
+    vae: str  # VAELoader's file (models/vae)
+    steps: int
+    cfg: float
+    guidance: float | None  # Flux dev's distilled guidance (FluxGuidance); None: SD3.5 has none
+    save_prefix: str
+    clip_size: tuple[int, int] = (315, 130)
+
+
+FLUX = DiT("flux1-dev.safetensors", "DualCLIPLoader", ("clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"),
+           "ae.safetensors", 28, 1.0, 3.5, "flux_")
+# SD3.5 Medium as Stability's model card samples it: 40 steps, cfg 4.5 (the negative prompt used)
+SD35 = DiT("sd3.5_medium.safetensors", "TripleCLIPLoader",
+           ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"), "sd3.5_vae.safetensors", 40, 4.5,
+           None, "sd35_", clip_size=(315, 130))
+DIT_SIDE = 1024
+DIT_SOURCE_PROMPT = "a photo of a cat sitting on a wooden bench"
+DIT_TARGET_PROMPT = "a photo of a dog sitting on a wooden bench"
+DIT_INJECT_WIDGETS = ["image map", "all", "double0-18", 0.0, 0.2, "cond only", ""]  # the node's defaults
+
+
+def dit_loaders(g: Graph, dit: DiT) -> None:
+    """Nodes 1-3: Load Diffusion Model, the text encoders' loader, Load VAE."""
+    g.node(1, "UNETLoader", (20, 40), outputs=[("MODEL", "MODEL")], widgets=[dit.unet, "default"],
+           title="Load Diffusion Model", size=(315, 82))
+    g.node(2, dit.clip_loader, (20, 170), outputs=[("CLIP", "CLIP")], widgets=list(dit.clip_widgets),
+           size=dit.clip_size)
+    g.node(3, "VAELoader", (20, 350), outputs=[("VAE", "VAE")], widgets=[dit.vae], size=(315, 58))
+
+
+def dit_prompt(g: Graph, node_id: int, pos, text: str, title: str) -> int:
+    return g.node(node_id, "CLIPTextEncode", pos, inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], widgets=[text], title=title, size=(400, 130))
+
+
+def flux_guidance(g: Graph, dit: DiT, node_id: int, pos, title: str) -> int:
+    return g.node(node_id, "FluxGuidance", pos, inputs=[("conditioning", "CONDITIONING")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], widgets=[dit.guidance], title=title, size=(270, 58))
+
+
+def mmdit_inject_node(g: Graph, node_id: int, pos) -> None:
+    """FPE MMDiT Inject with its defaults: image map, all blocks, the first 20 % of the steps."""
+    g.node(node_id, "FPEMMDiTInject", pos, inputs=[("model", "MODEL"), ("fpe_source", "FPE_SOURCE")],
+           outputs=[("model", "MODEL"), ("sweep_labels", "FPE_SWEEP_LABELS")], widgets=DIT_INJECT_WIDGETS,
+           size=(340, 240), color=FPE_COLOR)
+
+
+def dit_generated_edit(dit: DiT) -> dict:
+    """The generated edit on an MMDiT model: FPE Source Capture -> FPE MMDiT Inject -> KSampler, as the SD1.5
+    one; Flux's prompts go through FluxGuidance (cfg 1: the negative is unused), SD3.5's straight in."""
+    g = Graph()
+    dit_loaders(g, dit)
+    dit_prompt(g, 4, (380, 40), DIT_SOURCE_PROMPT, "Source prompt")
+    dit_prompt(g, 5, (380, 220), DIT_TARGET_PROMPT, "Target prompt (the edit)")
+    dit_prompt(g, 6, (380, 400), "", "Negative prompt (unused at cfg 1)" if dit.guidance else "Negative prompt")
+    g.node(7, "EmptySD3LatentImage", (380, 580), outputs=[("LATENT", "LATENT")], widgets=[DIT_SIDE, DIT_SIDE, 1],
+           size=(315, 106))
+    x = 830
+    source, target = 4, 5
+    if dit.guidance is not None:
+        flux_guidance(g, dit, 8, (830, 40), "FluxGuidance (source)")
+        flux_guidance(g, dit, 9, (830, 220), "FluxGuidance (target)")
+        source, target, x = 8, 9, 1140
+    sampling = [dit.steps, dit.cfg, "euler", "simple"]
+    g.node(10, "FPESourceCapture", (x, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
+           outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
+           widgets=[42, "fixed", *sampling, 1.0, "official", OFFICIAL_LAYERS, 0.8, "cond", "auto", "exact", "off"],
+           size=(340, 430), color=FPE_COLOR)
+    mmdit_inject_node(g, 11, (x, 580))  # below the capture as the page draws it (taller than its size)
+    g.node(12, "KSampler", (x + 390, 460),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                   ("latent_image", "LATENT")],
+           outputs=[("LATENT", "LATENT")], widgets=[42, "fixed", *sampling, 1.0],
+           title="KSampler (target: same seed, steps, sampler)", size=(380, 270))
+    decode_node(g, 13, (x + 390, 40), "Decode source")
+    decode_node(g, 14, (x + 850, 460), "Decode edit")
+    side_by_side_node(g, 15, (x + 850, 40))
+    g.node(16, "SaveImage", (x + 1150, 40), inputs=[("images", "IMAGE")],
+           widgets=[f"FPE/{dit.save_prefix}side_by_side"], title="Save source | edit", size=(420, 300))
+    g.node(17, "SaveImage", (x + 390, 140), inputs=[("images", "IMAGE")], widgets=[f"FPE/{dit.save_prefix}source"],
+           title="Save source", size=(380, 270))
+    g.node(18, "SaveImage", (x + 1150, 460), inputs=[("images", "IMAGE")], widgets=[f"FPE/{dit.save_prefix}edit"],
+           title="Save edit", size=(320, 280))
+    g.node(19, "Note", (20, 460), widgets=[NOTE_FLUX_GENERATED if dit.guidance else NOTE_SD35_GENERATED],
+           size=(330, 520))
+    g.link(1, 0, 10, "model")
+    g.link(1, 0, 11, "model")
+    for clip_user in (4, 5, 6):
+        g.link(2, 0, clip_user, "clip")
+    if dit.guidance is not None:
+        g.link(4, 0, 8, "conditioning")
+        g.link(5, 0, 9, "conditioning")
+    g.link(source, 0, 10, "positive")
+    g.link(6, 0, 10, "negative")
+    g.link(7, 0, 10, "latent_image")
+    g.link(10, 1, 11, "fpe_source")
+    g.link(11, 0, 12, "model")
+    g.link(target, 0, 12, "positive")
+    g.link(6, 0, 12, "negative")
+    g.link(7, 0, 12, "latent_image")
+    g.link(10, 0, 13, "samples")
+    g.link(3, 0, 13, "vae")
+    g.link(12, 0, 14, "samples")
+    g.link(3, 0, 14, "vae")
+    g.link(13, 0, 15, "image_a")
+    g.link(14, 0, 15, "image_b")
+    g.link(15, 0, 16, "images")
+    g.link(13, 0, 17, "images")
+    g.link(14, 0, 18, "images")
+    return g.workflow()
+
+
+NOTE_FLUX_GENERATED = (
+    "Free-Prompt-Editing on Flux.1 dev (FPE MMDiT Inject): the source prompt makes an image, the target prompt "
+    "edits it while the layout stays. Needs a current ComfyUI.\n\n"
+    "Files: flux1-dev.safetensors in models/diffusion_models, clip_l.safetensors and t5xxl_fp16.safetensors in "
+    "models/text_encoders, ae.safetensors in models/vae.\n\n"
+    "Both prompts go through FluxGuidance 3.5; cfg stays 1 (Flux dev is guidance-distilled), so the negative "
+    "prompt is unused (FPE Source Capture needs one connected). Keep seed, steps, sampler and scheduler the SAME "
+    "on the capture and the KSampler. The capture's store_layers, store_custom_layers and precision are for "
+    "UNets: unused here.\n\n"
+    "The Inject's defaults: 'image map' in every block over the first 20 % of the steps (end 0.2): flow models "
+    "fix the layout early. Closer to the source: raise end (at most the capture's store_end, 0.8); stronger "
+    "change: lower it.\n\n"
+    "Change only the target prompt and queue again: the source is cached.")
+NOTE_SD35_GENERATED = (
+    "Free-Prompt-Editing on SD3.5 Medium (FPE MMDiT Inject): the source prompt makes an image, the target prompt "
+    "edits it while the layout stays. Needs a current ComfyUI.\n\n"
+    "Files: sd3.5_medium.safetensors in models/diffusion_models; clip_l.safetensors, clip_g.safetensors and "
+    "t5xxl_fp16.safetensors in models/text_encoders; SD3.5's VAE (vae/diffusion_pytorch_model.safetensors of the "
+    "model's repository) saved as sd3.5_vae.safetensors in models/vae.\n\n"
+    "40 steps, cfg 4.5 (the model card's), euler / simple. Keep seed, steps, cfg, sampler and scheduler the SAME "
+    "on the capture and the KSampler. The capture's store_layers, store_custom_layers and precision are for UNets: "
+    "unused here.\n\n"
+    "The Inject's defaults: 'image map' in every joint block (SD3.5 Medium's image self-attention blocks take "
+    "the UNet operation) over the first 20 % of the steps (end 0.2). Closer to the source: raise end (at most "
+    "the capture's store_end, 0.8); stronger change: lower it.\n\n"
+    "Change only the target prompt and queue again: the source is cached.")
+
+
+def flux_real_image_edit() -> dict:
+    """A photo edited on Flux.1 dev: VAE Encode -> FPE Flow Invert (reverse Euler with the source prompt) ->
+    FPE MMDiT Inject -> SamplerCustomAdvanced from the inverted noise over the inversion's sigmas."""
+    dit = FLUX
+    g = Graph()
+    dit_loaders(g, dit)
+    g.node(4, "LoadImage", (20, 460), outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=[EXAMPLE_IMAGE, "image"],
+           title="Load the photo to edit", size=(315, 360))
+    dit_prompt(g, 5, (380, 40), REAL_SOURCE_PROMPT, "Source prompt (describes the photo)")
+    dit_prompt(g, 6, (380, 220), REAL_TARGET_PROMPT, "Target prompt (the edit)")
+    g.node(7, "VAEEncode", (380, 400), inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[("LATENT", "LATENT")],
+           size=(210, 50))
+    flux_guidance(g, dit, 8, (830, 40), "FluxGuidance (source)")
+    flux_guidance(g, dit, 9, (830, 220), "FluxGuidance (target)")
+    g.node(10, "FPEFlowInvert", (1140, 40),
+           inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                   ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
+           outputs=[("inverted_noise", "NOISE"), ("fpe_source", "FPE_SOURCE"), ("sigmas", "SIGMAS"),
+                    ("report", "STRING")],
+           widgets=[dit.steps, "simple", 1.0, 1.0, "auto", "cond", True], size=(360, 560), color=FPE_COLOR)
+    mmdit_inject_node(g, 11, (1540, 40))
+    g.node(12, "BasicGuider", (1540, 330), inputs=[("model", "MODEL"), ("conditioning", "CONDITIONING")],
+           outputs=[("GUIDER", "GUIDER")], title="BasicGuider (target prompt)", size=(270, 50))
+    g.node(13, "KSamplerSelect", (1540, 430), outputs=[("SAMPLER", "SAMPLER")], widgets=["euler"], size=(315, 60))
+    g.node(14, "SamplerCustomAdvanced", (1540, 540),
+           inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                   ("latent_image", "LATENT")],
+           outputs=[("output", "LATENT"), ("denoised_output", "LATENT")],
+           title="SamplerCustomAdvanced (target: inverted noise, same sigmas)", size=(380, 130))
+    decode_node(g, 15, (1980, 400), "Decode edit")
+    side_by_side_node(g, 16, (1980, 40))
+    g.node(17, "SaveImage", (2280, 40), inputs=[("images", "IMAGE")], widgets=["FPE/flux_real_side_by_side"],
+           title="Save photo | edit", size=(420, 300))
+    g.node(18, "SaveImage", (2280, 400), inputs=[("images", "IMAGE")], widgets=["FPE/flux_real_edit"],
+           title="Save edit", size=(320, 300))
+    g.node(19, "Note", (380, 720), widgets=[NOTE_FLUX_REAL], size=(400, 460))
+    g.link(1, 0, 10, "model")
+    g.link(1, 0, 11, "model")
+    for clip_user in (5, 6):
+        g.link(2, 0, clip_user, "clip")
+    g.link(4, 0, 7, "pixels")
+    g.link(3, 0, 7, "vae")
+    g.link(5, 0, 8, "conditioning")
+    g.link(6, 0, 9, "conditioning")
+    g.link(8, 0, 10, "positive")
+    g.link(7, 0, 10, "latent")
+    g.link(3, 0, 10, "vae")
+    g.link(10, 1, 11, "fpe_source")
+    g.link(11, 0, 12, "model")
+    g.link(9, 0, 12, "conditioning")
+    g.link(10, 0, 14, "noise")
+    g.link(12, 0, 14, "guider")
+    g.link(13, 0, 14, "sampler")
+    g.link(10, 2, 14, "sigmas")
+    g.link(7, 0, 14, "latent_image")
+    g.link(14, 0, 15, "samples")
+    g.link(3, 0, 15, "vae")
+    g.link(4, 0, 16, "image_a")
+    g.link(15, 0, 16, "image_b")
+    g.link(16, 0, 17, "images")
+    g.link(15, 0, 18, "images")
+    return g.workflow()
+
+
+NOTE_FLUX_REAL = (
+    "Real-photo editing on Flux.1 dev: FPE Flow Invert runs the flow backwards (reverse Euler) from the photo to "
+    "noise with a source prompt that describes the photo, and keeps what the edit needs; SamplerCustomAdvanced "
+    "then samples that noise forward with the target prompt while FPE MMDiT Inject keeps the photo's layout. "
+    "Needs a current ComfyUI; files as in fpe_flux_generated_edit.\n\n"
+    "Load your photo (drag it onto Load Image; sides a multiple of 16). SamplerCustomAdvanced must take Flow "
+    "Invert's inverted_noise and sigmas, sampler euler, and the photo's latent.\n\n"
+    "Flow Invert's preview shows the photo beside its reconstruction from the inverted noise, with the error: "
+    "below ~20 dB use more steps or a source prompt closer to the photo.\n\n"
+    "Change only the target prompt and queue again: the inversion is cached.")
+
+
 WORKFLOWS = {
     "fpe_generated_edit.json": generated_edit,
     "fpe_generated_edit_official_schedule.json": lambda: generated_edit(official_schedule=True),
@@ -729,6 +956,9 @@ WORKFLOWS = {
     "fpe_attention_maps.json": attention_maps,
     "fpe_local_edit.json": local_edit,
     "fpe_real_image_local_edit.json": real_image_local_edit,
+    "fpe_flux_generated_edit.json": lambda: dit_generated_edit(FLUX),
+    "fpe_sd35_generated_edit.json": lambda: dit_generated_edit(SD35),
+    "fpe_flux_real_image_edit.json": flux_real_image_edit,
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .architecture import check_inputs_fit, transformer_layers, unet_of
 from .conditioning import entry_ids, sampler_conds, structure_of
-from .dit_capture import check_dit_inputs, dit_source
+from .dit_capture import attach_dit_recording, check_dit_inputs, dit_source
 from .dit_model import dit_layout, is_dit
 from .errors import FPEError
 from .evaluations import COND, UNCOND, EvaluationClock
@@ -79,6 +79,7 @@ class CaptureRecorder(Shared):
         self._logged = None
         self._contexts: dict = {}  # (kind, entry) -> the last text context stored for it
         self._words: dict = {}  # this evaluation's word maps, summed over LocalBlend's layers
+        self.attach_extra = None  # an MMDiT's stored record: its hooks, set on the capture's clone
 
     def __call__(self, n, context, value, extra_options):
         call = self.clock.locate(extra_options, n.shape[0])
@@ -143,6 +144,8 @@ class CaptureRecorder(Shared):
 
     def _keep(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.to(device=self.device or rows.device, dtype=self.dtype or rows.dtype, copy=True)
+
+    keep = _keep  # for the MMDiT recorder (``dit_capture``)
 
     def begin_run(self, guider, noise, latent, sigmas, denoise_mask) -> None:
         """Current ComfyUI, before sampling: entry ids, and the conditioning's structure."""
@@ -211,6 +214,8 @@ def attach_recorder(model, recorder: CaptureRecorder):
     if recorder.source.replay is not None:
         previous = patched.model_options.get("model_function_wrapper")
         patched.set_model_unet_function_wrapper(InputRecorder(recorder, previous))
+    if recorder.attach_extra is not None:
+        recorder.attach_extra(patched)
     add_run_hook(patched, recorder.begin_run)
     add_evaluation_end(patched, recorder.end_evaluation)
     return patched
@@ -256,11 +261,14 @@ def new_source(model, *, samples: torch.Tensor, sigmas: torch.Tensor, schedule_o
         raise FPEError(f"model: {maker} inverts UNet models (SD1.x, SD2.x, SDXL) with DDIM; this model is "
                        f"{dit_layout(model).family}, a flow model: invert its photos with FPE Flow Invert and edit them "
                        f"with FPE MMDiT Inject")
-    if is_dit(model):  # an MMDiT replays its source (``dit_capture``): no layer record, no word maps
-        source = dit_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin, cfg=cfg,
-                            settings=settings, evaluations=evaluations, rows=rows, maker=maker,
-                            kinds=ROWS[settings.rows])
-        return source, CaptureRecorder(source, None, None)
+    if is_dit(model):  # an MMDiT (``dit_capture``): image queries and keys, or replay; no word maps
+        source, plan, dtype = dit_source(model, samples=samples, sigmas=sigmas, schedule_origin=schedule_origin,
+                                         cfg=cfg, settings=settings, evaluations=evaluations, rows=rows, maker=maker,
+                                         kinds=ROWS[settings.rows])
+        recorder = CaptureRecorder(source, plan.device, dtype)
+        if source.replay is None:
+            recorder.attach_extra = lambda patched: attach_dit_recording(patched, recorder, dit_layout(model))
+        return source, recorder
     layers = model_attn1_layers(model)
     check_latent(samples, "latent_image" if maker == "FPE Source Capture" else "latent")
     height, width = samples.shape[-2:]

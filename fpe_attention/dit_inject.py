@@ -18,45 +18,27 @@ Inject's (``inject.InjectPatch``), unchanged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .ddim_guard import DDIMGuard
-from .dit_blocks import DiTBlocks
+from .dit_blocks import PRESETS, DiTBlocks, preset_blocks
+from .dit_hooks import OVERRIDE, heads_of, install, next_block, to_heads
 from .dit_model import DiTLayout, require_dit
 from .errors import FPEError
 from .evaluations import UNCOND
 from .hooks import Shared, add_evaluation_end, add_run_hook
-from .inject import BRANCHES, InjectPatch, InjectWrapper
+from .inject import BRANCHES, InjectPatch, InjectWrapper, RowEdit
 from .joint_attention import MODES, image_map_attention, image_qk_attention, self_attention_fpe
+from .layers import LayerSelectionError
 from .local_edit import NoiseMaskHook
 from .notify import warn
-from .replay import extended_batch
+from .replay import extended_batch, unet_call_view
 from .source import FPESource, describe_signature, model_signature, reject_chained_inject, weights_fingerprint
 from .steps import step_window
+from .sweep import combinations, labels_json, parse_sweep, sweep_number, value_label
 from .validate import check_number
-
-STAMP = "fpe_dit_block"  # transformer_options key: the block whose attention runs now
-OVERRIDE = "optimized_attention_override"
-REPLACE_NAME = {"double": "double_block", "single": "single_block", "joint": "double_block", "self": "double_block"}
-
-
-class BlockStamp(Shared):
-    """A ``dit`` replace patch: runs the block (or the patch found there) with the block's key in its options."""
-
-    def __init__(self, patch: DiTInjectPatch, kind: str, index: int, previous=None):
-        self.patch, self.kind, self.index, self.previous = patch, kind, index, previous
-
-    def __call__(self, args, extra):
-        options = dict(args.get("transformer_options") or {})
-        # SD3's joint blocks: the joint attention first, then (SD3.5-M's MMDiT-X blocks) the image self-attention
-        kinds = ["joint", "self"] if self.kind in ("joint", "self") else [self.kind]
-        options[STAMP] = {"index": self.index, "kinds": kinds}
-        if self.patch.replay_call is not None:
-            self.patch.stamped.add((kinds[0], self.index))
-        args = dict(args, transformer_options=options)
-        if self.previous is not None:
-            return self.previous(args, extra)
-        return extra["original_block"](args)
 
 
 class JointAttentionOverride(Shared):
@@ -73,12 +55,8 @@ class JointAttentionOverride(Shared):
         return func(*args, **kwargs)
 
     def __call__(self, func, *args, **kwargs):
-        options = kwargs.get("transformer_options") or {}
-        stamp = options.get(STAMP)
-        if stamp is None or self.patch.replay_call is None or not stamp["kinds"]:
-            return self.run(func, args, kwargs)
-        key = (stamp["kinds"].pop(0), stamp["index"])  # this block's next attention call
-        if key not in self.patch.layers:
+        key = next_block(kwargs.get("transformer_options"))  # this block's next attention call
+        if key is None or key not in self.patch.layers:
             return self.run(func, args, kwargs)
         try:
             return self.patch.edit_attention(key, func, args, kwargs, self.run)
@@ -88,17 +66,23 @@ class JointAttentionOverride(Shared):
 
 
 class DiTInjectPatch(InjectPatch):
-    """The Inject's run logic with the MMDiT edit in place of the attn1 patch."""
+    """The Inject's run logic with the MMDiT edit in place of the attn1 patch. The source's queries and keys come
+    from its rows in the same model call (replay), or from its record (stored: image tokens only)."""
 
     def __init__(self, source: FPESource, layers: frozenset, window: tuple[int, int], kinds: frozenset[int],
-                 layout: DiTLayout, mode: str):
-        super().__init__(source, layers, window, kinds)
+                 layout: DiTLayout, mode: str, rows: tuple[RowEdit, ...] | None = None):
+        super().__init__(source, layers, window, kinds, rows)
         self.layout = layout
         self.mode = mode
         self.override: JointAttentionOverride | None = None
-        self.stamped: set = set()  # the selected blocks that ran in the extended call in progress
-        self.edited: set = set()  # ... and those whose attention the override edited
-        self._tokens: tuple[int, int] | None = None  # (text, image) tokens of the extended call
+        self.stamped: set = set()  # the chosen blocks that ran in an edited model call
+        self.edited: set = set()  # ... and those whose attention the override saw
+        self._tokens: tuple[int, int] | None = None  # (text, image) tokens of the model call in progress
+        self._call = None  # the model call in progress (its evaluation and chunks)
+
+    def note_stamp(self, key) -> None:
+        if self._call is not None and self._call.step is not None and self._edits(self._call):
+            self.stamped.add(key)
 
     def unet_call(self, apply_model, args):
         options = args["c"].get("transformer_options", {})
@@ -106,12 +90,18 @@ class DiTInjectPatch(InjectPatch):
             self.close_run()
             raise FPEError("FPE MMDiT Inject: a node applied after it removed ComfyUI's attention override (the "
                            "slot FPE edits through): apply that node before FPE MMDiT Inject")
+        x = args["input"]
+        text = args["c"].get("c_crossattn")
+        self._tokens = (int(text.shape[1]) if text is not None else 0,
+                        self.layout.image_tokens(int(x.shape[-2]), int(x.shape[-1])))
         self.stamped, self.edited = set(), set()
+        if x.shape[0] > 0:
+            self._call = self.clock.locate(unet_call_view(options, x), x.shape[0])
         try:
             out = super().unet_call(apply_model, args)
         finally:
-            self._tokens = None
-        # every chosen block that ran in an extended call must have been edited through our override
+            self._tokens, self._call = None, None
+        # every chosen block that ran in an edited call must have been seen by our override
         if self.stamped - {("joint" if kind == "self" else kind, i) for kind, i in self.edited}:
             self.close_run()
             raise FPEError(
@@ -123,8 +113,7 @@ class DiTInjectPatch(InjectPatch):
     def _extended(self, args, call, inputs):
         """Source rows in front; MMDiT text tokens are keys of the joint softmax, so both sides' prompts must encode
         to the same token count (the host's repeat-to-a-common-length batching would reweight them)."""
-        c = args["c"]
-        target = c.get("c_crossattn")
+        target = args["c"].get("c_crossattn")
         for _, source_input in inputs:
             text = source_input.cond.get("c_crossattn")
             if text is not None and target is not None and text.shape[1] != target.shape[1]:
@@ -132,49 +121,84 @@ class DiTInjectPatch(InjectPatch):
                     f"the source prompt encodes to {text.shape[1]} text tokens, the target's to {target.shape[1]}: in "
                     f"an MMDiT the text tokens share the image's softmax, so the two cannot share a model call. Keep "
                     f"both prompts under the text encoder's padded length (shorten the longer one)")
-        height, width = int(args["input"].shape[-2]), int(args["input"].shape[-1])
-        self._tokens = (int(target.shape[1]) if target is not None else 0, self.layout.image_tokens(height, width))
         return extended_batch(args, call, inputs, self.source.maker)
 
     def edit_attention(self, key, func, args, kwargs, run):
-        """One attention call of an edited block: the target rows take the source rows' queries and keys."""
-        replay = self.replay_call
+        """One attention call of a chosen block: in an edited step the target rows take the source's queries and
+        keys (the source rows of this call, or the record); everything else runs the host's kernel."""
+        call = self.replay_call.call if self.replay_call is not None else self._call
+        if call is None or not self._edits(call):
+            return run(func, args, kwargs)
+        self.edited.add(key)
         q, k, v = args[:3]
-        kw = {name: value for name, value in kwargs.items() if name != "heads"}
-        heads = args[3] if len(args) > 3 else kwargs.get("heads", kwargs.get("num_heads"))
+        kw = {name: value for name, value in kwargs.items() if name not in ("heads", "num_heads")}
         if kw.get("mask") is not None:
             raise FPEError("FPE MMDiT Inject: this model call carries an attention mask (a masked or regional "
                            "conditioning), which the edit does not support yet: remove the mask from the prompts")
-        split = not kw.get("skip_reshape", False)
-        if split:  # SD3: [B, L, H·D] -> [B, H, L, D]
-            rows, length, width = q.shape
-            q, k, v = (t.view(rows, -1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = to_heads(q, k, v, heads_of(args, kwargs), not kw.get("skip_reshape", False))
         kw.update(skip_reshape=True, skip_output_reshape=True, mask=None)
 
         def kernel(qq, kk, vv):  # the host's attention (and an override found before ours) on [B, H, L, D]
             return run(func, (qq, kk, vv, qq.shape[1]), kw)
 
         img = self._image_slice(key, q.shape[2])
-        skip = replay.source_rows
+        targets, q_s, k_s = (self._replayed(key, q, k) if self.replay_call is not None
+                             else self._stored(key, call, q, k, img))
+        if not targets:
+            return run(func, args, kwargs)
         edited = torch.zeros(q.shape[0], dtype=torch.bool)
-        pairs = [(slice(skip + t.start, skip + t.stop), s) for t, s in replay.pairs]
-        for target, _ in pairs:
-            edited[target] = True
+        edited[targets] = True
+        target_rows = torch.tensor(targets, device=q.device)
         out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
         plain = (~edited).nonzero().flatten().to(q.device)
-        out[plain] = kernel(q[plain], k[plain], v[plain])
-        for target, source in pairs:
-            q_t, k_t, v_t, q_s, k_s = q[target], k[target], v[target], q[source], k[source]
-            if key[0] == "self":
-                out[target] = self_attention_fpe(q_s, k_s, v_t, kernel)
-            elif self.mode == "image map":
-                out[target] = image_map_attention(q_t, k_t, v_t, q_s, k_s, img, kernel)
-            else:
-                out[target] = image_qk_attention(q_t, k_t, v_t, q_s, k_s, img, kernel)
-        self.edited.add(key)
+        if plain.numel():
+            out[plain] = kernel(q[plain], k[plain], v[plain])
+        q_t, k_t, v_t = q[target_rows], k[target_rows], v[target_rows]
+        if key[0] == "self":
+            out[target_rows] = self_attention_fpe(q_s, k_s, v_t, kernel)
+        elif self.mode == "image map":
+            out[target_rows] = image_map_attention(q_t, k_t, v_t, q_s, k_s, img, kernel)
+        else:
+            out[target_rows] = image_qk_attention(q_t, k_t, v_t, q_s, k_s, img, kernel)
         if kwargs.get("skip_output_reshape", False):
             return out
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)  # the host's [B, L, H·D]
+
+    def _replayed(self, key, q, k):
+        """Replay: (edited target rows, the source rows' q and k) of this extended call."""
+        replay = self.replay_call
+        picked = self._rows_at(replay.call.step, key)  # a sweep: the images whose setting edits here
+        pairs = []
+        for t, s in replay.pairs:
+            rows = range(t.stop - t.start) if picked is None else picked
+            pairs += [(replay.source_rows + t.start + r, s.start + r) for r in rows]
+        sources = torch.tensor([s for _, s in pairs], dtype=torch.long, device=q.device)
+        return [t for t, _ in pairs], q[sources], k[sources]
+
+    def _stored(self, key, call, q, k, img):
+        """Stored: (edited target rows, their q and k with the recorded source's in the image tokens)."""
+        picked = self._rows_at(call.step, key)
+        targets, q_s, k_s = [], [], []
+        for chunk in call.chunks:
+            if chunk.kind not in self.kinds:
+                continue
+            record = self.source.stored(self._source_key(chunk, call), key, call.step)  # [2, rows, H, image, D]
+            count = chunk.rows.stop - chunk.rows.start
+            rows = list(range(count)) if picked is None else picked
+            if record.shape[1] not in (1, count) or record.shape[2:] != (q.shape[1], img.stop - img.start, q.shape[3]):
+                raise FPEError(f"the target's attention at block {key[0]}{key[1]} has {q.shape[1]} heads x "
+                               f"{img.stop - img.start} image tokens, the source's record {record.shape[2]} x "
+                               f"{record.shape[3]}: give the target sampler a latent of the capture's size")
+            for r in rows:
+                targets.append(chunk.rows.start + r)
+                q_row, k_row = q[chunk.rows.start + r].clone(), k[chunk.rows.start + r].clone()
+                src = record[:, 0 if record.shape[1] == 1 else r].to(device=q.device, dtype=q.dtype)
+                q_row[:, img], k_row[:, img] = src[0], src[1]
+                q_s.append(q_row)
+                k_s.append(k_row)
+        if not targets:
+            return [], None, None
+        return targets, torch.stack(q_s), torch.stack(k_s)
 
     def _image_slice(self, key, length: int) -> slice:
         """Where the image tokens sit in this block's sequence: Flux [text | image | references], SD3 [registers |
@@ -194,25 +218,66 @@ class DiTInjectPatch(InjectPatch):
         return slice(length - image, length)
 
 
-def dit_window(source: FPESource, start: float, end: float) -> tuple[int, int]:
+@dataclass(frozen=True)
+class DiTSweepSetting:
+    """One image's setting of an MMDiT sweep."""
+
+    start: float
+    end: float
+    blocks: frozenset
+    label: str
+
+
+def plan_dit_sweep(table: DiTBlocks, text: str, *, blocks: frozenset, blocks_label: str, start: float, end: float,
+                   custom_blocks: str) -> tuple[list[DiTSweepSetting] | None, str]:
+    """The ``sweep`` text (the UNet Inject's syntax: start, end and layers, here block presets or quoted block lists
+    such as layers="double0-18",all) -> (one setting per image or None, the FPE_SWEEP_LABELS output)."""
+    axes = parse_sweep(text or "")
+    single = f"end={end:g}, blocks={blocks_label}"
+    if not axes:
+        return None, labels_json(axes, single)
+    chosen: dict[str, frozenset] = {}
+
+    def resolve(value: str) -> frozenset:
+        if value not in chosen:
+            preset, custom = (value, custom_blocks) if value in PRESETS else ("custom", value)
+            try:
+                chosen[value] = preset_blocks(preset, table, custom)
+            except LayerSelectionError as exc:
+                raise FPEError(f"sweep: layers value {value[:24]!r}: {exc}") from None
+        return chosen[value]
+
+    settings = []
+    for combo in combinations(axes):
+        settings.append(DiTSweepSetting(
+            start=sweep_number("start", combo["start"]) if "start" in combo else start,
+            end=sweep_number("end", combo["end"]) if "end" in combo else end,
+            blocks=resolve(combo["layers"]) if "layers" in combo else blocks,
+            label=", ".join(value_label(name, value) for name, value in combo.items())))
+    return settings, labels_json(axes, single)
+
+
+def dit_window(source: FPESource, start: float, end: float, prefix: str = "", warn_off: bool = True) -> tuple[int, int]:
     start, end = check_number("start", start, 0.0, 1.0), check_number("end", end, 0.0, 1.0)
     if start > end:
-        raise FPEError(f"start ({start}) is after end ({end}): set start below end (start = end turns the edit off)")
+        raise FPEError(f"{prefix}start ({start}) is after end ({end}): set start below end (start = end turns the "
+                       f"edit off)")
     window = step_window(source.steps, start, end)
     first, stop = source.stored_window
     if window[0] < window[1] and not (first <= window[0] and window[1] <= stop):
-        raise FPEError(f"end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but {source.maker} "
-                       f"kept steps {first}..{stop - 1} (store_end {source.store_end}): raise the capture's store_end "
-                       f"to at least {end} or lower the inject's end")
-    if window[0] >= window[1] and start < end:
+        raise FPEError(f"{prefix}end {end} edits steps {window[0]}..{window[1] - 1} of {source.steps}, but "
+                       f"{source.maker} kept steps {first}..{stop - 1} (store_end {source.store_end}): raise the "
+                       f"capture's store_end to at least {end} or lower the inject's end")
+    if window[0] >= window[1] and start < end and warn_off:
         warn("the edit is off", f"start {start} / end {end} edit no step of {source.steps} (the window truncates to "
                                 f"{window})")
     return window
 
 
 def inject_dit_model(model, source: FPESource, *, blocks: frozenset, start: float, end: float, mode: str = "image map",
-                     branches: str = "cond only"):
-    """A clone of an MMDiT ``model`` that edits its samples with ``source``; checks everything it can first."""
+                     branches: str = "cond only", sweep: list[DiTSweepSetting] | None = None):
+    """A clone of an MMDiT ``model`` that edits its samples with ``source``; checks everything it can first.
+    ``sweep``: one setting per target image (a batch of len(sweep) images), as FPE Self-Attn Inject's."""
     node = "FPE MMDiT Inject"
     layout = require_dit(model, node)
     if not isinstance(source, FPESource):
@@ -223,8 +288,6 @@ def inject_dit_model(model, source: FPESource, *, blocks: frozenset, start: floa
     if signature != source.signature:
         raise FPEError(f"model: fpe_source was captured with {describe_signature(source.signature)}, but this model is "
                        f"{describe_signature(signature)}: give {node} the model the capture used")
-    if source.replay is None:
-        raise FPEError(f"fpe_source: {node} needs a replay source (FPE Source Capture on this MMDiT keeps one)")
     if source.weights and weights_fingerprint(model) != source.weights:
         warn("another model than the capture's", f"{node} gets another checkpoint or other LoRAs than {source.maker} "
                                                   f"used (the source rows are re-run with this model); give both the "
@@ -245,24 +308,21 @@ def inject_dit_model(model, source: FPESource, *, blocks: frozenset, start: floa
     if not blocks or unknown:
         raise FPEError(f"blocks: {sorted(unknown) if unknown else 'nothing'} selected; this {layout.family} model "
                        f"has {layout.blocks.describe()}")
-    window = dit_window(source, start, end)
-    patch = DiTInjectPatch(source, frozenset(blocks), window, kinds, layout, mode)
+    rows = None
+    if sweep:
+        rows = tuple(RowEdit(dit_window(source, s.start, s.end, f"sweep: {s.label}: ", warn_off=len(sweep) == 1),
+                             frozenset(s.blocks), s.label) for s in sweep)
+        blocks = frozenset().union(*(row.layers for row in rows))
+        window = (min(row.window[0] for row in rows), max(row.window[1] for row in rows))
+        if len(rows) == 1:  # exactly the plain edit with that setting
+            rows = None
+    else:
+        window = dit_window(source, start, end)
+    patch = DiTInjectPatch(source, frozenset(blocks), window, kinds, layout, mode, rows)
     patched = model.clone()
     patched.set_model_unet_function_wrapper(InjectWrapper(patch, patched.model_options.get("model_function_wrapper")))
-    options = dict(patched.model_options.get("transformer_options", {}))
-    patch.override = JointAttentionOverride(patch, options.get(OVERRIDE))
-    options[OVERRIDE] = patch.override
-    patched.model_options["transformer_options"] = options
-    found = options.get("patches_replace", {}).get("dit", {})
-    for index in sorted({i for _, i in blocks}):
-        for kind in {kind for kind, i in blocks if i == index}:
-            name = REPLACE_NAME[kind]
-            stamp_kind = "joint" if kind == "self" else kind
-            if isinstance(found.get((name, index)), BlockStamp):
-                continue
-            patched.set_model_patch_replace(BlockStamp(patch, stamp_kind, index, found.get((name, index))), "dit",
-                                            name, index)
-            found = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    patch.override = install(patched, blocks, lambda previous: JointAttentionOverride(patch, previous),
+                             on_stamp=patch.note_stamp)
     announced = add_run_hook(patched, patch.begin_run)
     patch.by_order = not announced
     add_evaluation_end(patched, patch.end_evaluation)

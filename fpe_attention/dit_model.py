@@ -32,6 +32,7 @@ class DiTLayout:
     blocks: DiTBlocks
     patch: int
     registers: int = 0  # SD3.5: register tokens prepended to the text
+    hidden: int = 0  # the attention width (heads x head size) of every block
 
     @property
     def flux(self) -> bool:
@@ -58,14 +59,16 @@ def dit_layout(model) -> DiTLayout | None:
     served = _SERVED.get(type(inner).__name__)
     if served == "Flux" and hasattr(backbone, "double_blocks") and hasattr(backbone, "single_blocks"):
         return DiTLayout("Flux", flux_blocks(len(backbone.double_blocks), len(backbone.single_blocks)),
-                         int(getattr(backbone, "patch_size", 2)))
+                         int(getattr(backbone, "patch_size", 2)), hidden=int(getattr(backbone, "hidden_size", 0)))
     if served == "SD3" and hasattr(backbone, "joint_blocks"):
         selfs = tuple(i for i, block in enumerate(backbone.joint_blocks)
                       if getattr(getattr(block, "x_block", None), "x_block_self_attn", False))
         patch = getattr(getattr(backbone, "x_embedder", None), "patch_size", (2, 2))
         patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        qkv = getattr(getattr(getattr(backbone.joint_blocks[0], "x_block", None), "attn", None), "qkv", None)
         return DiTLayout("SD3.5-M" if selfs else "SD3", sd3_blocks(len(backbone.joint_blocks), selfs), patch,
-                         int(getattr(backbone, "register_length", 0) or 0))
+                         int(getattr(backbone, "register_length", 0) or 0),
+                         hidden=int(getattr(qkv, "out_features", 0)) // 3)
     return None
 
 

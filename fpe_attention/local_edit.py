@@ -392,8 +392,11 @@ def find_inject(model):
     for patch in patches.get("attn1_patch", []):
         if getattr(patch, "fpe_inject", False):
             return patch
+    override = getattr(model, "model_options", {}).get("transformer_options", {}).get("optimized_attention_override")
+    if getattr(override, "fpe_inject", False):  # FPE MMDiT Inject
+        return override.patch
     raise FPEError("model: FPE Local Edit limits an FPE edit to a region: connect the model output of FPE Self-Attn "
-                   "Inject (or FPE Attention Replace)")
+                   "Inject, FPE MMDiT Inject or FPE Attention Replace")
 
 
 def local_edit_model(model, *, mask=None, clip=None, source_text: str = "", target_text: str = "", words: str = "",
@@ -427,6 +430,9 @@ def local_edit_model(model, *, mask=None, clip=None, source_text: str = "", targ
                         "the region to edit white (1), or invert the mask")
     spec = None
     if words.strip():
+        if not source.word_layers:
+            raise FPEError("words: word masks read a UNet's cross-attention maps, which an MMDiT does not have: "
+                           "connect a MASK instead (paint it, or make one with a segmentation node)")
         spec = _word_spec(source, clip, source_text, target_text, words, threshold)
     if mask_batch is None and spec is None and not source.inverted:
         raise FPEError("mask: connect a MASK or name words (with clip, source_text and target_text): FPE Local Edit "

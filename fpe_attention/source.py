@@ -118,13 +118,17 @@ def reject_chained_inject(model, node: str) -> None:
     """A model that already carries an FPE edit cannot take another FPE node: say what to connect."""
     options = getattr(model, "model_options", {}).get("transformer_options", {})
     patches = options.get("patches", {})
-    if any(getattr(patch, "fpe_inject", False) for patch in patches.get("attn1_patch", [])) or getattr(
-            options.get("optimized_attention_override"), "fpe_inject", False):  # FPE MMDiT Inject's
-        raise FPEError(
-            f"model: this model already carries an FPE Self-Attn Inject edit, so {node} would not run as asked "
-            f"(a second Inject would be overridden by the first; a capture or inversion would record an edited "
-            f"run). Connect {node}'s model input to the model before FPE Self-Attn Inject (e.g. Load Checkpoint's "
-            f"MODEL); for several edits, give each target sampler its own Inject from that model")
+    if any(getattr(patch, "fpe_inject", False) for patch in patches.get("attn1_patch", [])):
+        inject, loader = "FPE Self-Attn Inject", "Load Checkpoint's"
+    elif getattr(options.get("optimized_attention_override"), "fpe_inject", False):
+        inject, loader = "FPE MMDiT Inject", "Load Diffusion Model's"
+    else:
+        return
+    raise FPEError(
+        f"model: this model already carries an {inject} edit, so {node} would not run as asked (a second Inject "
+        f"would be overridden by the first; a capture or inversion would record an edited run). Connect {node}'s "
+        f"model input to the model before {inject} (e.g. {loader} MODEL); for several edits, give each target "
+        f"sampler its own Inject from that model")
 
 
 @dataclass

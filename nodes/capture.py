@@ -22,14 +22,16 @@ class FPESourceCapture:
         "output, so changing only the target prompt does not re-run the source.",
     )
     DESCRIPTION = ("Samples the source image like a KSampler and records its self-attention for "
-                   "Free-Prompt-Editing. Give the target KSampler the same seed, steps, sampler and scheduler.")
+                   "Free-Prompt-Editing (on Flux/SD3: its joint attention's image queries and keys, or its model "
+                   "inputs for replay). Give the target KSampler the same seed, steps, sampler and scheduler.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x/SD2.x/SDXL UNet). Use the same model "
-                                               "(LoRAs included) for the target side."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model: SD1.x/SD2.x/SDXL (for FPE Self-Attn Inject) or "
+                                               "Flux.1/SD3/SD3.5 (for FPE MMDiT Inject). Use the same model (LoRAs "
+                                               "included) for the target side."}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Noise seed of the source image. The target KSampler must use the same "
                                             "seed so both start from the same noise."}),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..fpe_attention.dit_blocks import DEFAULT_WINDOW, PRESETS, preset_blocks
-from ..fpe_attention.dit_inject import inject_dit_model, table_of
+from ..fpe_attention.dit_inject import inject_dit_model, plan_dit_sweep, table_of
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.inject import BRANCHES
 from ..fpe_attention.joint_attention import MODES
@@ -15,10 +15,13 @@ class FPEMMDiTInject:
     DISPLAY_NAME = "FPE MMDiT Inject"
     CATEGORY = EDIT
     FUNCTION = "inject"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
+    RETURN_TYPES = ("MODEL", "FPE_SWEEP_LABELS")
+    RETURN_NAMES = ("model", "sweep_labels")
     OUTPUT_TOOLTIPS = ("The MMDiT with the edit attached: sample the target prompt with it using the capture's seed, "
-                       "steps, sampler, scheduler and guidance.",)
+                       "steps, sampler, scheduler and guidance (real photos: SamplerCustomAdvanced from FPE Flow "
+                       "Invert's inverted_noise and sigmas, sampler euler).",
+                       "The sweep's row and column titles, for FPE Sweep Grid and FPE Sweep Latent (without a sweep: "
+                       "one image titled with the setting).")
     DESCRIPTION = ("Free-Prompt-Editing on MMDiT models (Flux.1, SD3, SD3.5): in the chosen blocks and first steps, "
                    "the target's image tokens attend with the source's image map, so the edit keeps the source "
                    "layout. The source's rows run beside the target's in the same model call.")
@@ -60,11 +63,25 @@ class FPEMMDiTInject:
                                "those). 'cond + uncond' also edits the unconditional rows (cfg > 1; needs store_rows "
                                "'cond + uncond')."}),
             },
+            "optional": {
+                "sweep": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Settings sweep in one batched run (empty: none), as on FPE Self-Attn Inject: e.g. "
+                               "'end=0.1,0.2,0.3; layers=all,\"double0-18\"' (layers values: block presets or quoted "
+                               "block lists). Each combination is one image of the target batch: connect the target "
+                               "latent through FPE Sweep Latent."}),
+            },
         }
 
-    def inject(self, model, fpe_source, mode, blocks, custom_blocks, start, end, branches):
+    def inject(self, model, fpe_source, mode, blocks, custom_blocks, start, end, branches, sweep=""):
+        table = table_of(model)
         try:
-            keys = preset_blocks(blocks, table_of(model), custom_blocks)
+            keys = preset_blocks(blocks, table, custom_blocks)
         except LayerSelectionError as exc:
             raise FPEError(f"{'custom_blocks' if blocks == 'custom' else 'blocks'}: {exc}") from None
-        return (inject_dit_model(model, fpe_source, blocks=keys, start=start, end=end, mode=mode, branches=branches),)
+        label = custom_blocks if blocks == "custom" else blocks
+        settings, labels = plan_dit_sweep(table, sweep, blocks=keys, blocks_label=label, start=start, end=end,
+                                          custom_blocks=custom_blocks)
+        patched = inject_dit_model(model, fpe_source, blocks=keys, start=start, end=end, mode=mode, branches=branches,
+                                   sweep=settings)
+        return (patched, labels)

@@ -7,7 +7,7 @@ import logging
 import comfy.samplers
 import torch
 
-from ..fpe_attention.capture import ROWS, CaptureSettings
+from ..fpe_attention.capture import ROWS, STORAGE, CaptureSettings
 from ..fpe_attention.drawing import captioned
 from ..fpe_attention.errors import FPEError
 from ..fpe_attention.flow_inversion import MAKER, flow_invert_to_source, reconstruct_flow
@@ -59,8 +59,13 @@ class FPEFlowInvert:
                                   "tooltip": "Classifier-free guidance of the inversion. 1 (the prompt alone) inverts "
                                              "best; Flux dev's guidance is the conditioning's (FluxGuidance)."}),
                 "store_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Keep the source's model inputs for the first store_end of the "
-                                                   "steps (a few MB in all): at least FPE MMDiT Inject's end."}),
+                                        "tooltip": "Keep the source for the first store_end of the steps: at least "
+                                                   "FPE MMDiT Inject's end (lower it to make a record fit)."}),
+                "storage": (list(STORAGE), {
+                    "default": "auto",
+                    "tooltip": "'auto': a record of every block's image queries and keys where it fits (VRAM, else "
+                               "system RAM; the fastest edits), else replay. 'cpu': the record in system RAM. "
+                               "'replay': the source's model inputs only (a few MB); each edit re-runs them."}),
                 "store_rows": (list(ROWS), {
                     "default": "cond", "tooltip": "'cond': what the edit needs for branches 'cond only'. 'cond + "
                                                   "uncond' also keeps the unconditional rows (needs negative)."}),
@@ -77,15 +82,15 @@ class FPEFlowInvert:
             },
         }
 
-    def invert(self, model, positive, latent, steps, scheduler, cfg, store_end, store_rows, reconstruction_check,
-               negative=None, sigmas=None, vae=None):
+    def invert(self, model, positive, latent, steps, scheduler, cfg, store_end, storage, store_rows,
+               reconstruction_check, negative=None, sigmas=None, vae=None):
         samples = latent["samples"]
         cfg = check_number("cfg", cfg, 0.0, 100.0)
         check_latent(samples, "latent")
         if not torch.count_nonzero(samples):
             raise FPEError("latent: it is all zeros (an empty latent?). Connect the encoded photo: Load Image -> VAE "
                            "Encode -> latent")
-        settings = CaptureSettings.from_inputs(model, "all", "", store_end, store_rows, "replay", "exact")
+        settings = CaptureSettings.from_inputs(model, "all", "", store_end, store_rows, storage, "exact")
         sigmas, origin = schedule(model, sigmas, steps, "euler", scheduler, 1.0)
         n = int(sigmas.shape[-1]) - 1
         first, stop = step_window(n, 0.0, store_end)

@@ -48,9 +48,9 @@ def settings(name, **over):
     return out
 
 
-def capture(name, positive=SRC, **over):
+def capture(name, positive=SRC, storage="auto", **over):
     return call_node("FPESourceCapture", model=tiny(name), positive=positive, store_layers="all",
-                     store_custom_layers="", store_end=1.0, store_rows="cond", storage="auto", precision="exact",
+                     store_custom_layers="", store_end=1.0, store_rows="cond", storage=storage, precision="exact",
                      **settings(name, **over))
 
 
@@ -66,10 +66,11 @@ def sample(name, model, positive=TGT, **over):
 _SOURCES: dict = {}
 
 
-def source_of(name):
-    if name not in _SOURCES:
-        _SOURCES[name] = capture(name)
-    return _SOURCES[name]
+def source_of(name, storage="auto"):
+    """auto: a record of the image queries and keys (it fits: tiny models); replay: the model inputs only."""
+    if (name, storage) not in _SOURCES:
+        _SOURCES[(name, storage)] = capture(name, storage=storage)
+    return _SOURCES[(name, storage)]
 
 
 CASES = [(name, mode, blocks) for name in FAMILIES for mode, blocks in (
@@ -77,13 +78,15 @@ CASES = [(name, mode, blocks) for name in FAMILIES for mode, blocks in (
     [("SD35M", "image map", "image self-attention"), ("SD35M", "image map", "custom")] if "SD35M" in FAMILIES else [])
 
 
+@pytest.mark.parametrize("storage", ["auto", "replay"], ids=["stored", "replay"])
 @pytest.mark.parametrize("name,mode,blocks", CASES)
-def test_edit_matches_the_batched_reference(name, mode, blocks):
-    """The edit through the host's sampler equals the batched algorithm with explicit float64 attention; the
-    edit moves the target far above that difference."""
+def test_edit_matches_the_batched_reference(name, mode, blocks, storage):
+    """The edit through the host's sampler, from a stored record or a replayed source, equals the batched
+    algorithm with explicit float64 attention; the edit moves the target far above that difference."""
     model = tiny(name)
     layout = foreign_models_layout(model)
-    latent, source = source_of(name)
+    latent, source = source_of(name, storage)
+    assert source.storage_device == ("replay" if storage == "replay" else "model")
     custom = "joint0-1, self0"  # SD3.5-M: joint attention and MMDiT-X self-attention together
     edited = sample(name, inject(name, source, mode=mode, blocks=blocks, custom_blocks=custom, end=0.5))
     plain = sample(name, model)
@@ -110,11 +113,13 @@ def foreign_models_layout(model):
     return pack_submodule("fpe_attention.dit_model").dit_layout(model)
 
 
+@pytest.mark.parametrize("storage", ["auto", "replay"], ids=["stored", "replay"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_same_prompt_reproduces_the_source(name):
+def test_same_prompt_reproduces_the_source(name, storage):
     """With the source's own prompt the target's queries and keys are the source's: the result is the source image
-    up to the rounding of running the source rows in a batch with the target's (bound: 1e-6 of the output)."""
-    latent, source = source_of(name)
+    up to the rounding of the 2D-wide kernel call and (replay) of running the source rows in a batch with the
+    target's (bound: 1e-6 of the output)."""
+    latent, source = source_of(name, storage)
     for mode in ("image map", "image Q,K"):
         same = sample(name, inject(name, source, mode=mode, end=1.0), positive=SRC)
         assert (same - latent["samples"]).abs().max().item() <= 1e-6 * latent["samples"].abs().max().item()
@@ -140,8 +145,8 @@ def test_cfg_runs_edit_the_cond_rows_only_unless_asked():
     _, both = call_node("FPESourceCapture", model=tiny(name), positive=SRC, store_layers="all", store_custom_layers="",
                         store_end=1.0, store_rows="cond + uncond", storage="auto", precision="exact",
                         **settings(name, cfg=4.0))
-    (patched,) = call_node("FPEMMDiTInject", model=tiny(name), fpe_source=both, mode="image map", blocks="all",
-                           custom_blocks="", start=0.0, end=0.5, branches="cond + uncond")
+    patched = call_node("FPEMMDiTInject", model=tiny(name), fpe_source=both, mode="image map", blocks="all",
+                        custom_blocks="", start=0.0, end=0.5, branches="cond + uncond")[0]
     assert (sample(name, patched, cfg=4.0) - cond_only).abs().max().item() > 1e-4
 
 
@@ -155,14 +160,28 @@ def test_blocks_choose_where_the_edit_acts():
         assert not torch.equal(results["double0"], results["double0, single0"])
 
 
-def test_a_replayed_source_keeps_model_inputs_only():
-    name = FAMILIES[0]
-    _, source = source_of(name)
-    assert source.storage_device == "replay" and not source.entries
-    assert source.nbytes < 64 * 1024, source.nbytes  # 6 steps of a 16x8x8 latent and an 8-token prompt
-    with pytest.raises(Exception, match="storage: an MMDiT source keeps no layer record"):
-        call_node("FPESourceCapture", model=tiny(name), positive=SRC, store_layers="all", store_custom_layers="",
-                  store_end=1.0, store_rows="cond", storage="cpu", precision="exact", **settings(name))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stored_and_replayed_sources_give_the_same_edit(name):
+    """A record of every block's image queries and keys, or the model inputs only: the same edit (up to the
+    rounding of the replayed source rows' batch); the record's size is what the plan said."""
+    _, stored = source_of(name, "auto")
+    _, replayed = source_of(name, "replay")
+    layout = foreign_models_layout(tiny(name))
+    assert replayed.storage_device == "replay" and not replayed.entries
+    assert replayed.nbytes < 64 * 1024, replayed.nbytes  # 6 steps of a 16x8x8 latent and an 8-token prompt
+    blocks = len(layout.blocks.keys())
+    assert stored.nbytes == stored.planned_bytes == blocks * 2 * 16 * layout.hidden * 6 * 4  # 16 image tokens, fp32
+    assert stored.replay is None and stored.storage_device == "model"
+    for mode in ("image map", "image Q,K"):
+        a = sample(name, inject(name, stored, mode=mode))
+        b = sample(name, inject(name, replayed, mode=mode))
+        assert (a - b).abs().max().item() <= 2e-6 * a.abs().max().item(), mode
+    _, cpu = call_node("FPESourceCapture", model=tiny(name), positive=SRC, store_layers="all", store_custom_layers="",
+                       store_end=0.5, store_rows="cond", storage="cpu", precision="bf16", **settings(name))
+    assert cpu.storage_device == "cpu" and cpu.nbytes == blocks * 2 * 16 * layout.hidden * 3 * 2
+    assert next(iter(next(iter(cpu.entries.values())).values())).dtype == torch.bfloat16
+    with pytest.raises(Exception, match="end 0.8 edits steps 0..3 of 6, but FPE Source Capture kept steps 0..2"):
+        inject(name, cpu, end=0.8)
 
 
 def test_an_override_set_before_runs_everything_fpe_does_not_edit_and_one_set_after_is_named():
@@ -186,17 +205,21 @@ def test_an_override_set_before_runs_everything_fpe_does_not_edit_and_one_set_af
         sample(name, after)
 
 
-def test_prompts_of_other_token_counts_are_refused_by_name():
+def test_prompts_of_other_token_counts():
+    """Replay runs both prompts in one model call: other token counts are refused by name. A stored record holds
+    image tokens only: the target's own text tokens are used, whatever their count."""
     name = FAMILIES[0]
-    _, source = source_of(name)
+    _, source = source_of(name, "replay")
     with pytest.raises(Exception, match="the source prompt encodes to 8 text tokens, the target's to 12"):
         sample(name, inject(name, source), positive=prompt(2, tokens=12))
+    _, stored = source_of(name)
+    assert sample(name, inject(name, stored), positive=prompt(2, tokens=12)).isfinite().all()
 
 
 def test_a_run_after_a_failed_one_is_fresh():
     """A, failing B, A: the second A equals the first bit for bit (nothing of B's run is kept)."""
     name = FAMILIES[0]
-    _, source = source_of(name)
+    _, source = source_of(name, "replay")
     patched = inject(name, source)
     first = sample(name, patched)
     with pytest.raises(Exception, match="text tokens"):
@@ -235,3 +258,61 @@ def invert_inputs(name):
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
             inputs[key] = options.get("default", kind[0] if isinstance(kind, list) else None)
     return inputs
+
+
+def test_a_sweep_gives_each_image_its_setting():
+    """One batched run over end=0.17,0.5 x two block lists: image k equals the plain edit with setting k (up to the
+    rounding of a batch of 4 against 1)."""
+    name = FAMILIES[0]
+    latent, source = source_of(name)
+    table = foreign_models_layout(tiny(name)).blocks
+    lists = {"Flux": ("double0", "single0"), "SD3": ("joint0", "joint1"), "SD35M": ("joint0", "self0")}[name]
+    sweep = f'end=0.17,0.5; layers="{lists[0]}","{lists[1]}"'
+    patched, labels = call_node("FPEMMDiTInject", model=tiny(name), fpe_source=source, mode="image map", blocks="all",
+                                custom_blocks="", start=0.0, end=0.5, branches="cond only", sweep=sweep)
+    assert "end=0.17" in labels and lists[1] in labels and table.describe()
+    batch = call_node("FPESweepLatent", latent=settings(name)["latent_image"], sweep_labels=labels)[0]
+    swept = sample(name, patched, latent_image=batch)
+    assert swept.shape[0] == 4
+    for k, (end, blocks) in enumerate((e, b) for e in (0.17, 0.5) for b in lists):
+        single = sample(name, inject(name, source, blocks="custom", custom_blocks=blocks, end=end))
+        assert (swept[k:k + 1] - single).abs().max().item() <= 1e-5 * single.abs().max().item(), (k, end, blocks)
+    with pytest.raises(Exception, match="sweep: layers value 'double9'"):
+        call_node("FPEMMDiTInject", model=tiny(name), fpe_source=source, mode="image map", blocks="all",
+                  custom_blocks="", start=0.0, end=0.5, branches="cond only", sweep='layers="double9"')
+
+
+def test_a_local_edit_keeps_the_source_outside_its_mask(fpe_error):
+    """FPE Local Edit on FPE MMDiT Inject's model: where the mask is 0 the target is the source bit for bit (its
+    model input and denoised output are the source's at every step); inside, the edit."""
+    name = FAMILIES[0]
+    latent, source = source_of(name)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 32:] = 1.0  # the right half of the image (latent columns 4..7)
+    patched = inject(name, source)
+    local = call_node("FPELocalEdit", model=patched, start=0.0, grow=0, feather=0, soft="blend", words="",
+                      source_text="", target_text="", threshold=0.3, composite=False, mask=mask)[0]
+    result = sample(name, local)
+    assert torch.equal(result[..., :4], latent["samples"][..., :4])
+    assert (result[..., 4:] - latent["samples"][..., 4:]).abs().max().item() > 1e-3
+    with pytest.raises(fpe_error, match="words: word masks read a UNet's cross-attention"):
+        call_node("FPELocalEdit", model=patched, start=0.0, grow=0, feather=0, soft="blend", words="cat",
+                  source_text="a cat", target_text="a dog", threshold=0.3, composite=False)
+
+
+def test_reference_images_are_refused_by_name(fpe_error):
+    name = FAMILIES[0]
+    kontext = [[SRC[0][0], dict(SRC[0][1], reference_latents=[torch.zeros(1, 16, 8, 8)])]]
+    with pytest.raises(fpe_error, match="positive: the prompt carries reference images \\(ReferenceLatent"):
+        capture(name, positive=kontext)
+
+
+def test_a_second_fpe_node_on_an_edited_model_is_refused(fpe_error):
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    patched = inject(name, source)
+    with pytest.raises(fpe_error, match="already carries an FPE MMDiT Inject edit, so FPE MMDiT Inject"):
+        inject(name, source, model=patched)
+    with pytest.raises(fpe_error, match="already carries an FPE MMDiT Inject edit, so FPE Source Capture"):
+        call_node("FPESourceCapture", model=patched, positive=SRC, store_layers="all", store_custom_layers="",
+                  store_end=1.0, store_rows="cond", storage="auto", precision="exact", **settings(name))

@@ -39,9 +39,9 @@ def photo(seed=5):
     return {"samples": torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)}
 
 
-def invert(name, steps=6, positive=SRC, check=True, **over):
+def invert(name, steps=6, positive=SRC, check=True, storage="auto", **over):
     inputs = dict(model=tiny(name), positive=positive, latent=photo(), steps=steps, scheduler="simple", cfg=1.0,
-                  store_end=1.0, store_rows="cond", reconstruction_check=check)
+                  store_end=1.0, storage=storage, store_rows="cond", reconstruction_check=check)
     inputs.update(over)
     return call_node("FPEFlowInvert", **inputs)
 
@@ -68,7 +68,7 @@ def test_inversion_is_reverse_euler_at_the_destination_level(name):
     assert (top - expected[-1]).abs().max().item() <= 1e-5 * expected[-1].abs().max().item()
     assert len(source.trajectory) == 7
     assert (source.trajectory[-1] - expected[0]).abs().max().item() == 0.0  # the photo's own latent, bottom
-    assert source.storage_device == "replay" and source.inverted
+    assert source.storage_device == "model" and source.inverted  # a record: it fits
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -82,11 +82,12 @@ def test_the_round_trip_converges_with_steps(name):
     assert errors[1] < 0.4 * errors[0], errors
 
 
+@pytest.mark.parametrize("storage", ["auto", "replay"], ids=["stored", "replay"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_a_real_photo_edit_matches_the_batched_reference(name):
+def test_a_real_photo_edit_matches_the_batched_reference(name, storage):
     model = tiny(name)
     layout = layout_of(model)
-    noise, source, sigmas, _ = invert(name, check=False)
+    noise, source, sigmas, _ = invert(name, check=False, storage=storage)
     blocks = layout.blocks.keys(("double", "single", "joint"))
     patched = call_node("FPEMMDiTInject", model=model, fpe_source=source, mode="image map", blocks="all",
                         custom_blocks="", start=0.0, end=0.5, branches="cond only")[0]
@@ -122,6 +123,7 @@ def test_the_target_must_start_on_the_inverted_noise_and_take_euler_steps(fpe_er
 def test_flow_invert_refuses_unets_and_empty_latents(tiny_sd15, fpe_error):
     with pytest.raises(fpe_error, match="model: FPE Flow Invert edits MMDiT models"):
         call_node("FPEFlowInvert", model=tiny_sd15[0], positive=SRC, latent={"samples": torch.ones(1, 4, 8, 8)},
-                  steps=4, scheduler="simple", cfg=1.0, store_end=1.0, store_rows="cond", reconstruction_check=False)
+                  steps=4, scheduler="simple", cfg=1.0, store_end=1.0, storage="auto", store_rows="cond",
+                  reconstruction_check=False)
     with pytest.raises(fpe_error, match="latent: it is all zeros"):
         invert(FAMILIES[0], latent={"samples": torch.zeros(1, 16, 8, 8)})

@@ -9,7 +9,8 @@ archive's file list (what ComfyUI-Manager unpacks: git's files minus ``.comfyign
 
 The tiny checkpoints use architectures ComfyUI does not know, so a test-only custom node
 (:data:`TINY_MODELS_NODE`) registers their model configs inside the server, as the in-process
-harness does for the rest of the suite.
+harness does for the rest of the suite; with ``models`` (the tiny Flux.1 / SD3.5 files for
+``models/diffusion_models``, ``text_encoders`` and ``vae``) it registers those too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ sys.path.append({repo_root!r})  # after ComfyUI's own paths: the pack's root hol
 from fpe_headless.comfy import tiny_models  # noqa: E402
 
 tiny_models.register_tiny_model_configs(Path(__file__).parent / "configs")
+if {mmdit!r}:  # the tiny Flux.1 / SD3.5 files of the MMDiT workflows (current ComfyUI only)
+    from fpe_headless.comfy import tiny_mmdit
+
+    tiny_mmdit.register_tiny_mmdit()
 NODE_CLASS_MAPPINGS = {{}}
 '''
 
@@ -95,10 +100,12 @@ class ComfyServer:
     """``with ComfyServer(host_path, root, checkpoints) as server: server.url ...``
 
     ``checkpoints``: a checkpoint file, several, or None; each is copied to ``models/checkpoints``.
+    ``models``: (models folder, file) pairs of other model files (the tiny MMDiT ones), each copied to
+    ``models/<folder>``.
     """
 
     def __init__(self, host_path: Path, root: Path, checkpoints: Path | Sequence[Path] | None, *,
-                 small_photo_side: int = 64, start_timeout: float = 240.0):
+                 models: Sequence[tuple[str, Path]] = (), small_photo_side: int = 64, start_timeout: float = 240.0):
         self.host_path = Path(host_path)
         self.root = Path(root)
         if checkpoints is None:
@@ -106,6 +113,7 @@ class ComfyServer:
         elif isinstance(checkpoints, (str, os.PathLike)):
             checkpoints = [checkpoints]
         self.checkpoints = [Path(c) for c in checkpoints]
+        self.models = [(folder, Path(file)) for folder, file in models]
         self.small_photo_side = small_photo_side
         self.start_timeout = start_timeout
         self.comfy_dir = self.root / "ComfyUI"
@@ -145,13 +153,17 @@ class ComfyServer:
                             dirs_exist_ok=True)
         for checkpoint in self.checkpoints:
             shutil.copy2(checkpoint, self.comfy_dir / "models" / "checkpoints" / checkpoint.name)
+        for folder, file in self.models:
+            (self.comfy_dir / "models" / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, self.comfy_dir / "models" / folder / file.name)
         for image in (REPO_ROOT / "workflows").glob("*.png"):  # the examples' inputs, as the README says
             shutil.copy2(image, self.input_dir / image.name)
             self._small_copy(image)
         install_like_manager(self.comfy_dir / "custom_nodes", log=self.root / "requirements-install.log")
         fixture = self.comfy_dir / "custom_nodes" / "fpe_test_tiny_models"
         fixture.mkdir()
-        (fixture / "__init__.py").write_text(TINY_MODELS_NODE.format(repo_root=str(REPO_ROOT)))
+        (fixture / "__init__.py").write_text(TINY_MODELS_NODE.format(repo_root=str(REPO_ROOT),
+                                                                      mmdit=bool(self.models)))
         # A returning user's settings: no first-run template browser over the canvas.
         (self.comfy_dir / "user" / "default" / "comfy.settings.json").write_text(
             json.dumps({"Comfy.TutorialCompleted": True}))

@@ -36,9 +36,13 @@ def _combo_choices(spec) -> list | None:
     return None
 
 
+# Choices a model picker lists besides files: Load VAE's built-in decoders (current ComfyUI).
+BUILT_IN_MODEL_CHOICES = {"pixel_space", "taesd", "taesdxl", "taesd3", "taef1"}
+
+
 def _is_model_file_list(choices: list, value) -> bool:
     """A model picker: the file named in a shared workflow is the author's, not necessarily the user's."""
-    names = [c for c in choices if isinstance(c, str)] + [value]
+    names = [c for c in choices if isinstance(c, str) and c not in BUILT_IN_MODEL_CHOICES] + [value]
     return all(isinstance(n, str) and n.lower().endswith(MODEL_FILE_SUFFIXES) for n in names)
 
 

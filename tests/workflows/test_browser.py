@@ -2,12 +2,14 @@
 
 For each file in ``workflows/``: the page loads it from a drop on the canvas, every node must be
 known and every widget value valid (see ``ui_graph_check``); the checkpoint widget is switched to
-the tiny test model of the same architecture (SD1.5 or SDXL) and, to keep CPU time small, the image
-size (Empty Latent Image, Image Scale, the photo in Load Image) to 64 px, while steps, seeds,
-samplers, the FPE settings and the SDXL prompts' size conditioning stay as shipped; Ctrl+Enter
-queues it; the run must succeed and its images appear on their nodes. Screenshots of each graph,
-as loaded and after the run, the output images and the server log go to the artefact folder
-(``FPE_TEST_ARTIFACTS``, default ``test-artifacts/``), under ``browser/<host>/``.
+the tiny test model of the same architecture (SD1.5 or SDXL; the Flux.1 / SD3.5 workflows' model,
+text encoder and VAE files to the tiny ones of ``tiny_mmdit``, on current ComfyUI only) and, to keep
+CPU time small, the image size (Empty Latent Image, Empty SD3 Latent Image, Image Scale, the photo in
+Load Image) to 64 px, while steps, seeds, samplers, the FPE settings and the SDXL prompts' size
+conditioning stay as shipped; Ctrl+Enter queues it; the run must succeed and its images appear on
+their nodes. Screenshots of each graph, as loaded and after the run, the output images and the
+server log go to the artefact folder (``FPE_TEST_ARTIFACTS``, default ``test-artifacts/``), under
+``browser/<host>/``.
 
 The host is the suite's own (the 2024 web UI, or the current frontend package with COMFYUI_PATH).
 """
@@ -25,6 +27,7 @@ import pytest
 from PIL import Image
 
 from fpe_harness.comfy_server import ComfyServer, artifacts_folder, serving
+from fpe_harness.shipped import MMDIT_LOADER_WIDGETS, host_has_mmdit, shipped_params, tiny_mmdit_file, tiny_mmdit_models
 from fpe_harness.ui_graph_check import graph_problems, node_label
 from fpe_harness.web_ui import FRONTEND_ONLY, WebUI, browsing, chromium_path
 
@@ -51,7 +54,12 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def server(chromium, comfy_host, tiny_sd15_ckpt, tiny_sdxl_ckpt, tmp_path_factory, artifacts):
     checkpoints = [comfy_host.workdir / "models" / "checkpoints" / name for name in (tiny_sd15_ckpt, tiny_sdxl_ckpt)]
-    with serving(comfy_host.path, tmp_path_factory.mktemp("user-comfyui"), artifacts, checkpoints,
+    models = []  # the tiny Flux.1 / SD3.5 files of the MMDiT workflows, where this ComfyUI has those models
+    if host_has_mmdit():
+        folder = tiny_mmdit_models()
+        models = [(file.parent.name, file) for sub in ("diffusion_models", "text_encoders", "vae")
+                  for file in sorted((folder / sub).glob("tiny_*.safetensors"))]
+    with serving(comfy_host.path, tmp_path_factory.mktemp("user-comfyui"), artifacts, checkpoints, models=models,
                  small_photo_side=SIDE) as comfy:
         yield comfy
 
@@ -82,12 +90,17 @@ def load_and_check(ui: WebUI, path: Path, object_info: dict, text: str | None = 
 
 def prepare_for_cpu(ui: WebUI, nodes: list[dict], server: ComfyServer, tiny_for_shipped) -> None:
     """What a tester changes in the widgets: the model (the tiny one of the shipped checkpoint's
-    architecture), and the image size (steps etc. stay)."""
+    architecture; the MMDiT workflows' diffusion model, text encoders and VAE), and the image size
+    (steps etc. stay)."""
     for node in nodes:
         if node["type"] == "CheckpointLoaderSimple":
             shipped = next(w["value"] for w in node["widgets"] if w["name"] == "ckpt_name")
             ui.set_widget(node["id"], "ckpt_name", tiny_for_shipped(shipped))
-        elif node["type"] in ("EmptyLatentImage", "ImageScale"):
+        elif node["type"] in MMDIT_LOADER_WIDGETS:
+            for widget in node["widgets"]:
+                if widget["name"] in ("unet_name", "clip_name1", "clip_name2", "clip_name3", "vae_name"):
+                    ui.set_widget(node["id"], widget["name"], tiny_mmdit_file(widget["value"]))
+        elif node["type"] in ("EmptyLatentImage", "EmptySD3LatentImage", "ImageScale"):
             ui.set_widget(node["id"], "width", SIDE)
             ui.set_widget(node["id"], "height", SIDE)
         elif node["type"] == "LoadImage":
@@ -135,7 +148,7 @@ def queue_and_wait(ui: WebUI, server: ComfyServer, workflow: str, nodes: list[di
     return entry
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", shipped_params(SHIPPED))
 def test_shipped_workflow_loads_queues_and_shows_its_images(path, browser, server, object_info, artifacts,
                                                            tiny_for_shipped):
     nodes = load_and_check(browser, path, object_info)

@@ -16,7 +16,8 @@ STAMP_PREFIX = b"fpe-workflow-sha256:"  # written by dev/make_thumbnails.py
 def test_workflows_are_shipped():
     assert {p.stem for p in SHIPPED} >= {
         "fpe_generated_edit", "fpe_generated_edit_official_schedule", "fpe_real_image_edit",
-        "fpe_sdxl_generated_edit", "fpe_sdxl_real_image_edit", "fpe_local_edit", "fpe_real_image_local_edit"}
+        "fpe_sdxl_generated_edit", "fpe_sdxl_real_image_edit", "fpe_local_edit", "fpe_real_image_local_edit",
+        "fpe_flux_generated_edit", "fpe_sd35_generated_edit", "fpe_flux_real_image_edit"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fpe_harness.shipped import shrink, use_tiny_checkpoints
+from fpe_harness.shipped import shipped_params, shrink, use_tiny_checkpoints
 from fpe_headless.comfy.workflow import WorkflowError, load_workflow, to_api, widget_slots
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def test_api_format_input_is_rejected_clearly():
         to_api({"3": {"class_type": "KSampler", "inputs": {}}})
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", shipped_params(SHIPPED))
 def test_shipped_workflow_runs_through_the_executor(path, executor, tiny_for_shipped):
     wf = use_tiny_checkpoints(load_workflow(path), tiny_for_shipped)
     result = executor.run(shrink(to_api(wf)))
