@@ -795,7 +795,7 @@ def dit_generated_edit(dit: DiT) -> dict:
            inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                    ("latent_image", "LATENT"), ("sigmas", "SIGMAS")],
            outputs=[("source_latent", "LATENT"), ("fpe_source", "FPE_SOURCE")],
-           widgets=[42, "fixed", *sampling, 1.0, "official", OFFICIAL_LAYERS, 0.8, "cond", "auto", "exact", "off"],
+           widgets=[42, "fixed", *sampling, 1.0, "official", OFFICIAL_LAYERS, 0.2, "cond", "auto", "exact", "off"],
            size=(340, 430), color=FPE_COLOR)
     mmdit_inject_node(g, 11, (x, 580))  # below the capture as the page draws it (taller than its size)
     g.node(12, "KSampler", (x + 390, 460),
@@ -849,9 +849,10 @@ NOTE_FLUX_GENERATED = (
     "Both prompts go through FluxGuidance 3.5; cfg stays 1 (Flux dev is guidance-distilled), so the negative "
     "prompt is unused (FPE Source Capture needs one connected). Keep seed, steps, sampler and scheduler the SAME "
     "on the capture and the KSampler. The capture's store_layers, store_custom_layers and precision are for "
-    "UNets: unused here.\n\n"
+    "UNets: unused here. Its store_end 0.2 (the Inject's end) lets it keep a record of the source's image queries "
+    "and keys where it fits (the fastest edits; 13 GB at 1024 px, else it replays the source).\n\n"
     "The Inject's defaults: 'image map' in every block over the first 20 % of the steps (end 0.2): flow models "
-    "fix the layout early. Closer to the source: raise end (at most the capture's store_end, 0.8); stronger "
+    "fix the layout early. Closer to the source: raise end (and the capture's store_end with it); stronger "
     "change: lower it.\n\n"
     "Change only the target prompt and queue again: the source is cached.")
 NOTE_SD35_GENERATED = (
@@ -862,10 +863,11 @@ NOTE_SD35_GENERATED = (
     "model's repository) saved as sd3.5_vae.safetensors in models/vae.\n\n"
     "40 steps, cfg 4.5 (the model card's), euler / simple. Keep seed, steps, cfg, sampler and scheduler the SAME "
     "on the capture and the KSampler. The capture's store_layers, store_custom_layers and precision are for UNets: "
-    "unused here.\n\n"
+    "unused here. Its store_end 0.2 (the Inject's end) lets it keep a record of the source's image queries and "
+    "keys where it fits (the fastest edits).\n\n"
     "The Inject's defaults: 'image map' in every joint block (SD3.5 Medium's image self-attention blocks take "
-    "the UNet operation) over the first 20 % of the steps (end 0.2). Closer to the source: raise end (at most "
-    "the capture's store_end, 0.8); stronger change: lower it.\n\n"
+    "the UNet operation) over the first 20 % of the steps (end 0.2). Closer to the source: raise end (and the "
+    "capture's store_end with it); stronger change: lower it.\n\n"
     "Change only the target prompt and queue again: the source is cached.")
 
 
@@ -888,7 +890,7 @@ def flux_real_image_edit() -> dict:
                    ("negative", "CONDITIONING"), ("sigmas", "SIGMAS"), ("vae", "VAE")],
            outputs=[("inverted_noise", "NOISE"), ("fpe_source", "FPE_SOURCE"), ("sigmas", "SIGMAS"),
                     ("report", "STRING")],
-           widgets=[dit.steps, "simple", 1.0, 1.0, "auto", "cond", True], size=(360, 560), color=FPE_COLOR)
+           widgets=[dit.steps, "simple", 1.0, 0.2, "auto", "cond", True], size=(360, 560), color=FPE_COLOR)
     mmdit_inject_node(g, 11, (1540, 40))
     g.node(12, "BasicGuider", (1540, 330), inputs=[("model", "MODEL"), ("conditioning", "CONDITIONING")],
            outputs=[("GUIDER", "GUIDER")], title="BasicGuider (target prompt)", size=(270, 50))
@@ -941,7 +943,9 @@ NOTE_FLUX_REAL = (
     "Load your photo (drag it onto Load Image; sides a multiple of 16). SamplerCustomAdvanced must take Flow "
     "Invert's inverted_noise and sigmas, sampler euler, and the photo's latent.\n\n"
     "Flow Invert's preview shows the photo beside its reconstruction from the inverted noise, with the error: "
-    "below ~20 dB use more steps or a source prompt closer to the photo.\n\n"
+    "below ~20 dB use more steps or a source prompt closer to the photo. Its store_end 0.2 (the Inject's end) "
+    "lets it keep a record of the photo's image queries and keys where it fits; raise both to edit later "
+    "steps.\n\n"
     "Change only the target prompt and queue again: the inversion is cached.")
 
 

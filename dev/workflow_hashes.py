@@ -57,9 +57,19 @@ def _print_hashes(host_path: str, workdir: Path) -> None:
     except ImportError:  # before the harness held it
         from test_workflow_conversion import shrink
 
+    try:
+        from fpe_harness.shipped import host_has_mmdit, is_mmdit, use_tiny_checkpoints  # Flux / SD3.5 files
+    except ImportError:  # before the MMDiT workflows
+        host_has_mmdit, is_mmdit, use_tiny_checkpoints = (lambda: False), (lambda path: False), None
+
     print(f"# host {host.kind} {host.version}")
     for path in sorted((REPO / "workflows").glob("*.json")):
+        if is_mmdit(path) and not host_has_mmdit():
+            print(f"{path.stem}	(skipped: this ComfyUI has no Flux/SD3)")
+            continue
         wf = load_workflow(path)
+        if is_mmdit(path):
+            wf = use_tiny_checkpoints(wf, lambda shipped: SHIPPED[shipped] + ".safetensors")
         for node in wf["nodes"]:
             if node["type"] == "CheckpointLoaderSimple":
                 node["widgets_values"][0] = SHIPPED[node["widgets_values"][0]] + ".safetensors"

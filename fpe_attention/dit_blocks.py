@@ -26,7 +26,10 @@ from .layers import LayerSelectionError
 
 KINDS = ("double", "single", "joint", "self")
 DEFAULT_WINDOW = (0.0, 0.2)  # start, end: Shin et al.'s replace_steps
-PRESETS = ("all", "double-stream only", "single-stream only", "image self-attention", "custom")
+# The published block choices: "all" is Shin et al.'s (every joint attention; SD3.5-M's image-only attn2 left
+# alone), "single-stream only" ConsistEdit's on Flux, "late single-stream" RF-Solver-Edit's (Flux single blocks
+# 20-37; they inject V there, FPE the map).
+PRESETS = ("all", "double-stream only", "single-stream only", "late single-stream", "image self-attention", "custom")
 MAX_LIST_CHARS = 1000
 _ITEM = re.compile(r"^(?P<kind>[a-z]+)(?:(?P<a>\d{1,6})(?:-(?P<b>\d{1,6}))?)?$")
 
@@ -72,6 +75,9 @@ def preset_blocks(preset: str, table: DiTBlocks, custom: str = "") -> frozenset:
         keys = table.keys(("double", "joint"))  # SD3's joint blocks are double-stream blocks
     elif preset == "single-stream only":
         keys = table.keys(("single",))
+    elif preset == "late single-stream":  # the last 18 of Flux's 38 (blocks 20-37)
+        singles = table.blocks.get("single", ())
+        keys = frozenset(("single", i) for i in singles if i >= len(singles) - 18)
     elif preset == "image self-attention":
         keys = table.keys(("self",))
     elif preset == "custom":

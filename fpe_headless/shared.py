@@ -194,8 +194,36 @@ def uses_demo_model(checkpoint: Path | None, sdxl: bool = False) -> bool:
     return checkpoint is None and not sdxl and demo_model_present()
 
 
+TINY_MMDIT = "tiny MMDiT"  # the loader name of a Flux / SD3.5 workflow's tiny smoke-demo files (``mmdit_files``)
+MMDIT_LOADERS = ("UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader")
+
+
+def mmdit_family(workflow_data: dict) -> str | None:
+    """'flux' or 'sd35' for a workflow that loads an MMDiT's files (Load Diffusion Model and its text
+    encoders), else None."""
+    kinds = {node.get("type") for node in workflow_data.get("nodes", [])}
+    if "UNETLoader" not in kinds:
+        return None
+    if "TripleCLIPLoader" in kinds:
+        return "sd35"
+    return "flux" if "DualCLIPLoader" in kinds else None
+
+
+def mmdit_files(family: str) -> dict:
+    """The tiny smoke-demo files' loader inputs for ``family`` (written by ``start_host``)."""
+    from .comfy import tiny_mmdit
+
+    names = {"unet_name": tiny_mmdit.FLUX_FILE if family == "flux" else tiny_mmdit.SD35_FILE,
+             "clip_name1": tiny_mmdit.CLIP_L_FILE, "vae_name": tiny_mmdit.VAE_FILE}
+    if family == "flux":
+        names.update(clip_name2=tiny_mmdit.T5XXL_FILE, type="flux")
+    else:
+        names.update(clip_name2=tiny_mmdit.CLIP_G_FILE, clip_name3=tiny_mmdit.T5XXL_FILE)
+    return names
+
+
 def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: bool = False, cpu: bool = False,
-               say=print, command: str = "bash run.sh", demo: bool = True):
+               say=print, command: str = "bash run.sh", demo: bool = True, mmdit: str | None = None):
     """Boot ComfyUI in ``workdir`` with the user's checkpoint linked in, or (``demo``) a demo model linked
     or written there (said loudly); (host, the checkpoint's name for the loader). ``demo=False`` without a
     checkpoint: ComfyUI only (e.g. to build prompts that run elsewhere)."""
@@ -214,6 +242,22 @@ def start_host(comfyui: Path, workdir: Path, checkpoint: Path | None, *, sdxl: b
         return host, checkpoint.name
     if not demo:
         return host, None
+    if mmdit is not None:  # Flux / SD3.5: tiny random files for the stock loaders (the user's run in ComfyUI)
+        import comfy.supported_models  # ComfyUI's: importable once booted
+
+        if not hasattr(comfy.supported_models, "Flux"):
+            raise UserError(f"{host.label} has no Flux or SD3 models (ComfyUI of early 2024): run Flux/SD3.5 "
+                            "workflows with a current ComfyUI (--comfyui DIR or COMFYUI_PATH)")
+        from .comfy import tiny_mmdit  # imports torch
+
+        models = workdir / "models"
+        (tiny_mmdit.write_tiny_flux if mmdit == "flux" else tiny_mmdit.write_tiny_sd35)(models)
+        tiny_mmdit.add_model_folders(models)
+        tiny_mmdit.register_tiny_mmdit()
+        say(f"This {'Flux' if mmdit == 'flux' else 'SD3.5'} workflow runs on tiny randomly initialised models here "
+            "(a smoke demo: its pictures are MEANINGLESS; only the plumbing is real). With your files, open the "
+            "workflow in ComfyUI.")
+        return host, TINY_MMDIT
     family, example = ("SDXL", "sd_xl_base_1.0") if sdxl else ("SD1.5", "v1-5-pruned-emaonly")
     hint = (f"No --checkpoint given: put an {family} checkpoint anywhere and pass its path, e.g.\n"
             f"  {command} --checkpoint ~/ComfyUI/models/checkpoints/{example}.safetensors\n")

@@ -20,13 +20,15 @@ from PIL import Image, ImageOps
 from .comfy.host import PACK_ROOT
 from .demo import world
 from .drawing import rgb
-from .shared import DuplicateKey, UserError, loads_strict
+from .shared import MMDIT_LOADERS, TINY_MMDIT, DuplicateKey, UserError, loads_strict, mmdit_family, mmdit_files
 
 WORKFLOWS = PACK_ROOT / "workflows"
 # Our inputs that repeat a prompt's text (to find its tokens): they follow the prompt they copy.
 MIRRORED_TEXT = {"FPEWordHeatmap": ("text",), "FPEAttentionReplace": ("source_text", "target_text"),
                  "FPELocalEdit": ("source_text", "target_text")}
 SAMPLER_NODES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
+GUIDER_NODES = ("BasicGuider", "CFGGuider")  # SamplerCustomAdvanced's target prompt (FPE Flow Invert workflows)
+PASSTHROUGH = ("FluxGuidance",)  # conditioning nodes between a prompt and where it is used
 PROMPT_NODES = ("CLIPTextEncode", "CLIPTextEncodeSDXL")  # the SDXL one: the prompt in text_g and text_l
 PROMPT_INPUTS = ("text", "text_g", "text_l")
 SEED_INPUTS = ("seed", "noise_seed")
@@ -50,6 +52,11 @@ class Job:
     @property
     def real(self) -> bool:
         return any(node.get("type") == "LoadImage" for node in self.workflow_data.get("nodes", []))
+
+    @property
+    def mmdit(self) -> str | None:
+        """'flux' or 'sd35' for a Flux / SD3.5 workflow (its loaders), else None."""
+        return mmdit_family(self.workflow_data)
 
     @property
     def sdxl(self) -> bool:
@@ -105,14 +112,17 @@ def apply_settings(prompt: dict, job: Job, checkpoint_name: str, input_dir: Path
 
         if kind == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = checkpoint_name
+        if kind in MMDIT_LOADERS and checkpoint_name == TINY_MMDIT and job.mmdit:
+            for name, value in mmdit_files(job.mmdit).items():
+                put(name, value)
         for name in SEED_INPUTS:
             put(name, args.seed)
         put("steps", args.steps)
-        if kind in SAMPLER_NODES or kind in ("FPESourceCapture", "FPENullTextInvert"):  # the edit's guidance
+        if kind in SAMPLER_NODES or kind in ("FPESourceCapture", "FPENullTextInvert", "CFGGuider"):  # the edit's guidance
             put("cfg", args.cfg)
-        if kind == "FPEDDIMInvert":
+        if kind in ("FPEDDIMInvert", "FPEFlowInvert"):
             put("cfg", args.invert_cfg)
-        if kind in ("EmptyLatentImage", "ImageScale"):
+        if kind in ("EmptyLatentImage", "EmptySD3LatentImage", "ImageScale"):
             put("width", args.size)
             put("height", args.size)
         if kind == "LoadImage":
@@ -203,19 +213,21 @@ def prompt_roles(prompt: dict) -> dict[str, list[str]]:
     roles: dict[str, list[str]] = {}
 
     def text_node(link):
+        while isinstance(link, list) and prompt.get(link[0], {}).get("class_type") in PASSTHROUGH:
+            link = prompt[link[0]]["inputs"].get("conditioning")  # FluxGuidance: the prompt before it
         if isinstance(link, list) and prompt.get(link[0], {}).get("class_type") in PROMPT_NODES:
             return link[0]
         return None
 
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert", "FPENullTextInvert"):
+        if node["class_type"] in ("FPESourceCapture", "FPEDDIMInvert", "FPENullTextInvert", "FPEFlowInvert"):
             role = "source"  # FPE Null-Text Invert's negative: where the null text starts
-        elif node["class_type"] in SAMPLER_NODES:
+        elif node["class_type"] in SAMPLER_NODES or node["class_type"] in GUIDER_NODES:
             role = "target"
         else:
             continue
-        for key, name in (("positive", role), ("negative", "negative")):
+        for key, name in (("positive", role), ("conditioning", role), ("negative", "negative")):
             found = text_node(inputs.get(key))
             if found and found not in roles.setdefault(name, []):
                 roles[name].append(found)

@@ -44,7 +44,8 @@ class FPEMMDiTInject:
                     "default": "all",
                     "tooltip": "Blocks to edit. 'all': every joint attention (Flux double + single, SD3 joint). "
                                "'double-stream only': Flux's double-stream blocks, SD3's joint blocks. 'single-stream "
-                               "only': Flux's single-stream blocks. 'image self-attention': SD3.5-Medium's image-only "
+                               "only': Flux's single-stream blocks (ConsistEdit's choice). 'late single-stream': Flux single "
+                               "blocks 20-37 (RF-Solver-Edit's). 'image self-attention': SD3.5-Medium's image-only "
                                "self-attention (MMDiT-X). 'custom': custom_blocks."}),
                 "custom_blocks": ("STRING", {
                     "default": "double0-18", "multiline": False,

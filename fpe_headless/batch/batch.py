@@ -198,7 +198,7 @@ def output_roles(prompt: dict) -> dict[str, list]:
             continue
         origin = _origin(prompt, node["inputs"].get("samples"))
         kind = origin["class_type"] if origin else None
-        role = "edit" if kind in SAMPLER_NODES else "source" if kind in SOURCE_MAKERS else None
+        role = "edit" if kind in SAMPLER_NODES + ("SamplerCustomAdvanced",) else "source" if kind in SOURCE_MAKERS else None
         if role is None:
             continue
         if role in roles:

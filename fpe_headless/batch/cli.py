@@ -23,6 +23,7 @@ from ..fingerprint import file_fingerprint
 from ..shared import (
     DEMO_SIZE,
     DEMO_STEPS,
+    TINY_MMDIT,
     TINY_SIZE,
     TINY_STEPS,
     HelpFormatter,
@@ -32,6 +33,7 @@ from ..shared import (
     check_out,
     check_out_file,
     comfyui_folder,
+    mmdit_family,
     start_host,
     tiny_checkpoint_name,
     uses_demo_model,
@@ -208,6 +210,11 @@ def _sdxl(workflow: str | None) -> bool:
     return any(node.get("type") == "CLIPTextEncodeSDXL" for node in data.get("nodes", []))
 
 
+def _mmdit(workflow: str | None) -> str | None:
+    """'flux' / 'sd35' for a Flux or SD3.5 workflow (tiny random files then stand in for the model's)."""
+    return mmdit_family(load_workflow_file(resolve_workflow(workflow))) if workflow is not None else None
+
+
 def demo_defaults(checkpoint: Path | None, remote: list, sdxl: bool) -> tuple[int | None, int | None]:
     """(steps, size) where the command line gives none: without --checkpoint (and --server) the demo model's
     (DEMO_STEPS, DEMO_SIZE), or the tiny random model's (TINY_STEPS, TINY_SIZE: SDXL workflows, or where the demo
@@ -256,16 +263,21 @@ def run_batch_command(argv: list[str], prog: str) -> int:
         if remote and args.checkpoint is None:
             raise UserError("--server needs --checkpoint NAME: the checkpoint file those servers have in "
                             "models/checkpoints")
+        mmdit = _mmdit(args.workflow)
+        if mmdit and (args.checkpoint is not None or remote):
+            raise UserError(f"--workflow {args.workflow}: it loads a Flux/SD3.5 diffusion model, its text encoders and "
+                            "VAE by name, not a checkpoint: --checkpoint and --server are for SD1.x/SD2.x/SDXL "
+                            "workflows; without them it runs on tiny random models here")
         checkpoint = None if remote or args.checkpoint is None else check_checkpoint(args.checkpoint)
         sdxl = _sdxl(args.workflow)
-        steps, size = demo_defaults(checkpoint, remote, sdxl)
+        steps, size = demo_defaults(checkpoint, remote, sdxl or bool(mmdit))
         # the weights by content (a resume with other weights of the same name is refused; the demo model's
         # file too, which a retraining replaces); with --server the checkpoint is a name on the servers,
         # checked by name only
-        weights = checkpoint or (DEMO_CHECKPOINT if not remote and uses_demo_model(None, sdxl) else None)
+        weights = checkpoint or (DEMO_CHECKPOINT if not remote and not mmdit and uses_demo_model(None, sdxl) else None)
         settings = BatchSettings(
             checkpoint=(args.checkpoint.as_posix() if remote else checkpoint.name if checkpoint
-                        else tiny_checkpoint_name(sdxl)),
+                        else TINY_MMDIT if mmdit else tiny_checkpoint_name(sdxl)),
             workflow=Path(args.workflow) if args.workflow else None,
             steps=args.steps or steps, cfg=args.cfg, invert_cfg=args.invert_cfg,
             size=args.size or size, seed=args.seed, same_seed=args.same_seed,
@@ -292,7 +304,7 @@ def run_batch_command(argv: list[str], prog: str) -> int:
                 except RemoteError as exc:
                     raise UserError(str(exc)) from None
             start_host(comfyui, workdir, checkpoint, sdxl=sdxl, cpu=args.cpu or bool(remote), say=say,
-                       command=f"{prog} {args.dataset}", demo=not remote)
+                       command=f"{prog} {args.dataset}", demo=not remote, mmdit=mmdit)
             import comfy.utils  # ComfyUI's: importable once start_host booted it
 
             comfy.utils.PROGRESS_BAR_ENABLED = False  # the batch's own bar, not one per sampling

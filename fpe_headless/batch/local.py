@@ -33,7 +33,7 @@ DEFAULT_THRESHOLD = 0.3  # LocalBlend's
 LOCAL_NODE, MASK_FILE_NODE = "fpe_batch_local", "fpe_batch_local_mask_file"
 SHOW_NODE, PICTURE_NODE, MASK_NODE = "fpe_batch_local_mask", "fpe_batch_local_mask_image", "fpe_batch_mask"
 LOCAL_KIND = "FPELocalEdit"
-INJECT_KINDS = ("FPESelfAttnInject", "FPEAttentionReplace")  # what FPE Local Edit limits
+INJECT_KINDS = ("FPESelfAttnInject", "FPEAttentionReplace", "FPEMMDiTInject")  # what FPE Local Edit limits
 PROMPT_KINDS = ("CLIPTextEncode", "CLIPTextEncodeSDXL")
 
 # CLIP's pre-tokenizer (the words ComfyUI's tokenizers, and so FPE Local Edit, see): contractions, runs of

@@ -52,7 +52,7 @@ DEMO_PHOTO_SEED = 10_000_007  # the demo's real-image scene: far from the traini
 DEMO_WORD_THRESHOLD = 0.7
 DEMO_MASK = "fpe_demo_scene_mask.png"  # the drawn scene's object, grown: a real-image local edit's painted mask
 DEMO_MASK_GROW = 9  # image pixels (a 9x9 max filter: 4 px each way)
-PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
+PREVIEW_NAMES = {"FPEDDIMInvert": "reconstruction_check", "FPEFlowInvert": "reconstruction_check", "FPENullTextInvert": "reconstruction_check",  # no prefix
                  "FPEWordHeatmap": "word_heatmap", "FPESelfAttnComponents": "self_attn_components",
                  "FPEAttentionQuery": "attention_query", "FPELayerOverview": "layer_overview",
                  "FPELocalMask": "local_mask"}
@@ -136,6 +136,10 @@ def prepare(args: argparse.Namespace) -> Job:
     if not is_comfyui(comfyui):
         raise UserError(f"--comfyui {comfyui}: not a ComfyUI folder (no nodes.py and comfy/ there)")
     job = Job(comfyui, workflow, data, checkpoint, None, check_out(args.out), args)
+    if job.mmdit and checkpoint is not None:
+        raise UserError(f"--checkpoint: {workflow.name} loads a Flux/SD3.5 diffusion model, its text encoders and VAE "
+                        "by name (Load Diffusion Model, DualCLIPLoader/TripleCLIPLoader, Load VAE), not a checkpoint: "
+                        "run it in ComfyUI with your files; without --checkpoint it runs on tiny random models here")
     if args.image is not None:
         if not job.real:
             raise UserError(f"--image: {workflow.name} edits a generated image and loads no photo; use it with a "
@@ -158,7 +162,8 @@ def prepare(args: argparse.Namespace) -> Job:
         raise UserError(f"--mask: {workflow.name} edits inside a mask painted on its own photo; for --image "
                         f"{args.image.name}, paint the region to edit white on black at the photo's aspect and pass "
                         "it with --mask")
-    if args.invert_cfg is not None and not any(node.get("type") == "FPEDDIMInvert" for node in data["nodes"]):
+    if args.invert_cfg is not None and not any(node.get("type") in ("FPEDDIMInvert", "FPEFlowInvert")
+                                               for node in data["nodes"]):
         raise UserError(f"--invert-cfg: {workflow.name} has no FPE DDIM Invert; it is for real-image workflows "
                         "(FPE Null-Text Invert inverts at cfg 1 and tunes for --cfg)")
     return job
@@ -230,10 +235,11 @@ def run(job: Job, say=print) -> list[Path]:
     workdir = make_workdir("run", say)  # and the work folders killed runs left go
     try:
         host, checkpoint_name = start_host(job.comfyui, workdir, job.checkpoint, sdxl=job.sdxl,
-                                           cpu=job.args.cpu, say=say)
+                                           cpu=job.args.cpu, say=say, mmdit=job.mmdit)
         for image in WORKFLOWS.glob("*.png"):  # the shipped workflows' own input pictures
             shutil.copy2(image, workdir / "input" / image.name)
-        if uses_demo_model(job.checkpoint, job.sdxl):
+        demo = uses_demo_model(job.checkpoint, job.sdxl) and not job.mmdit
+        if demo:
             use_demo_defaults(job, workdir / "input")
         elif job.checkpoint is None:
             job.args.steps = job.args.steps or TINY_STEPS  # keep the demo short on a CPU
@@ -243,7 +249,7 @@ def run(job: Job, say=print) -> list[Path]:
         except WorkflowError as exc:
             raise UserError(f"--workflow {job.workflow.name}: {exc}") from None
         apply_settings(prompt, job, checkpoint_name, workdir / "input")
-        if uses_demo_model(job.checkpoint, job.sdxl):
+        if demo:
             use_demo_local_settings(prompt, job)
         if job.mask is not None:
             use_mask(prompt, job, workdir / "input")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpe_harness.shipped import host_has_mmdit, tiny_mmdit_models
 from fpe_harness.tiny_clip import write_tiny_clip
 from fpe_headless.batch import batch, metrics, report
 from fpe_headless.batch.batch import BatchError, BatchSettings, Scoring
@@ -418,3 +419,27 @@ def test_without_a_checkpoint_the_batch_runs_at_the_demo_models_steps_and_size(m
         assert demo_defaults(Path("model.safetensors"), [], sdxl=False) == (None, None)
         assert demo_defaults(None, ["http://127.0.0.1:8188"], sdxl=False) == (None, None)
     assert (shared.DEMO_STEPS, shared.DEMO_SIZE) == (20, 128)
+
+
+@pytest.mark.skipif(not host_has_mmdit(), reason="ComfyUI of early 2024 has no Flux/SD3 nodes")
+@pytest.mark.parametrize("name", ["fpe_flux_generated_edit", "fpe_sd35_generated_edit", "fpe_flux_real_image_edit"])
+def test_flux_and_sd35_workflows_batch_on_tiny_models(name, executor, tmp_path, comfy_host):
+    """An MMDiT workflow becomes batch prompts on the tiny files (``TINY_MMDIT``): the target prompt in through
+    FluxGuidance, the edit decoded from SamplerCustomAdvanced for a photo; and it runs."""
+    from fpe_headless.shared import TINY_MMDIT, mmdit_files
+
+    tiny_mmdit_models()  # the tiny files in the host's models folders
+    real = "real" in name
+    Image.open(REPO / "workflows" / "fpe_example_apple.png").convert("RGB").save(tmp_path / "apple.png")
+    items = [EditItem("x", "a red apple", "a green apple", image="apple.png" if real else None)]
+    jobs = batch.make_jobs(items, settings(TINY_MMDIT, workflow=name, images=tmp_path, staging=tmp_path / "in"))
+    prompt = jobs[0].prompt
+    texts = [v for node in prompt.values() for k, v in node["inputs"].items() if k == "text"]
+    assert "a green apple" in texts
+    loader = next(node["inputs"] for node in prompt.values() if node["class_type"] == "UNETLoader")
+    assert loader["unet_name"] == mmdit_files("sd35" if "sd35" in name else "flux")["unet_name"]
+    for upload, local in jobs[0].uploads.items():
+        shutil.copy2(local, comfy_host.workdir / "input" / upload)
+    result = InProcessRunner(executor).run_one(jobs[0])
+    assert result.ok, result.error
+    assert set(result.images) == ({"edit"} if real else {"source", "edit"})

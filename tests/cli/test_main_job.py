@@ -176,7 +176,7 @@ def _lora_file(tmp_path):
     (lambda t: ["--checkpoint", _text_file(t, "notes.txt")], r"--checkpoint .*notes.txt: not a checkpoint file"),
     (lambda t: ["--checkpoint", _lora_file(t)], r"--checkpoint .*lora.safetensors: holds no Stable Diffusion UNet"),
     (lambda t: ["--workflow", "fpe_no_such_edit"], r"--workflow fpe_no_such_edit: no such file, and no shipped "
-                                                    r"workflow of that name \(shipped: fpe_attention_maps, fpe_generated_edit, "),
+                                                    r"workflow of that name \(shipped: fpe_attention_maps, fpe_flux_generated_edit, "),
     (lambda t: ["--workflow", _workflow_with_a_repeated_key(t)],
      r"--workflow .*twice.json: the key 'version' appears twice in one JSON object"),
     (lambda t: ["--target-prompt", " "], r"--target-prompt '': an empty target prompt edits toward nothing"),
@@ -400,3 +400,61 @@ def test_local_edits_on_the_demo_model_find_their_region(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     words = np.asarray(Image.open(tmp_path / "words" / "output" / "local_mask.png").convert("L")) > 127
     assert 0 < words.mean() < 0.9
+
+
+MMDIT_HOST = HOST.kind != "2024"  # ComfyUI of early 2024 has no Flux or SD3
+mmdit_host = pytest.mark.skipif(not MMDIT_HOST, reason="ComfyUI of early 2024 has no Flux/SD3 nodes")
+
+
+@mmdit_host
+@pytest.mark.parametrize(("workflow", "prefix", "outputs"), [
+    ("fpe_flux_generated_edit", "flux_", ("source", "edit", "side_by_side")),
+    ("fpe_sd35_generated_edit", "sd35_", ("source", "edit", "side_by_side")),
+    ("fpe_flux_real_image_edit", "flux_real_", ("edit", "side_by_side"))])
+def test_flux_and_sd35_workflows_run_headless_on_tiny_models(tmp_path, workflow, prefix, outputs):
+    done = run_main("--workflow", workflow, "--steps", 6, "--size", 64, "--target-prompt", "a photo of a red fox",
+                    "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pictures are MEANINGLESS" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    images = {name: np.asarray(Image.open(tmp_path / "out" / f"{prefix}{name}.png")) for name in outputs}
+    assert images["edit"].shape == (64, 64, 3) and images["side_by_side"].shape == (64, 128, 3)
+    left = images["side_by_side"][:, :64]
+    assert not np.array_equal(left, images["edit"])  # the source (or the photo) beside a different edit
+    if "real" in workflow:
+        assert "FPEFlowInvert: reconstruction latent RMSE" in done.stdout
+
+
+def test_flux_workflow_settings_reach_their_nodes(tmp_path):
+    data = load_workflow(REPO / "workflows" / "fpe_flux_real_image_edit.json")
+    args = main_job.parser("run.sh").parse_args(["--invert-cfg", "1.5", "--steps", "9", "--size", "96",
+                                                 "--source-prompt", "a photo of a pear", "--target-prompt", "a fox"])
+    job = workflows.Job(HOST.path, REPO / "workflows" / "fpe_flux_real_image_edit.json", data, None, None, tmp_path,
+                        args)
+    assert job.mmdit == "flux" and not job.sdxl
+    prompt = to_api(data)
+    roles = workflows.prompt_roles(prompt)  # through FluxGuidance to the prompts
+    assert len(roles["source"]) == 1 and len(roles["target"]) == 1
+    workflows.apply_settings(prompt, job, shared.TINY_MMDIT, HOST.workdir / "input")
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["FPEFlowInvert"]["cfg"] == 1.5 and by_type["FPEFlowInvert"]["steps"] == 9
+    assert prompt[roles["source"][0]]["inputs"]["text"] == "a photo of a pear"
+    assert prompt[roles["target"][0]]["inputs"]["text"] == "a fox"
+    assert by_type["UNETLoader"]["unet_name"] == shared.mmdit_files("flux")["unet_name"]
+    assert by_type["DualCLIPLoader"]["type"] == "flux"
+    sd35 = load_workflow(REPO / "workflows" / "fpe_sd35_generated_edit.json")
+    assert shared.mmdit_family(sd35) == "sd35"
+    sd35_prompt = to_api(sd35)
+    workflows.apply_settings(sd35_prompt, workflows.Job(HOST.path, REPO, sd35, None, None, tmp_path, args),
+                             shared.TINY_MMDIT, HOST.workdir / "input")
+    latent = next(node["inputs"] for node in sd35_prompt.values() if node["class_type"] == "EmptySD3LatentImage")
+    assert latent["width"] == latent["height"] == 96
+
+
+def test_flux_workflows_need_no_checkpoint_and_a_current_comfyui(tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(checkpoint))
+    done = run_main("--workflow", "fpe_flux_generated_edit", "--checkpoint", checkpoint, cwd=tmp_path)
+    assert done.returncode == 2 and "--checkpoint: fpe_flux_generated_edit.json loads a Flux/SD3.5" in done.stderr
+    if not MMDIT_HOST:
+        done = run_main("--workflow", "fpe_flux_generated_edit", cwd=tmp_path)
+        assert done.returncode == 2 and "has no Flux or SD3 models (ComfyUI of early 2024)" in done.stderr

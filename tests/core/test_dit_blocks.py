@@ -27,6 +27,7 @@ def test_presets():
     flux, sd3, sd35m = b.flux_blocks(), b.sd3_blocks(24), b.sd3_blocks(24, tuple(range(13)))
     assert len(b.preset_blocks("all", flux)) == 57 and len(b.preset_blocks("double-stream only", flux)) == 19
     assert b.preset_blocks("single-stream only", flux) == {("single", i) for i in range(38)}
+    assert b.preset_blocks("late single-stream", flux) == {("single", i) for i in range(20, 38)}  # RF-Solver's
     assert b.preset_blocks("all", sd35m) == {("joint", i) for i in range(24)}  # joint attention only
     assert b.preset_blocks("image self-attention", sd35m) == {("self", i) for i in range(13)}
     assert b.preset_blocks("custom", sd3, "joint0-3") == {("joint", i) for i in range(4)}
