@@ -25,15 +25,16 @@ from .steps import step_window
 from .validate import check_latent
 
 
-def check_dit_inputs(model, samples, latent_name: str, prompts: dict) -> None:
+def check_dit_inputs(model, samples, latent_name: str, prompts: dict, maker: str = "FPE Source Capture") -> None:
     """Before sampling: the latent's channels and the prompts' width are what this MMDiT takes, so a VAE or text
     encoder of another family is named instead of failing inside the model with a shape error."""
-    layout = require_dit(model, "FPE Source Capture")
+    layout = require_dit(model, maker)
     channels = getattr(getattr(model.model, "latent_format", None), "latent_channels", 16)
     if getattr(samples, "ndim", 0) == 4 and int(samples.shape[1]) != channels:
-        raise FPEError(
-            f"{latent_name}: the latent has {int(samples.shape[1])} channels but {layout.family} takes {channels}: "
-            f"use an empty latent node for SD3/Flux (EmptySD3LatentImage) or encode with this model's VAE")
+        fix = ("encode the photo with this model's VAE" if maker != "FPE Source Capture" else
+               "use an empty latent node for SD3/Flux (EmptySD3LatentImage) or encode with this model's VAE")
+        raise FPEError(f"{latent_name}: the latent has {int(samples.shape[1])} channels but {layout.family} takes "
+                       f"{channels}: {fix}")
     width = layout.text_width(model)
     for name, conditioning in prompts.items():
         for entry in conditioning or []:

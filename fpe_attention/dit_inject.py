@@ -1,7 +1,8 @@
 """FPE on MMDiT models (Flux.1, SD3, SD3.5): the edit in the host's joint attention (issue 27).
 
-The source replays (``dit_capture``): in an edited step the source's rows run in the same model call as the
-target's (the Inject's UNet wrapper puts them in front, as ``replay`` does for UNets). Two host hooks finish it:
+The source's queries and keys come from its record (``dit_capture``: every block's image queries and keys of the
+stored steps) or, replayed, from its rows run in the same model call as the target's (the Inject's UNet wrapper puts
+them in front, as ``replay`` does for UNets). Two host hooks (``dit_hooks``) do the rest:
 
 * ``dit`` replace patches on the chosen blocks (``("double_block", i)`` for Flux's double-stream and SD3's joint
   blocks, ``("single_block", i)`` for Flux's single-stream blocks) stamp the block into the transformer options
@@ -58,6 +59,11 @@ class JointAttentionOverride(Shared):
         key = next_block(kwargs.get("transformer_options"))  # this block's next attention call
         if key is None or key not in self.patch.layers:
             return self.run(func, args, kwargs)
+        if self.patch.model_call is None:  # the Inject's model wrapper, which numbers the calls, did not run
+            self.patch.close_run()
+            raise FPEError("FPE MMDiT Inject's model wrapper did not run (a node applied after it replaced the "
+                           "model's function wrapper, e.g. tiled diffusion), so the edit cannot tell its steps: "
+                           "apply that node before FPE MMDiT Inject")
         try:
             return self.patch.edit_attention(key, func, args, kwargs, self.run)
         except BaseException:
@@ -79,6 +85,13 @@ class DiTInjectPatch(InjectPatch):
         self.edited: set = set()  # ... and those whose attention the override saw
         self._tokens: tuple[int, int] | None = None  # (text, image) tokens of the model call in progress
         self._call = None  # the model call in progress (its evaluation and chunks)
+
+    node_name = "FPE MMDiT Inject"
+
+    @property
+    def model_call(self):
+        """The model call in progress (set by the Inject's model wrapper), None outside one."""
+        return self.replay_call.call if self.replay_call is not None else self._call
 
     def note_stamp(self, key) -> None:
         if self._call is not None and self._call.step is not None and self._edits(self._call):
@@ -118,9 +131,11 @@ class DiTInjectPatch(InjectPatch):
             text = source_input.cond.get("c_crossattn")
             if text is not None and target is not None and text.shape[1] != target.shape[1]:
                 raise FPEError(
-                    f"the source prompt encodes to {text.shape[1]} text tokens, the target's to {target.shape[1]}: in "
-                    f"an MMDiT the text tokens share the image's softmax, so the two cannot share a model call. Keep "
-                    f"both prompts under the text encoder's padded length (shorten the longer one)")
+                    f"the source prompt encodes to {text.shape[1]} text tokens, the target's model call holds "
+                    f"{target.shape[1]} (ComfyUI pads the prompts of one call, positive and negative, to a common "
+                    f"length): in an MMDiT the text tokens share the image's softmax, so a replayed source cannot share "
+                    f"that call. Keep every prompt under the text encoder's padded length (shorten the longest), or "
+                    f"let the capture keep a record (storage auto with a lower store_end, or cpu)")
         return extended_batch(args, call, inputs, self.source.maker)
 
     def edit_attention(self, key, func, args, kwargs, run):
@@ -185,7 +200,9 @@ class DiTInjectPatch(InjectPatch):
             record = self.source.stored(self._source_key(chunk, call), key, call.step)  # [2, rows, H, image, D]
             count = chunk.rows.stop - chunk.rows.start
             rows = list(range(count)) if picked is None else picked
-            if record.shape[1] not in (1, count) or record.shape[2:] != (q.shape[1], img.stop - img.start, q.shape[3]):
+            if record.shape[1] not in (1, count):
+                self.source.check_latent((count, 0) + tuple(self.source.latent_shape[2:]))
+            if record.shape[2:] != (q.shape[1], img.stop - img.start, q.shape[3]):
                 raise FPEError(f"the target's attention at block {key[0]}{key[1]} has {q.shape[1]} heads x "
                                f"{img.stop - img.start} image tokens, the source's record {record.shape[2]} x "
                                f"{record.shape[3]}: give the target sampler a latent of the capture's size")

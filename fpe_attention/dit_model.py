@@ -8,7 +8,8 @@ HunyuanDiT, Lumina, Qwen-Image, Flux 2, Chroma) keep a refusal that names them.
 Token layout inside one joint attention call (the override sees the whole sequence):
 
 * Flux: ``[text | image | reference images]`` (Flux Kontext appends its reference-image tokens after the image);
-* SD3: ``[registers | text | image]`` (SD3.5's register tokens count with the text, as "other" keys).
+* SD3: ``[registers | text | image]`` (register tokens, where a model has them, count with the text as "other"
+  keys; ComfyUI's SD3 and SD3.5 loaders set none).
 
 The image holds ceil(H/p)·ceil(W/p) tokens for a latent of H×W and patch size p (both families pad to the patch).
 """
@@ -31,7 +32,7 @@ class DiTLayout:
     family: str  # "Flux", "SD3", "SD3.5-M" (with MMDiT-X self-attention)
     blocks: DiTBlocks
     patch: int
-    registers: int = 0  # SD3.5: register tokens prepended to the text
+    registers: int = 0  # register tokens prepended to the text (the MMDiT class supports them; SD3/3.5 have none)
     hidden: int = 0  # the attention width (heads x head size) of every block
 
     @property
@@ -76,13 +77,13 @@ def is_dit(model) -> bool:
     return dit_layout(model) is not None
 
 
-def require_dit(model, node: str) -> DiTLayout:
+def require_dit(model, node: str, instead: str = "FPE Self-Attn Inject") -> DiTLayout:
     layout = dit_layout(model)
     if layout is None:
         inner = getattr(model, "model", None)
         raise FPEError(
             f"model: {node} edits MMDiT models (Flux.1, SD3, SD3.5); this model is {type(inner).__name__}. For SD1.x, "
-            f"SD2.x and SDXL use FPE Self-Attn Inject")
+            f"SD2.x and SDXL use {instead}")
     return layout
 
 

@@ -19,6 +19,8 @@ inverse of its noise scaling at the first sigma), and the DDIM guard checks the 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .capture import ROWS, CaptureSettings, attach_recorder, conditioning_rows, new_source
@@ -55,15 +57,15 @@ class FlowInversionSampler:
 
 
 class InvertedNoise:
-    """A NOISE (SamplerCustomAdvanced's noise input) that starts the sampler exactly on the inverted latent: the
-    sampler's first state is noise_scaling(σ₀, noise, latent), so the noise is that map inverted for the latent the
-    sampler gets (at σ₀ = 1, the inverted latent itself)."""
+    """A NOISE (SamplerCustomAdvanced's noise input) that starts the sampler on the inverted latent: the sampler's
+    first state is noise_scaling(σ₀, noise, latent), so the noise is that map inverted for the latent the sampler
+    gets (at σ₀ = 1 the inverted latent itself, bit for bit; below 1, to float rounding)."""
 
     def __init__(self, top: torch.Tensor, sigma0: float, model):
         self.top = top.detach().cpu()  # sampler space
         self.sigma0 = float(sigma0)
         self.seed = 0
-        self._latent_in = model.model.process_latent_in  # the LATENT -> sampler-space map of this model
+        self._latent_format = copy.copy(model.model.latent_format)  # its LATENT -> sampler-space map, not the model
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         samples = input_latent["samples"]
@@ -71,10 +73,14 @@ class InvertedNoise:
             raise FPEError(f"the target latent is {samples.shape[-1] * 8}x{samples.shape[-2] * 8} px but {MAKER} "
                            f"inverted a {self.top.shape[-1] * 8}x{self.top.shape[-2] * 8} px photo: give the target "
                            f"sampler the photo's latent (or an empty latent of its size)")
+        top = self.top.expand(samples.shape[0], *self.top.shape[1:]) if self.top.shape[0] == 1 else self.top
         if self.sigma0 >= 1.0:
-            return self.top.clone()
-        latent = self._latent_in(samples.to(self.top.dtype)).cpu()
-        return (self.top - (1.0 - self.sigma0) * latent) / self.sigma0
+            return top.clone()
+        # the host leaves an all-zero latent as it is (no latent-format shift), any other one it maps in
+        latent = samples.to(top.dtype)
+        if torch.count_nonzero(latent):
+            latent = self._latent_format.process_in(latent).cpu()
+        return (top - (1.0 - self.sigma0) * latent) / self.sigma0
 
 
 def flow_invert(model, *, latent: torch.Tensor, positive, negative, cfg: float, forward_sigmas: torch.Tensor,
@@ -98,8 +104,8 @@ def flow_invert_to_source(model, *, latent: dict, positive, negative, cfg: float
                           progress: PhasedProgress | None = None) -> tuple[InvertedNoise, object]:
     """Invert a photo's latent on an MMDiT and record its source branch (replay: the trajectory latents and the
     prompt). Returns (the inverted noise for the target sampler, the complete FPESource)."""
-    require_dit(model, MAKER)
-    check_dit_inputs(model, latent["samples"], "latent", {"positive": positive, "negative": negative})
+    require_dit(model, MAKER, instead="FPE DDIM Invert")
+    check_dit_inputs(model, latent["samples"], "latent", {"positive": positive, "negative": negative}, MAKER)
     import comfy.sample
     import comfy.samplers
 

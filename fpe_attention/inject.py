@@ -57,6 +57,7 @@ class InjectPatch(Shared):
     """attn1 patch replacing the edited rows' Q/K input by the source's, with its run hooks."""
 
     fpe_inject = True  # marks an FPE edit on a model (a second FPE node on it is refused)
+    node_name = "FPE Self-Attn Inject"  # for messages (FPE MMDiT Inject's subclass says its own)
 
     def __init__(self, source: FPESource, layers: frozenset, window: tuple[int, int], kinds: frozenset[int],
                  rows: tuple[RowEdit, ...] | None = None):
@@ -117,14 +118,14 @@ class InjectPatch(Shared):
             call = self.clock.current
             if self.clock.end_evaluation(args.get("cond")):  # a new run the clock took for the last one's continuation
                 if call.step == 0:  # it did start at the schedule's first sigma, after an interrupted run
-                    raise FPEError("FPE Self-Attn Inject lost track of the runs after an interrupted one (this "
+                    raise FPEError(f"{self.node_name} lost track of the runs after an interrupted one (this "
                                    "schedule repeats its first sigma): queue the prompt again")
                 self._reject_start(call)
             if self.clock.evaluation_run_start:
                 self._first_evaluation_checks(args)
             if not all_finite(args["denoised"]):
                 raise FPEError(
-                    f"FPE Self-Attn Inject: the target sampler's model prediction is NaN or infinite at step {call.step} "
+                    f"{self.node_name}: the target sampler's model prediction is NaN or infinite at step {call.step} "
                     f"(sigma {call.sigma:.6g}). Likely causes: the target sampler's cfg or denoise is NaN/Infinity in "
                     f"the workflow, or a model running in fp16 overflows (run it in fp32/bf16, or lower cfg)")
             denoised = self._blend_denoised(args, call)
@@ -142,9 +143,9 @@ class InjectPatch(Shared):
         if (settings is not None or host_mask is not None) and (
                 local is None or local.settings is not settings or not local.blended_input):
             raise FPEError(
-                "FPE Local Edit: FPE Self-Attn Inject's UNet wrapper did not run (a node applied after the Inject "
+                f"FPE Local Edit: {self.node_name}'s UNet wrapper did not run (a node applied after the Inject "
                 "replaced the model's function wrapper, e.g. tiled diffusion), so the mask cannot act on the model's "
-                "input: apply that node before FPE Self-Attn Inject")
+                f"input: apply that node before {self.node_name}")
         if local is None:
             return args["denoised"]
         local.blended_input = False
@@ -314,7 +315,7 @@ class InjectPatch(Shared):
     def _check_sweep_rows(self, images: int) -> None:
         if self.rows is not None and images != len(self.rows):
             raise FPEError(
-                f"sweep: FPE Self-Attn Inject's sweep has {len(self.rows)} settings, but the target sampler's latent "
+                f"sweep: {self.node_name}'s sweep has {len(self.rows)} settings, but the target sampler's latent "
                 f"has {images} image{'s' if images != 1 else ''}: each image takes one setting. Connect the target "
                 f"latent through FPE Sweep Latent (it repeats the source's latent {len(self.rows)} times, each with "
                 f"the source's noise), or set the Empty Latent Image batch_size to {len(self.rows)}")

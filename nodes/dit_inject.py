@@ -24,7 +24,8 @@ class FPEMMDiTInject:
                        "one image titled with the setting).")
     DESCRIPTION = ("Free-Prompt-Editing on MMDiT models (Flux.1, SD3, SD3.5): in the chosen blocks and first steps, "
                    "the target's image tokens attend with the source's image map, so the edit keeps the source "
-                   "layout. The source's rows run beside the target's in the same model call.")
+                   "layout. The source's queries and keys come from its record, or its rows run beside the "
+                   "target's in the same model call (replay).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -32,7 +33,8 @@ class FPEMMDiTInject:
             "required": {
                 "model": ("MODEL", {"tooltip": "The Flux.1 / SD3 / SD3.5 model the capture used (LoRAs included); a "
                                                "patched clone is returned."}),
-                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture run on this model."}),
+                "fpe_source": ("FPE_SOURCE", {"tooltip": "From FPE Source Capture (generated images) or FPE Flow Invert "
+                                                         "(photos) run on this model."}),
                 "mode": (list(MODES), {
                     "default": MODES[0],
                     "tooltip": "'image map' (FPE itself): the target's image queries take the source's image-to-image "

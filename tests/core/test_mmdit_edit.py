@@ -150,14 +150,14 @@ def test_cfg_runs_edit_the_cond_rows_only_unless_asked():
     assert (sample(name, patched, cfg=4.0) - cond_only).abs().max().item() > 1e-4
 
 
-def test_blocks_choose_where_the_edit_acts():
-    name = FAMILIES[0]
+@pytest.mark.parametrize("name", FAMILIES)
+def test_blocks_choose_where_the_edit_acts(name):
     _, source = source_of(name)
+    first, second = {"Flux": ("double0", "single0"), "SD3": ("joint0", "joint1"), "SD35M": ("joint0", "self0")}[name]
     results = {blocks: sample(name, inject(name, source, blocks="custom", custom_blocks=blocks))
-               for blocks in ("double0", "single0", "double0, single0")} if name == "Flux" else {}
-    if results:
-        assert not torch.equal(results["double0"], results["single0"])
-        assert not torch.equal(results["double0"], results["double0, single0"])
+               for blocks in (first, second, f"{first}, {second}")}
+    assert not torch.equal(results[first], results[second])
+    assert not torch.equal(results[first], results[f"{first}, {second}"])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -210,7 +210,7 @@ def test_prompts_of_other_token_counts():
     image tokens only: the target's own text tokens are used, whatever their count."""
     name = FAMILIES[0]
     _, source = source_of(name, "replay")
-    with pytest.raises(Exception, match="the source prompt encodes to 8 text tokens, the target's to 12"):
+    with pytest.raises(Exception, match="the source prompt encodes to 8 text tokens, the target's model call holds 12"):
         sample(name, inject(name, source), positive=prompt(2, tokens=12))
     _, stored = source_of(name)
     assert sample(name, inject(name, stored), positive=prompt(2, tokens=12)).isfinite().all()
@@ -316,3 +316,30 @@ def test_a_second_fpe_node_on_an_edited_model_is_refused(fpe_error):
     with pytest.raises(fpe_error, match="already carries an FPE MMDiT Inject edit, so FPE Source Capture"):
         call_node("FPESourceCapture", model=patched, positive=SRC, store_layers="all", store_custom_layers="",
                   store_end=1.0, store_rows="cond", storage="auto", precision="exact", **settings(name))
+
+
+
+def test_a_batch_of_two_pairs_image_by_image_from_a_record_or_a_replay():
+    """Source and target batches of 2 (each image its own noise): the record and the replay give the same edits,
+    and each image's edit is its own (not image 0's)."""
+    name = FAMILIES[0]
+    two = foreign_models.empty_latent(name, batch=2, height=8, width=8)
+    edits = {}
+    for storage in ("auto", "replay"):
+        _, source = capture(name, storage=storage, latent_image=two)
+        edits[storage] = sample(name, inject(name, source), latent_image=two)
+    assert edits["auto"].shape[0] == 2
+    assert (edits["auto"] - edits["replay"]).abs().max().item() <= 2e-6 * edits["auto"].abs().max().item()
+    assert (edits["auto"][0] - edits["auto"][1]).abs().max().item() > 1e-3
+
+
+def test_a_model_wrapper_set_after_the_inject_is_named(fpe_error):
+    """A node after the Inject that replaces the model's function wrapper (tiled diffusion and the like) leaves
+    the edit blind to its steps: an error, not a silent plain image."""
+    name = FAMILIES[0]
+    _, source = source_of(name)
+    patched = inject(name, source).clone()
+    patched.set_model_unet_function_wrapper(lambda apply_model, args: apply_model(args["input"], args["timestep"],
+                                                                                   **args["c"]))
+    with pytest.raises(fpe_error, match="FPE MMDiT Inject's model wrapper did not run"):
+        sample(name, patched)

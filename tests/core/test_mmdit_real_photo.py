@@ -127,3 +127,24 @@ def test_flow_invert_refuses_unets_and_empty_latents(tiny_sd15, fpe_error):
                   reconstruction_check=False)
     with pytest.raises(fpe_error, match="latent: it is all zeros"):
         invert(FAMILIES[0], latent={"samples": torch.zeros(1, 16, 8, 8)})
+
+
+
+def test_a_schedule_below_sigma_1_starts_on_the_inverted_latent_from_any_latent():
+    """A schedule that starts below 1 (the last 4 of 6 sigmas): the inverted noise is the inverse of the host's
+    noise scaling there, so the target starts on the inverted latent (to float rounding) whether it gets the
+    photo's latent or an empty one (the DDIM guard checks the start)."""
+    import comfy.samplers
+
+    name = FAMILIES[0]
+    model = tiny(name)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 6)[2:].cpu()
+    assert 0.0 < float(sigmas[0]) < 1.0
+    noise, source, used, _ = invert(name, check=False, sigmas=sigmas)
+    patched = call_node("FPEMMDiTInject", model=model, fpe_source=source, mode="image map", blocks="all",
+                        custom_blocks="", start=0.0, end=0.5, branches="cond only")[0]
+    guider = call_node("BasicGuider", model=patched, conditioning=TGT)[0]
+    sampler = call_node("KSamplerSelect", sampler_name="euler")[0]
+    outs = [call_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=used,
+                      latent_image=latent)[0]["samples"] for latent in (photo(), {"samples": torch.zeros(1, 16, 8, 8)})]
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5 * outs[0].abs().max().item()  # the same start

@@ -47,7 +47,7 @@ class _Stamp:
 
 class _Override:
     def __init__(self, blocks, mode, layout):
-        self.blocks, self.mode, self.layout = blocks, mode, layout  # layout: (flux, text tokens, image tokens)
+        self.blocks, self.mode, self.layout = blocks, mode, layout  # layout: {"flux", "text", "image"}
 
     def __call__(self, func, *args, **kwargs):
         stamp = kwargs["transformer_options"].get("reference_block")
@@ -63,9 +63,9 @@ class _Override:
             b, length, width = q.shape
             q, k, v = (t.reshape(b, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
         length = q.shape[2]
-        flux, text, image = self.layout
-        img = slice(0, length) if kind == "self" else (slice(text, text + image) if flux else slice(length - image,
-                                                                                                     length))
+        text, image = self.layout["text"], self.layout["image"]  # as the embedding layers emitted them this call
+        img = slice(0, length) if kind == "self" else (slice(text, text + image) if self.layout["flux"] else
+                                                       slice(length - image, length))
         out = edited_attention(kind, self.mode, q.double(), k.double(), v.double(), img).to(v.dtype)
         if kwargs.get("skip_output_reshape", False):
             return out
@@ -96,14 +96,35 @@ def reference_edit(model, source_cond, target_cond, *, latent, seed: int, steps:
     extra = {"y": torch.cat([source_cond[0][1]["pooled_output"], target_cond[0][1]["pooled_output"]])}
     if flux:
         extra["guidance"] = torch.tensor([source_cond[0][1].get("guidance", 3.5)] * 2)
-    height, width = x.shape[-2:]
-    image = ((height + 1) // 2) * ((width + 1) // 2)
-    override = _Override(frozenset(blocks), mode, (flux, context.shape[1], image))
+    # The token counts as the model's own embedding layers emit them (Flux: txt_in, img_in; SD3: context_embedder,
+    # x_embedder), so the image slice does not rest on the pack's patch arithmetic.
+    backbone = inner.diffusion_model
+    layout = {"flux": flux, "text": 0, "image": 0}
+
+    def counter(name):
+        def hook(module, args, out):
+            layout[name] = int(out.shape[1])
+        return hook
+
+    text_layer, image_layer = (backbone.txt_in, backbone.img_in) if flux else (backbone.context_embedder,
+                                                                               backbone.x_embedder)
+    hooks = [text_layer.register_forward_hook(counter("text")), image_layer.register_forward_hook(counter("image"))]
+    override = _Override(frozenset(blocks), mode, layout)
     replace = {}
     for kind, index in blocks:
         name = "single_block" if kind == "single" else "double_block"
         kinds = [kind] if kind in ("double", "single") else (["joint", "self"] if index in selfs else ["joint"])
         replace[(name, index)] = _Stamp(kinds, index)
+    try:
+        x = _sample(inner, x, sigmas, steps, window, replace, override, context, extra, trajectory)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    x = sampling.inverse_noise_scaling(sigmas[-1], x)
+    return inner.process_latent_out(x)[1:]
+
+
+def _sample(inner, x, sigmas, steps, window, replace, override, context, extra, trajectory):
     with torch.no_grad():
         for i in range(steps):
             sigma = sigmas[i]
@@ -114,8 +135,7 @@ def reference_edit(model, source_cond, target_cond, *, latent, seed: int, steps:
                 x[0] = trajectory[i][0]
             denoised = inner.apply_model(x, sigma.expand(2), c_crossattn=context, transformer_options=options, **extra)
             x = x + (x - denoised) / sigma * (sigmas[i + 1] - sigma)
-    x = sampling.inverse_noise_scaling(sigmas[-1], x)
-    return inner.process_latent_out(x)[1:]
+    return x
 
 
 def reference_inversion(model, conditioning, *, latent, steps: int, flux: bool):

@@ -3,6 +3,7 @@ caching. The Flux.1 and SD3.5 ones skip on ComfyUI of early 2024, which has neit
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,39 @@ def test_flux_real_image_workflow_previews_the_reconstruction_and_caches_the_inv
     again = executor.run(api)
     assert invert_id not in again.executed and sampler_id in again.executed
     assert _node_id(api, "FPEMMDiTInject") not in again.executed
+
+
+@pytest.mark.skipif(not host_has_mmdit(), reason=NO_MMDIT)
+@pytest.mark.parametrize("path", MMDIT_GENERATED + [MMDIT_REAL], ids=[p.stem for p in MMDIT_GENERATED + [MMDIT_REAL]])
+def test_mmdit_a_then_a_failing_b_then_a_gives_a_fresh_a(path, tiny_for_shipped, comfy_host):
+    """One server: A, then B failing inside the edit (a target latent of another size), then A again: the same
+    latent as the first A and as A on a fresh executor (nothing of B's run is kept)."""
+    from fpe_harness.execute import Executor
+
+    api = _api(path, tiny_for_shipped, steps=10)
+    sampler_id = _node_id(api, ("KSampler", "SamplerCustomAdvanced"))
+    api["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler_id, 0], "filename_prefix": path.stem},
+                  "_meta": {"title": "Save the edit's latent"}}
+
+    def latent(result):
+        (entry,) = result.outputs["900"]["latents"]
+        return safetensors.torch.load_file(str(comfy_host.workdir / "output" / entry["subfolder"] /
+                                               entry["filename"]))["latent_tensor"]
+
+    b = copy.deepcopy(api)
+    b["901"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 96, "height": 96, "batch_size": 1},
+                "_meta": {"title": "another size"}}
+    if api[sampler_id]["class_type"] == "KSampler":
+        b[sampler_id]["inputs"]["latent_image"] = ["901", 0]
+        expected = "the target latent is 96x96 px"
+    else:  # the photo's noise is the inverted photo's size
+        b[sampler_id]["inputs"]["latent_image"] = ["901", 0]
+        expected = "the target latent is 96x96 px but FPE Flow Invert inverted a 64x64 px photo"
+    server = Executor()
+    first = latent(server.run(api))
+    failed = server.run(b, expect_success=False)
+    assert not failed.success and expected in failed.error["exception_message"], failed.error
+    rerun = server.run(api)
+    assert sampler_id in rerun.executed  # the edit ran again after the failed one (not a cached output)
+    again, fresh = latent(rerun), latent(Executor().run(api))
+    assert torch.equal(first, again) and torch.equal(first, fresh)
