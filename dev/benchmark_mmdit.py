@@ -5,6 +5,7 @@ image-map kernel forms compared, and the memory table that decides replay agains
     python dev/benchmark_mmdit.py --comfyui PATH [--device cuda] [--models flux,sd35l,sd35m] [--size 1024]
     python dev/benchmark_mmdit.py --comfyui PATH --table-only        # the memory table, no model built
     python dev/benchmark_mmdit.py --comfyui PATH --device cpu --tiny  # a smoke run of the whole script on CPU
+    python dev/benchmark_mmdit.py --comfyui PATH --models flux --real --skip-kernels   # + FPE Flow Invert
 
 Prints one line per run (seconds, seconds per step, peak accelerator memory, ratio to the plain generation) and
 the kernel comparison. Nothing is timed in the test suite; these numbers go to docs/BENCHMARKS.md.
@@ -131,7 +132,37 @@ def timed(fn, device):
     return out, time.perf_counter() - start, peak
 
 
-def bench_model(name, device, size, steps, tiny):
+def bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, target_prompt, negative, base):
+    """FPE Flow Invert (reverse Euler + the record pass, store_end 0.2) and the edit from its inverted noise through
+    SamplerCustomAdvanced's path (the host's sample_custom with the noise, euler), against a plain generation."""
+    import comfy.sample
+    import comfy.samplers
+    import torch
+
+    from fpe_attention.capture import CaptureSettings
+    from fpe_attention.dit_inject import inject_dit_model
+    from fpe_attention.flow_inversion import flow_invert_to_source
+
+    photo = torch.randn(1, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(5)) * 0.5
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
+    rows = []
+    sampler = comfy.samplers.sampler_object("euler")
+    for storage in ("auto", "replay"):
+        settings = CaptureSettings(selection=None, store_end=0.2, rows="cond", storage=storage, precision="exact")
+        (noise, source), seconds, peak = timed(lambda settings=settings: flow_invert_to_source(
+            model, latent={"samples": photo}, positive=source_prompt, negative=negative, cfg=1.0, sigmas=sigmas,
+            schedule_origin="benchmark", settings=settings), device)
+        rows.append((f"FPE Flow Invert ({source.storage_device}, store_end 0.2)", seconds, peak))
+        patched = inject_dit_model(model, source, blocks=layout.blocks.keys(("double", "single", "joint")), start=0.0,
+                                   end=0.2)
+        _, seconds, peak = timed(lambda patched=patched, noise=noise: comfy.sample.sample_custom(
+            patched, noise.generate_noise({"samples": photo}), cfg, sampler, sigmas.to(model.load_device),
+            target_prompt, negative, photo, disable_pbar=True, seed=0), device)
+        rows.append((f"photo edit ({source.storage_device}): image map, end 0.2", seconds, peak))
+    return rows
+
+
+def bench_model(name, device, size, steps, tiny, real=False):
     import comfy.sample
     import comfy.samplers
     import torch
@@ -179,6 +210,9 @@ def bench_model(name, device, size, steps, tiny):
         del source
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if real:
+        results += bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, target_prompt, negative,
+                                    base)
     print(f"\n{name}: {layout.family} layout ({layout.blocks.describe()}), {size}x{size} px, {steps} euler steps, "
           f"cfg {cfg}, {device}")
     print("| run | seconds | s/step | peak GiB | x plain |")
@@ -236,6 +270,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="tiny layouts (a CPU smoke run of the script)")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--real", action="store_true", help="also FPE Flow Invert and a photo edit")
+    parser.add_argument("--skip-kernels", action="store_true", help="leave out the kernel comparison")
     options = parser.parse_args()
     if options.comfyui is None:
         parser.error("--comfyui (or COMFYUI_PATH): a current ComfyUI checkout")
@@ -248,9 +284,11 @@ def main():
     device = torch.device(options.device)
     if device.type == "cuda":
         print(f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    bench_kernels(device, options.tiny)
+    if not options.skip_kernels:
+        bench_kernels(device, options.tiny)
     for name in options.models.split(","):
-        bench_model(name.strip(), device, options.size if not options.tiny else 64, options.steps, options.tiny)
+        bench_model(name.strip(), device, options.size if not options.tiny else 64, options.steps, options.tiny,
+                    options.real)
         sys.stdout.flush()
 
 

@@ -352,3 +352,13 @@ def inject_dit_model(model, source: FPESource, *, blocks: frozenset, start: floa
 
 def table_of(model) -> DiTBlocks:
     return require_dit(model, "FPE MMDiT Inject").blocks
+
+
+def choose_blocks(model, preset: str, custom: str) -> tuple[frozenset, str]:
+    """FPE MMDiT Inject's block choice resolved for ``model``: (block keys, its label for titles). An error names
+    the input that holds the problem: ``custom_blocks`` for 'custom', else ``blocks``."""
+    try:
+        keys = preset_blocks(preset, table_of(model), custom)
+    except LayerSelectionError as exc:
+        raise FPEError(f"{'custom_blocks' if preset == 'custom' else 'blocks'}: {exc}") from None
+    return keys, (custom if preset == "custom" else preset)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from ..fpe_attention.dit_blocks import DEFAULT_WINDOW, PRESETS, preset_blocks
-from ..fpe_attention.dit_inject import inject_dit_model, plan_dit_sweep, table_of
-from ..fpe_attention.errors import FPEError
+from ..fpe_attention.dit_blocks import DEFAULT_WINDOW, PRESETS
+from ..fpe_attention.dit_inject import choose_blocks, inject_dit_model, plan_dit_sweep, table_of
 from ..fpe_attention.inject import BRANCHES
 from ..fpe_attention.joint_attention import MODES
-from ..fpe_attention.layers import LayerSelectionError
 from .common import EDIT
 
 
@@ -77,13 +75,8 @@ class FPEMMDiTInject:
         }
 
     def inject(self, model, fpe_source, mode, blocks, custom_blocks, start, end, branches, sweep=""):
-        table = table_of(model)
-        try:
-            keys = preset_blocks(blocks, table, custom_blocks)
-        except LayerSelectionError as exc:
-            raise FPEError(f"{'custom_blocks' if blocks == 'custom' else 'blocks'}: {exc}") from None
-        label = custom_blocks if blocks == "custom" else blocks
-        settings, labels = plan_dit_sweep(table, sweep, blocks=keys, blocks_label=label, start=start, end=end,
+        keys, label = choose_blocks(model, blocks, custom_blocks)
+        settings, labels = plan_dit_sweep(table_of(model), sweep, blocks=keys, blocks_label=label, start=start, end=end,
                                           custom_blocks=custom_blocks)
         patched = inject_dit_model(model, fpe_source, blocks=keys, start=start, end=end, mode=mode, branches=branches,
                                    sweep=settings)
