@@ -135,6 +135,8 @@ def timed(fn, device):
 def bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, target_prompt, negative, base):
     """FPE Flow Invert (reverse Euler + the record pass, store_end 0.2) and the edit from its inverted noise through
     SamplerCustomAdvanced's path (the host's sample_custom with the noise, euler), against a plain generation."""
+    import gc
+
     import comfy.sample
     import comfy.samplers
     import torch
@@ -143,6 +145,10 @@ def bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, tar
     from fpe_attention.dit_inject import inject_dit_model
     from fpe_attention.flow_inversion import flow_invert_to_source
 
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"(before the photo runs: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated)")
     photo = torch.randn(1, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(5)) * 0.5
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
     rows = []
@@ -159,10 +165,15 @@ def bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, tar
             patched, noise.generate_noise({"samples": photo}), cfg, sampler, sigmas.to(model.load_device),
             target_prompt, negative, photo, disable_pbar=True, seed=0), device)
         rows.append((f"photo edit ({source.storage_device}): image map, end 0.2", seconds, peak))
+        del noise, source, patched
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            print(f"(after the photo {storage} runs: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated)")
     return rows
 
 
-def bench_model(name, device, size, steps, tiny, real=False):
+def bench_model(name, device, size, steps, tiny, real=False, real_only=False):
     import comfy.sample
     import comfy.samplers
     import torch
@@ -187,8 +198,11 @@ def bench_model(name, device, size, steps, tiny, real=False):
     results = []
     _, base, base_peak = timed(lambda: plain(model, target_prompt), device)
     results.append(("plain generation", base, base_peak))
+    if real:  # first: the photo runs on a fresh memory
+        results += bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, target_prompt, negative,
+                                    base)
     joint = layout.blocks.keys(("double", "single", "joint"))
-    for storage, store_end in (("replay", 1.0), ("auto", 0.2)):
+    for storage, store_end in (() if real_only else (("replay", 1.0), ("auto", 0.2))):
         settings = CaptureSettings(selection=None, store_end=store_end, rows="cond", storage=storage,
                                    precision="exact")
         (_, source), seconds, peak = timed(lambda settings=settings: capture_source(
@@ -207,12 +221,13 @@ def bench_model(name, device, size, steps, tiny, real=False):
             _, seconds, peak = timed(lambda patched=patched: plain(patched, target_prompt), device)
             what = "self-attention blocks" if blocks and next(iter(blocks))[0] == "self" else "all joint blocks"
             results.append((f"edit ({source.storage_device}): {mode}, {what}, end {end}", seconds, peak))
-        del source
+        del source, patched
         if device.type == "cuda":
+            import gc
+
+            gc.collect()
             torch.cuda.empty_cache()
-    if real:
-        results += bench_real_photo(model, layout, device, size, steps, cfg, source_prompt, target_prompt, negative,
-                                    base)
+            print(f"(after the {storage} runs: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated)")
     print(f"\n{name}: {layout.family} layout ({layout.blocks.describe()}), {size}x{size} px, {steps} euler steps, "
           f"cfg {cfg}, {device}")
     print("| run | seconds | s/step | peak GiB | x plain |")
@@ -272,6 +287,7 @@ def main():
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--real", action="store_true", help="also FPE Flow Invert and a photo edit")
     parser.add_argument("--skip-kernels", action="store_true", help="leave out the kernel comparison")
+    parser.add_argument("--real-only", action="store_true", help="with --real: only the photo runs")
     options = parser.parse_args()
     if options.comfyui is None:
         parser.error("--comfyui (or COMFYUI_PATH): a current ComfyUI checkout")
@@ -288,7 +304,7 @@ def main():
         bench_kernels(device, options.tiny)
     for name in options.models.split(","):
         bench_model(name.strip(), device, options.size if not options.tiny else 64, options.steps, options.tiny,
-                    options.real)
+                    options.real or options.real_only, options.real_only)
         sys.stdout.flush()
 
 

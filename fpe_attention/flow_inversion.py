@@ -42,6 +42,7 @@ class FlowInversionSampler:
     def __init__(self):
         self.trajectory: list[torch.Tensor] = []  # x at every inversion sigma, bottom (index 0) to top
 
+    @torch.no_grad()  # as ComfyUI's own sampler functions: no autograd graph through the steps
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])

@@ -57,6 +57,7 @@ class DDIMInversionSampler:
     def __init__(self):
         self.trajectory: list[torch.Tensor] = []  # z at every inversion sigma, bottom (index 0) to top
 
+    @torch.no_grad()  # as ComfyUI's own sampler functions: no autograd graph through the steps
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])
@@ -107,6 +108,7 @@ class TrajectoryReplay:
         self.latents = latents
         self.steps = steps
 
+    @torch.no_grad()  # as ComfyUI's own sampler functions: no autograd graph through the steps
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])
