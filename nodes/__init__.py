@@ -25,7 +25,8 @@ from .schedules import FPEOfficialDDIMSigmas
 
 # Node id -> class, in menu order. Ids are what saved workflows store: never rename one.
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls in (
-    FPESourceCapture, FPESelfAttnInject, FPELocalEdit, FPELocalMask, FPEOfficialDDIMSigmas, FPESideBySide, FPEVAEEncodeMean, FPEDDIMInvert,
-    FPEAttentionReplace, FPEAttentionRecord, FPEWordHeatmap, FPESelfAttnComponents, FPEAttentionQuery,
-    FPENullTextInvert, FPESweepLatent, FPESweepGrid, FPELayerOverview, FPESaveAttentionMaps, FPEMMDiTInject, FPEFlowInvert)}
+    FPESourceCapture, FPESelfAttnInject, FPEMMDiTInject, FPELocalEdit, FPELocalMask, FPEOfficialDDIMSigmas,
+    FPESideBySide, FPEVAEEncodeMean, FPEDDIMInvert, FPEFlowInvert, FPEAttentionReplace, FPEAttentionRecord,
+    FPEWordHeatmap, FPESelfAttnComponents, FPEAttentionQuery, FPENullTextInvert, FPESweepLatent, FPESweepGrid,
+    FPELayerOverview, FPESaveAttentionMaps)}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {node_id: cls.DISPLAY_NAME for node_id, cls in NODE_CLASS_MAPPINGS.items()}

@@ -7,12 +7,14 @@ from fpe_harness.host import pack_module
 EXPECTED = {
     "FPESourceCapture": "FPE Source Capture",
     "FPESelfAttnInject": "FPE Self-Attn Inject",
+    "FPEMMDiTInject": "FPE MMDiT Inject",
     "FPELocalEdit": "FPE Local Edit",
     "FPELocalMask": "FPE Local Mask",
     "FPEOfficialDDIMSigmas": "FPE Official DDIM Sigmas",
     "FPESideBySide": "FPE Side by Side",
     "FPEVAEEncodeMean": "FPE VAE Encode (Mean)",
     "FPEDDIMInvert": "FPE DDIM Invert",
+    "FPEFlowInvert": "FPE Flow Invert",
     "FPENullTextInvert": "FPE Null-Text Invert",
     "FPEAttentionReplace": "FPE Attention Replace",
     "FPESweepLatent": "FPE Sweep Latent",
@@ -26,8 +28,9 @@ EXPECTED = {
 }
 # The node menu: "Free Prompt Editing" and one sub-category per task.
 MENU = {
-    "edit": {"FPESourceCapture", "FPESelfAttnInject", "FPELocalEdit", "FPELocalMask", "FPEOfficialDDIMSigmas"},
-    "real photos": {"FPEVAEEncodeMean", "FPEDDIMInvert", "FPENullTextInvert"},
+    "edit": {"FPESourceCapture", "FPESelfAttnInject", "FPEMMDiTInject", "FPELocalEdit", "FPELocalMask",
+             "FPEOfficialDDIMSigmas"},
+    "real photos": {"FPEVAEEncodeMean", "FPEDDIMInvert", "FPEFlowInvert", "FPENullTextInvert"},
     "compare": {"FPEAttentionReplace", "FPESweepLatent", "FPESweepGrid", "FPESideBySide"},
     "attention maps": {"FPEAttentionRecord", "FPEWordHeatmap", "FPESelfAttnComponents", "FPEAttentionQuery",
                        "FPELayerOverview"},
