@@ -28,9 +28,8 @@ from .dit_blocks import PRESETS, DiTBlocks, preset_blocks
 from .dit_hooks import OVERRIDE, heads_of, install, next_block, to_heads
 from .dit_model import DiTLayout, require_dit
 from .errors import FPEError
-from .evaluations import UNCOND
 from .hooks import Shared, add_evaluation_end, add_run_hook
-from .inject import BRANCHES, InjectPatch, InjectWrapper, RowEdit
+from .inject import InjectPatch, InjectWrapper, RowEdit, branch_kinds
 from .joint_attention import MODES, image_map_attention, image_qk_attention, self_attention_fpe
 from .layers import LayerSelectionError
 from .local_edit import NoiseMaskHook
@@ -311,16 +310,7 @@ def inject_dit_model(model, source: FPESource, *, blocks: frozenset, start: floa
                                                   f"same model unless that is what you want")
     if mode not in MODES:
         raise FPEError(f"mode: unknown value {mode!r}; choose one of {', '.join(MODES)}")
-    if branches not in BRANCHES:
-        raise FPEError(f"branches: unknown value {branches!r}; choose one of {', '.join(BRANCHES)}")
-    kinds = BRANCHES[branches]
-    if UNCOND in kinds:
-        if UNCOND not in source.stored_kinds:
-            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows: set {source.maker}'s "
-                           "store_rows to 'cond + uncond' (or use branches 'cond only')")
-        if UNCOND not in source.evaluated_kinds:
-            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows, but the capture ran at cfg "
-                           f"{source.cfg}, where ComfyUI skips them: capture at cfg > 1 or use branches 'cond only'")
+    kinds = branch_kinds(source, branches)
     unknown = set(blocks) - layout.blocks.keys()
     if not blocks or unknown:
         raise FPEError(f"blocks: {sorted(unknown) if unknown else 'nothing'} selected; this {layout.family} model "

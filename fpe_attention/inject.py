@@ -491,16 +491,7 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, start: 
     start, end = check_number("start", start, 0.0, 1.0), check_number("end", end, 0.0, 1.0)
     if start > end:
         raise FPEError(f"start ({start}) is after end ({end}): set start below end (start = end turns the edit off)")
-    if branches not in BRANCHES:
-        raise FPEError(f"branches: unknown value {branches!r}; choose one of {', '.join(BRANCHES)}")
-    kinds = BRANCHES[branches]
-    if UNCOND in kinds:
-        if UNCOND not in source.stored_kinds:
-            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows: set {source.maker}'s "
-                           "store_rows to 'cond + uncond' (or use branches 'cond only')")
-        if UNCOND not in source.evaluated_kinds:
-            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows, but the capture ran at cfg "
-                           f"{source.cfg}, where ComfyUI skips them: capture at cfg > 1 or use branches 'cond only'")
+    kinds = branch_kinds(source, branches)
     rows = None
     if sweep:
         rows = tuple(RowEdit(*_edit_of(source, s.selection, s.start, s.end, f"sweep: {s.label}: ",
@@ -527,6 +518,21 @@ def inject_model(model, source: FPESource, *, selection: LayerSelection, start: 
             NoiseMaskHook(patch, patched.model_options.get("denoise_mask_function")))
         add_evaluation_end(patched, DDIMGuard(source))  # last: it checks the denoised result the sampler uses
     return patched
+
+
+def branch_kinds(source: FPESource, branches: str) -> frozenset[int]:
+    """The chunk kinds ``branches`` edits, checked against what the source kept and evaluated."""
+    if branches not in BRANCHES:
+        raise FPEError(f"branches: unknown value {branches!r}; choose one of {', '.join(BRANCHES)}")
+    kinds = BRANCHES[branches]
+    if UNCOND in kinds:
+        if UNCOND not in source.stored_kinds:
+            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows: set {source.maker}'s "
+                           "store_rows to 'cond + uncond' (or use branches 'cond only')")
+        if UNCOND not in source.evaluated_kinds:
+            raise FPEError(f"branches 'cond + uncond' needs the source's uncond rows, but the capture ran at cfg "
+                           f"{source.cfg}, where ComfyUI skips them: capture at cfg > 1 or use branches 'cond only'")
+    return kinds
 
 
 def _edit_of(source: FPESource, selection: LayerSelection, start: float, end: float,

@@ -33,7 +33,6 @@ instead (``QK_NORM_SCALE``) so the attention maps are clearly non-uniform.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import math
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+
+from . import tiny_models
 
 SEED = 20250107
 
@@ -114,10 +115,7 @@ HALF = torch.float16
 
 
 def _generator(key: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{SEED}:{key}".encode()).digest()
-    gen = torch.Generator()
-    gen.manual_seed(int.from_bytes(digest[:8], "little"))
-    return gen
+    return tiny_models._generator(key, SEED)
 
 
 def _init_tensor(key: str, shape: torch.Size) -> torch.Tensor:

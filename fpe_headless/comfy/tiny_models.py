@@ -215,8 +215,9 @@ def meta_unet(architecture: str):
 # Deterministic weights
 
 
-def _generator(key: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{SEED}:{key}".encode()).digest()
+def _generator(key: str, seed: int = SEED) -> torch.Generator:
+    """A generator seeded by a state-dict key's name (and the family's seed): the same weights on every build."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     gen = torch.Generator()
     gen.manual_seed(int.from_bytes(digest[:8], "little"))
     return gen
