@@ -107,9 +107,9 @@ class DiTInjectPatch(InjectPatch):
         self._tokens = (int(text.shape[1]) if text is not None else 0,
                         self.layout.image_tokens(int(x.shape[-2]), int(x.shape[-1])))
         self.stamped, self.edited = set(), set()
-        if x.shape[0] > 0:
-            self._call = self.clock.locate(unet_call_view(options, x), x.shape[0])
         try:
+            if x.shape[0] > 0:  # (an empty batch: the Inject's own check names it)
+                self._call = self.clock.locate(unet_call_view(options, x), x.shape[0])
             out = super().unet_call(apply_model, args)
         finally:
             self._tokens, self._call = None, None

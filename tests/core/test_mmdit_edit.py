@@ -343,3 +343,25 @@ def test_a_model_wrapper_set_after_the_inject_is_named(fpe_error):
                                                                                    **args["c"]))
     with pytest.raises(fpe_error, match="FPE MMDiT Inject's model wrapper did not run"):
         sample(name, patched)
+
+
+@pytest.mark.parametrize("storage", ["auto", "replay"])
+def test_combined_conditioning_pairs_entry_by_entry_and_a_mismatch_or_nan_is_named(storage, fpe_error):
+    """Two prompts combined on each side (Conditioning (Combine)): each entry pairs with its twin (same prompts:
+    the source within 1e-6); one side combined and the other not, or end NaN, is an error naming the fix."""
+    import math
+
+    name = FAMILIES[0]
+
+    def combine(a, b):
+        return call_node("ConditioningCombine", conditioning_1=a, conditioning_2=b)[0]
+
+    both_src, both_tgt = combine(SRC, prompt(5)), combine(TGT, prompt(5))
+    latent, source = capture(name, positive=both_src, storage=storage)
+    same = sample(name, inject(name, source, end=1.0), positive=both_src)
+    assert (same - latent["samples"]).abs().max().item() <= 1e-6 * latent["samples"].abs().max().item()
+    assert (sample(name, inject(name, source), positive=both_tgt) - latent["samples"]).abs().max().item() > 1e-3
+    with pytest.raises(fpe_error, match="does not pair with the source's entry by entry"):
+        sample(name, inject(name, source), positive=TGT)
+    with pytest.raises(fpe_error, match="end: nan is not a finite number"):
+        inject(name, source, end=math.nan)
