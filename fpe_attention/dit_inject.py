@@ -111,6 +111,9 @@ class DiTInjectPatch(InjectPatch):
             if x.shape[0] > 0:  # (an empty batch: the Inject's own check names it)
                 self._call = self.clock.locate(unet_call_view(options, x), x.shape[0])
             out = super().unet_call(apply_model, args)
+        except BaseException:  # (the Inject closes on its own errors; locating the call may fail first)
+            self.close_run()
+            raise
         finally:
             self._tokens, self._call = None, None
         # every chosen block that ran in an edited call must have been seen by our override
